@@ -1,0 +1,12 @@
+"""Backworks' mitmproxy addons: the core addon and one module per feature plugin."""
+
+from __future__ import annotations
+
+from backworks_core.plugins import Plugin
+
+
+def builtin_plugins() -> list[type[Plugin]]:
+    """The plugins that ship with Backworks, in the order their addons are registered."""
+    from addons.proxy import ProxyPlugin
+
+    return [ProxyPlugin]

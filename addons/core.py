@@ -1,0 +1,181 @@
+"""The core addon: loads the blueprint, watches it, and answers requests from it.
+
+A new blueprint is loaded and compiled completely before it replaces the old one in a single
+assignment; requests already in flight finish on the Gateway they started with. A blueprint
+that fails to load never replaces a working one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from backworks_core.context import json_error, request_id_for
+from backworks_core.diagnostics import BlueprintError
+from backworks_core.gateway import Gateway, build_gateway
+from backworks_core.loader import load_blueprint
+from backworks_core.plugins import Plugin, PluginRegistry
+
+logger = logging.getLogger(__name__)
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
+
+
+def compile_blueprint(path: str | os.PathLike[str], registry: PluginRegistry, plugins: dict[str, Plugin]) -> Gateway:
+    """Load, validate and compile; raises BlueprintError with every located error."""
+    return build_gateway(load_blueprint(path, registry), plugins)
+
+
+def files_signature(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """What a watched set of files looks like now; missing files count as a change too."""
+    signature = []
+    for path in sorted(paths):
+        try:
+            stat = path.stat()
+            signature.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            signature.append((str(path), -1, -1))
+    return tuple(signature)
+
+
+def is_direct_request(flow: http.HTTPFlow) -> bool:
+    """A client talking to the proxy's own address (gateway use) rather than through it."""
+    sockname = flow.client_conn.sockname
+    if not sockname:
+        return False
+    if flow.request.port != sockname[1]:
+        return False
+    host = flow.request.host.lower().strip("[]")
+    return host in LOCAL_NAMES or host == str(sockname[0]) or host == socket.gethostname().lower()
+
+
+class Backworks:
+    """mitmproxy addon: option `blueprint`, command `backworks.reload`, and the request hook."""
+
+    def __init__(self, registry: PluginRegistry, plugins: Iterable[Plugin]) -> None:
+        self.registry = registry
+        self.plugins: dict[str, Plugin] = {p.name: p for p in plugins}
+        self.gateway: Gateway | None = None
+        self._signature: tuple[tuple[str, int, int], ...] = ()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "blueprint",
+            str | None,
+            None,
+            "Path to the Backworks blueprint (YAML) to serve.",
+        )
+        loader.add_option(
+            "blueprint_watch",
+            bool,
+            True,
+            "Reload the blueprint when it or a handler file it names changes.",
+        )
+        loader.add_option(
+            "blueprint_watch_interval",
+            float,
+            1.0,
+            "Seconds between checks of the blueprint's files for changes.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "mode" in updated and any(m.startswith("reverse:") for m in ctx.options.mode):
+            # Reverse mode connects upstream eagerly; Backworks answers most requests itself.
+            if ctx.options.connection_strategy == "eager":
+                ctx.options.connection_strategy = "lazy"
+        if "blueprint" in updated:
+            path = ctx.options.blueprint
+            if not path:
+                self.gateway = None
+                return
+            try:
+                self._swap(compile_blueprint(path, self.registry, self.plugins))
+            except BlueprintError as exc:
+                raise exceptions.OptionsError(f"{path}: {exc.render()}") from None
+
+    def running(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def _swap(self, gateway: Gateway) -> None:
+        previous = self.gateway
+        self.gateway = gateway
+        self._signature = files_signature(gateway.blueprint.files)
+        for warning in gateway.warnings:
+            logger.warning("%s", warning)
+        settings = gateway.blueprint.settings
+        for name, plugin in self.plugins.items():
+            plugin.apply_blueprint(gateway.blueprint.plugin_configs.get(name), gateway.blueprint)
+        verb = "reloaded" if previous is not None else "loaded"
+        logger.info(
+            "backworks: %s blueprint %r (%s) with %d endpoint(s)",
+            verb,
+            settings.name,
+            gateway.blueprint.path,
+            len(gateway.endpoints),
+        )
+
+    def reload(self) -> bool:
+        """Reload from disk; on failure log every error and keep serving the old version."""
+        path = ctx.options.blueprint
+        if not path:
+            return False
+        try:
+            gateway = compile_blueprint(path, self.registry, self.plugins)
+        except BlueprintError as exc:
+            self._signature = files_signature(self.gateway.blueprint.files) if self.gateway else ()
+            logger.error("backworks: blueprint %s refused, the previous version keeps serving:\n%s", path, exc.render())
+            return False
+        self._swap(gateway)
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.1, ctx.options.blueprint_watch_interval))
+            if not ctx.options.blueprint_watch or self.gateway is None:
+                continue
+            if files_signature(self.gateway.blueprint.files) != self._signature:
+                self.reload()
+
+    @command.command("backworks.reload")
+    def reload_command(self) -> None:
+        """Reload the blueprint now; the old version keeps serving if the new one has errors."""
+        if not ctx.options.blueprint:
+            raise exceptions.CommandError("no blueprint is set (--set blueprint=FILE)")
+        if not self.reload():
+            raise exceptions.CommandError("the blueprint has errors (see the event log); the previous version keeps serving")
+
+    @command.command("backworks.endpoints")
+    def endpoints_command(self) -> Sequence[str]:
+        """The endpoints of the blueprint being served, with their handlers."""
+        if self.gateway is None:
+            return []
+        return [f"{e.label} -> {e.spec.handler}" for e in self.gateway.endpoints]
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        gateway = self.gateway  # one version for the whole request, whatever reloads meanwhile
+        if gateway is None:
+            return
+        reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        try:
+            await gateway.handle(flow, reverse_mode=reverse, direct=not reverse and is_direct_request(flow))
+        except Exception:
+            # mitmproxy would log and forward the flow: a bug here must deny instead.
+            request_id = request_id_for(flow)
+            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
+            flow.response = json_error(500, "internal gateway error; see the gateway log for this request id", request_id)

@@ -1,0 +1,405 @@
+"""The proxy plugin: `handler: proxy` endpoints answered by an upstream pool.
+
+Backworks owns the upstream exchange (see backworks_core.upstream) so that timeouts, retries
+and failover can be decided per request. This release sends each request to one target chosen
+round-robin from its pool; the pool, balancing, health, breaker and retry settings of the
+format are all validated now, and the ones not yet applied are reported as warnings at load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+from mitmproxy import http
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
+from backworks_core.context import REQUEST_ID_HEADER, RequestContext, template_context
+from backworks_core.gateway import BuildError
+from backworks_core.loader import EndpointSpec, LoadedBlueprint
+from backworks_core.model import StrictModel
+from backworks_core.plugins import Plugin, Section
+from backworks_core.router import parse_template
+from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
+from backworks_core.validation import Duration, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+Policy = Literal["round_robin", "weighted_round_robin", "least_connections", "ip_hash", "consistent_hash", "random"]
+RetryCondition = Literal["connect_failure", "timeout", "reset"]
+
+
+class HealthCheckConfig(StrictModel):
+    enabled: bool = True
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+    path: str = "/health"
+    expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'")
+    healthy_threshold: int = Field(2, ge=1)
+    unhealthy_threshold: int = Field(3, ge=1)
+
+
+class TargetConfig(StrictModel):
+    name: str = Field(min_length=1)
+    url: str = Field(description="http(s)://host[:port][/base/path]")
+    weight: float = Field(1.0, gt=0)
+    timeout: Duration | None = None
+    retry_attempts: int | None = Field(None, ge=0)
+    health_check: HealthCheckConfig | None = None
+    max_connections: int | None = Field(None, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"a target URL takes no query or fragment, got {value!r}")
+        return value
+
+
+class OutlierDetectionConfig(StrictModel):
+    consecutive_failures: int = Field(5, ge=1)
+    base_ejection_time: Duration = 30.0
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: float = Field(50.0, ge=0, le=100)
+
+
+class CircuitBreakerConfig(StrictModel):
+    failure_threshold: int = Field(5, ge=1)
+    failure_rate: float | None = Field(None, gt=0, le=1, description="fraction of failed requests in `window`")
+    window: Duration = 60.0
+    min_requests: int = Field(20, ge=1)
+    recovery_timeout: Duration = 30.0
+    half_open_max_calls: int = Field(1, ge=1)
+    max_concurrent_requests: int | None = Field(None, ge=1)
+
+
+class RetryConfig(StrictModel):
+    attempts: int = Field(2, ge=0, description="extra tries after the first")
+    retry_on: list[RetryCondition | int] = Field(default_factory=lambda: ["connect_failure", "reset"])
+    per_try_timeout: Duration | None = None
+    backoff: Duration = 0.025
+    retry_non_idempotent: bool = False
+
+
+class ProxyMetricsConfig(StrictModel):
+    enabled: bool = True
+    detailed: bool = False
+
+
+class PoolConfig(StrictModel):
+    targets: list[TargetConfig] = Field(default_factory=list)
+    load_balancing: Policy = "round_robin"
+    hash_on: str = Field("ip", description="ip, path, header:NAME, cookie:NAME or query:NAME")
+    health_check: HealthCheckConfig | None = None
+    outlier_detection: OutlierDetectionConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    retries: RetryConfig | None = None
+    metrics: ProxyMetricsConfig | None = None
+    timeout: Duration = Field(30.0, description="the whole request, every try included")
+    forwarded_headers: bool = True
+    preserve_host: bool = False
+    transform_request: RequestTransform | None = None
+    transform_response: ResponseTransform | None = None
+
+    @field_validator("hash_on")
+    @classmethod
+    def _hash_key(cls, value: str) -> str:
+        if value in ("ip", "path"):
+            return value
+        kind, _, name = value.partition(":")
+        if kind in ("header", "cookie", "query") and name:
+            return value
+        raise ValueError(f"expected ip, path, header:NAME, cookie:NAME or query:NAME, got {value!r}")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PoolConfig:
+        seen: set[str] = set()
+        for target in self.targets:
+            if target.name in seen:
+                raise ValueError(f"two targets are named {target.name!r}")
+            seen.add(target.name)
+        return self
+
+
+class ProxyPluginConfig(PoolConfig):
+    upstreams: dict[str, PoolConfig] = Field(default_factory=dict, description="named pools")
+
+
+class EndpointProxyConfig(StrictModel):
+    upstream: str | None = Field(None, description="a pool from `upstreams`; the default pool if absent")
+    path: str | None = Field(None, description="upstream path template over the endpoint's parameters")
+    method: str | None = None
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    timeout: Duration | None = None
+    retries: RetryConfig | None = None
+    transform_request: RequestTransform | None = None
+    transform_response: ResponseTransform | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @field_validator("strip_prefix", "add_prefix")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+
+# -- runtime ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    origin: str  # scheme://host:port
+    base_path: str  # "" or "/base"
+    timeout: float | None
+
+    @classmethod
+    def from_config(cls, config: TargetConfig) -> Target:
+        parts = urlsplit(config.url)
+        return cls(
+            name=config.name,
+            origin=f"{parts.scheme}://{parts.netloc}",
+            base_path=parts.path.rstrip("/"),
+            timeout=config.timeout,
+        )
+
+
+class Pool:
+    """The targets of one pool; `choose` is where balancing policies plug in."""
+
+    def __init__(self, name: str, config: PoolConfig) -> None:
+        self.name = name
+        self.config = config
+        self.targets = [Target.from_config(t) for t in config.targets]
+        self._next = itertools.cycle(range(len(self.targets))) if self.targets else None
+        self.request_transform = CompiledHeaderTransform(config.transform_request)
+        self.response_transform = CompiledHeaderTransform(config.transform_response)
+
+    def choose(self, ctx: RequestContext) -> Target:
+        assert self._next is not None
+        return self.targets[next(self._next)]
+
+
+def strip_prefix(path: str, prefix: str) -> str:
+    """Strip on a segment boundary: /api strips /api/x and /api, never /apix."""
+    prefix = prefix.rstrip("/")
+    if not prefix:
+        return path
+    if path == prefix:
+        return "/"
+    if path.startswith(prefix + "/"):
+        return path[len(prefix):]
+    return path
+
+
+def add_prefix(path: str, prefix: str) -> str:
+    prefix = prefix.rstrip("/")
+    return prefix + path if path != "/" else (prefix or "/")
+
+
+class UpstreamPath:
+    """The path sent upstream: a template over the endpoint's parameters, or the request's own."""
+
+    def __init__(self, endpoint: EndpointSpec, config: EndpointProxyConfig) -> None:
+        self.parts: list[tuple[str, str]] | None = None
+        if config.path is not None:
+            try:
+                segments = parse_template(config.path)
+            except ValueError as exc:
+                raise BuildError(str(exc), ("config", "proxy", "path")) from exc
+            available = {s.value: s.kind for s in parse_template(endpoint.settings.path) if s.kind != "literal"}
+            self.parts = []
+            for segment in segments:
+                if segment.kind == "literal":
+                    self.parts.append(("literal", quote(segment.value, safe="")))
+                    continue
+                if segment.value not in available:
+                    hint = did_you_mean(segment.value, available)
+                    raise BuildError(
+                        f"path parameter {{{segment.value}}} is not in the endpoint's path {endpoint.settings.path!r}"
+                        + (f"; did you mean {{{hint}}}?" if hint else ""),
+                        ("config", "proxy", "path"),
+                    )
+                self.parts.append(("path" if available[segment.value] == "path" else "param", segment.value))
+        self.strip = config.strip_prefix
+        self.add = config.add_prefix
+
+    def render(self, ctx: RequestContext, request_path: str) -> str:
+        if self.parts is not None:
+            rendered = []
+            for kind, value in self.parts:
+                if kind == "literal":
+                    rendered.append(value)
+                else:
+                    rendered.append(quote(ctx.params[value], safe="/" if kind == "path" else ""))
+            path = "/" + "/".join(rendered)
+        else:
+            path = request_path
+        if self.strip:
+            path = strip_prefix(path, self.strip)
+        if self.add:
+            path = add_prefix(path, self.add)
+        return path
+
+
+class ProxyHandler:
+    def __init__(self, plugin: ProxyPlugin, pool: Pool, endpoint: EndpointSpec, config: EndpointProxyConfig) -> None:
+        self.client = plugin.client
+        self.pool = pool
+        self.path = UpstreamPath(endpoint, config)
+        self.method = config.method
+        self.timeout = config.timeout if config.timeout is not None else pool.config.timeout
+        self.request_transforms = [pool.request_transform, CompiledHeaderTransform(config.transform_request)]
+        self.response_transforms = [CompiledHeaderTransform(config.transform_response), pool.response_transform]
+        self.forwarded = pool.config.forwarded_headers
+        self.preserve_host = pool.config.preserve_host
+
+    def upstream_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        request = ctx.flow.request
+        headers = end_to_end([(k, v) for k, v in request.headers.items(multi=True)])
+        drop = {"content-length"} if self.preserve_host else {"content-length", "host"}
+        headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        if self.forwarded:
+            client_ip = ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else ""
+            prior = request.headers.get("X-Forwarded-For")
+            headers = [(n, v) for n, v in headers if n.lower() not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")]
+            headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
+            headers.append(("X-Forwarded-Proto", "https" if ctx.flow.client_conn.tls_established else "http"))
+            headers.append(("X-Forwarded-Host", request.host_header or request.pretty_host))
+        if REQUEST_ID_HEADER.lower() not in {n.lower() for n, _ in headers}:
+            headers.append((REQUEST_ID_HEADER, ctx.request_id))
+        return headers
+
+    async def __call__(self, ctx: RequestContext) -> http.Response:
+        request = ctx.flow.request
+        raw_path, _, query = request.path.partition("?")
+        target = self.pool.choose(ctx)
+        ctx.notes["target"] = target.name
+        url = target.origin + target.base_path + self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
+        tctx = template_context(ctx)
+        headers = self.upstream_headers(ctx)
+        for transform in self.request_transforms:
+            headers = transform.apply_headers(headers, tctx)
+        timeout = min(self.timeout, target.timeout) if target.timeout else self.timeout
+        started = time.time()
+        ctx.notes["attempts"] = "1"
+        try:
+            reply = await self.client.send(
+                self.method or request.method, url, headers, request.get_content(strict=False) or b"", timeout=timeout
+            )
+        except UpstreamError as exc:
+            logger.warning("[%s] %s → %s failed: %s", ctx.request_id, ctx.endpoint.label, target.name, exc)
+            ctx.notes["upstream_error"] = exc.kind
+            if exc.kind == "timeout":
+                return ctx.error(504, f"upstream {target.name} did not answer within {timeout:g}s")
+            return ctx.error(502, f"upstream {target.name} failed: {exc}")
+        return self.build_response(ctx, reply, started, request.method == "HEAD")
+
+    def build_response(self, ctx: RequestContext, reply: Any, started: float, is_head: bool) -> http.Response:
+        fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
+        fields = end_to_end(fields)
+        if not is_head and reply.status not in (204, 304):
+            fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
+            fields.append(("content-length", str(len(reply.body))))
+        tctx = template_context(ctx)
+        status = reply.status
+        for transform in self.response_transforms:
+            fields = transform.apply_headers(fields, tctx)
+            status = transform.status_map.get(status, status)
+        return http.Response(
+            http_version=b"HTTP/1.1",
+            status_code=status,
+            reason=(reply.reason if status == reply.status else "").encode("latin-1", "replace"),
+            headers=http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]),
+            content=reply.body,
+            trailers=None,
+            timestamp_start=started,
+            timestamp_end=time.time(),
+        )
+
+
+class ProxyPlugin(Plugin):
+    """mitmproxy addon and Backworks plugin: owns the pooled upstream client."""
+
+    name = "proxy"
+    description = "upstream pools, load balancing and the upstream exchange"
+    Config = ProxyPluginConfig
+    handlers = ("proxy",)
+    sections = {"proxy": Section(EndpointProxyConfig, "proxy")}
+
+    def __init__(self) -> None:
+        self.client = UpstreamClient()
+        self._pools: dict[int, tuple[ProxyPluginConfig, dict[str | None, Pool]]] = {}
+
+    @classmethod
+    def lint(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        assert isinstance(config, ProxyPluginConfig)
+        notes: list[tuple[tuple[str | int, ...], str]] = []
+        pools: list[tuple[tuple[str | int, ...], PoolConfig]] = [((), config)]
+        pools += [(("upstreams", name), pool) for name, pool in config.upstreams.items()]
+        for loc, pool in pools:
+            if pool.load_balancing != "round_robin":
+                notes.append((loc + ("load_balancing",), f"{pool.load_balancing} is not applied yet in this release; round_robin is used"))
+            for key in ("health_check", "outlier_detection", "circuit_breaker", "retries"):
+                if getattr(pool, key) is not None:
+                    notes.append((loc + (key,), f"{key} is validated but not applied yet in this release"))
+        return notes
+
+    def pools_for(self, config: ProxyPluginConfig | None) -> dict[str | None, Pool]:
+        if config is None:
+            return {}
+        cached = self._pools.get(id(config))
+        if cached is None or cached[0] is not config:
+            pools: dict[str | None, Pool] = {}
+            if config.targets:
+                pools[None] = Pool("default", config)
+            for name, pool_config in config.upstreams.items():
+                pools[name] = Pool(name, pool_config)
+            cached = (config, pools)
+            self._pools[id(config)] = cached
+        return cached[1]
+
+    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel | None) -> ProxyHandler:
+        assert config is None or isinstance(config, ProxyPluginConfig)
+        endpoint_config = endpoint.sections.get("proxy") or EndpointProxyConfig()
+        assert isinstance(endpoint_config, EndpointProxyConfig)
+        pools = self.pools_for(config)
+        pool = pools.get(endpoint_config.upstream)
+        if pool is None:
+            if endpoint_config.upstream is None:
+                raise BuildError(
+                    "handler 'proxy' needs upstream targets: add plugins.proxy.config.targets, or name a pool "
+                    "from plugins.proxy.config.upstreams in config.proxy.upstream",
+                    ("handler",),
+                )
+            named = [name for name in pools if name is not None]
+            hint = did_you_mean(endpoint_config.upstream, named)
+            raise BuildError(
+                f"no upstream pool named {endpoint_config.upstream!r}"
+                + (f"; did you mean {hint!r}?" if hint else f" (pools: {', '.join(named) or 'none'})"),
+                ("config", "proxy", "upstream"),
+            )
+        if not pool.targets:
+            raise BuildError(f"upstream pool {pool.name!r} has no targets", ("config", "proxy"))
+        return ProxyHandler(self, pool, endpoint, endpoint_config)
+
+    def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
+        # Keep only the pools of the blueprint now live.
+        self._pools = {k: v for k, v in self._pools.items() if v[0] is config}
+
+    async def done(self) -> None:
+        await self.client.close()

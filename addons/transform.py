@@ -1,0 +1,62 @@
+"""Header transforms for requests and responses (`transform_request` / `transform_response`).
+
+This release applies the header operations (set, remove, rename) and `status_map`; every other
+transform key is rejected by the strict model rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from backworks_core.model import StrictModel
+from backworks_core.templates import Template, TemplateContext, compile_template, has_crlf
+
+
+class HeaderTransform(StrictModel):
+    headers: dict[str, str] = Field(default_factory=dict, description="set these headers (templates allowed)")
+    remove_headers: list[str] = Field(default_factory=list)
+    rename_headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_values(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if has_crlf(name) or has_crlf(value):
+                raise ValueError(f"header {name!r} carries CR or LF")
+            compile_template(value)
+        return headers
+
+
+class RequestTransform(HeaderTransform):
+    pass
+
+
+class ResponseTransform(HeaderTransform):
+    status_map: dict[int, int] = Field(default_factory=dict, description="replace one status code with another")
+
+
+class CompiledHeaderTransform:
+    """Compiled once at load: remove, then rename, then set (set wins)."""
+
+    def __init__(self, spec: HeaderTransform | None) -> None:
+        spec = spec or HeaderTransform()
+        self.remove = [name for name in spec.remove_headers]
+        self.rename = list(spec.rename_headers.items())
+        self.set: list[tuple[str, Template]] = [(n, compile_template(v)) for n, v in spec.headers.items()]
+        self.status_map = dict(getattr(spec, "status_map", {}) or {})
+        self.is_empty = not (self.remove or self.rename or self.set or self.status_map)
+
+    def apply_headers(self, headers: list[tuple[str, str]], tctx: TemplateContext) -> list[tuple[str, str]]:
+        if self.is_empty:
+            return headers
+        removed = {name.lower() for name in self.remove}
+        out = [(n, v) for n, v in headers if n.lower() not in removed]
+        for old, new in self.rename:
+            out = [(new if n.lower() == old.lower() else n, v) for n, v in out]
+        for name, template in self.set:
+            value = template.render(tctx)
+            if has_crlf(value):
+                raise ValueError(f"header {name} would carry CR or LF")
+            out = [(n, v) for n, v in out if n.lower() != name.lower()]
+            out.append((name, value))
+        return out

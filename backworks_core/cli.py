@@ -1,0 +1,189 @@
+"""The `backworks` command: validate, schema, init, run, demo-backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from backworks_core import __version__
+from backworks_core.diagnostics import BlueprintError
+
+
+def _registry_and_plugins():  # type: ignore[no-untyped-def]
+    from addons import builtin_plugins
+    from backworks_core.plugins import PluginRegistry
+
+    registry = PluginRegistry.discover(builtin_plugins())
+    return registry, {name: plugin() for name, plugin in registry.plugins.items()}
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from backworks_core.gateway import build_gateway
+    from backworks_core.loader import load_blueprint
+
+    registry, plugins = _registry_and_plugins()
+    status = 0
+    for file in args.files:
+        try:
+            gateway = build_gateway(load_blueprint(file, registry), plugins)
+        except BlueprintError as exc:
+            for diagnostic in exc.diagnostics:
+                print(diagnostic, file=sys.stderr)
+            count = len(exc.diagnostics)
+            print(f"{file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+            status = 1
+            continue
+        for warning in gateway.warnings:
+            print(warning, file=sys.stderr)
+        settings = gateway.blueprint.settings
+        warned = f", {len(gateway.warnings)} warning(s)" if gateway.warnings else ""
+        print(f"{file}: OK: {settings.name!r}, {len(gateway.endpoints)} endpoint(s){warned}")
+    return status
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from backworks_core.schema import blueprint_json_schema
+
+    registry, _ = _registry_and_plugins()
+    text = json.dumps(blueprint_json_schema(registry), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    if target.exists() and any(target.iterdir()):
+        print(f"backworks init: {target} exists and is not empty; choose a new directory", file=sys.stderr)
+        return 2
+    source = resources.files("backworks_core") / "scaffold"
+    with resources.as_file(source) as scaffold:
+        shutil.copytree(scaffold, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    print(f"created a starter project in {target}/")
+    print("next:")
+    print(f"  backworks validate {target}/blueprint.yaml")
+    print(f"  backworks run {target}/blueprint.yaml")
+    print("  curl http://127.0.0.1:8080/hello")
+    return 0
+
+
+def mitmproxy_tool(name: str) -> str:
+    """mitmdump/mitmweb from the same environment as this Python, else from PATH."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"backworks run: {name} not found; install mitmproxy in this environment")
+    return found
+
+
+def run_arguments(args: argparse.Namespace, host: str, port: int, tls_cert: str | None) -> list[str]:
+    script = Path(__file__).resolve().parent.parent / "backworks.py"
+    if not script.exists():  # installed as a wheel: backworks.py is a top-level module
+        import backworks  # noqa: F401  (locates the installed script)
+
+        script = Path(sys.modules["backworks"].__file__ or "")
+    tool = mitmproxy_tool("mitmweb" if args.web else "mitmdump")
+    command = [
+        tool,
+        "--mode", f"reverse:{args.upstream}",
+        "--listen-host", host,
+        "--listen-port", str(port),
+        "-s", str(script),
+        "--set", f"blueprint={args.file}",
+        "--set", "connection_strategy=lazy",
+        "--set", "keep_host_header=true",
+    ]
+    if tls_cert:
+        command += ["--certs", f"*={tls_cert}"]
+    if args.web:
+        command += ["--set", "web_open_browser=false"]
+    else:
+        command += ["--flow-detail", str(args.flow_detail)]
+    return command + list(args.extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from backworks_core.loader import load_blueprint
+
+    registry, _ = _registry_and_plugins()
+    try:
+        blueprint = load_blueprint(args.file, registry)
+    except BlueprintError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    server = blueprint.settings.server
+    host = args.host or server.host
+    port = args.port or server.port
+    tls = server.tls.cert if server.tls else None
+    command = run_arguments(args, host, port, tls)
+    scheme = "https" if tls else "http"
+    print(f"backworks: serving {blueprint.settings.name!r} on {scheme}://{host}:{port}", file=sys.stderr, flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    from backworks_core.demo_backend import run
+
+    run(args.host, args.port, args.name or f"backend-{args.port}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backworks", description="Declarative API gateway and mock server on mitmproxy.")
+    parser.add_argument("--version", action="version", version=f"backworks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check blueprints; exit 1 on any error")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the blueprint JSON Schema (for editors)")
+    schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.set_defaults(func=cmd_schema)
+
+    init = sub.add_parser("init", help="create a starter project that runs")
+    init.add_argument("directory")
+    init.set_defaults(func=cmd_init)
+
+    run = sub.add_parser("run", help="serve a blueprint with mitmdump in reverse mode (or mitmweb with --web)")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--web", action="store_true", help="start mitmweb instead of mitmdump")
+    run.add_argument("--host", help="listen address (default: server.host)")
+    run.add_argument("--port", type=int, help="listen port (default: server.port)")
+    run.add_argument(
+        "--upstream",
+        default="http://127.0.0.1:9",
+        help="where unmatched requests go when server.unmatched is passthrough (default: none)",
+    )
+    run.add_argument("--flow-detail", type=int, default=1, help="mitmdump's --flow-detail (default 1)")
+    run.add_argument("extra", nargs=argparse.REMAINDER, help="further mitmproxy arguments, after --")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo-backend", help="start a small upstream API for demos and examples")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=3001)
+    demo.add_argument("--name", help="name shown in every answer (default: backend-PORT)")
+    demo.set_defaults(func=cmd_demo_backend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "extra", None) and args.extra[:1] == ["--"]:
+        args.extra = args.extra[1:]
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""What a handler and a middleware see of one request, and the JSON errors Backworks answers with."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mitmproxy import http
+
+from backworks_core.templates import TemplateContext
+
+if TYPE_CHECKING:
+    from backworks_core.gateway import EndpointPlan
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_for(flow: http.HTTPFlow) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one (kept on the flow)."""
+    existing = flow.metadata.get("backworks.request_id")
+    if existing:
+        return existing
+    offered = flow.request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = offered if _VALID_REQUEST_ID.match(offered) else secrets.token_hex(16)
+    flow.metadata["backworks.request_id"] = request_id
+    return request_id
+
+
+@dataclass
+class Identity:
+    """The authenticated caller, as handlers and templates see it."""
+
+    username: str
+    roles: list[str] = field(default_factory=list)
+    permissions: list[str] = field(default_factory=list)
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestContext:
+    """One request on its way through middlewares to a handler."""
+
+    flow: http.HTTPFlow
+    endpoint: EndpointPlan
+    params: dict[str, str]
+    request_id: str
+    user: Identity | None = None
+    # Short `key=value` notes that end up in the flow comment mitmweb shows.
+    notes: dict[str, str] = field(default_factory=dict)
+    # Per-request scratch space for plugins, keyed by plugin name.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def request(self) -> http.Request:
+        return self.flow.request
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
+        return json_error(status, message, self.request_id, headers)
+
+
+class Handler(Protocol):
+    """Answers a matched request. Raising is a 500 with a request id; the traceback is logged."""
+
+    async def __call__(self, ctx: RequestContext) -> http.Response: ...
+
+
+class Middleware(Protocol):
+    """Runs before the handler; returning a response stops the request there (deny/answer)."""
+
+    async def on_request(self, ctx: RequestContext) -> http.Response | None: ...
+
+    async def on_response(self, ctx: RequestContext, response: http.Response) -> None: ...
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    response = http.Response.make(status, payload, {"Content-Type": "application/json"})
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def json_error(
+    status: int, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> http.Response:
+    """Every error Backworks answers itself: `{error, status, request_id}`."""
+    response = json_response(status, {"error": message, "status": status, "request_id": request_id}, headers)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def template_context(ctx: RequestContext) -> TemplateContext:
+    """What `{{path.x}}`, `{{query.x}}`, `{{header.x}}` and `{{auth.x}}` read for this request."""
+    request = ctx.flow.request
+    return TemplateContext(
+        path=ctx.params,
+        query=request.query,
+        headers=request.headers,
+        auth=ctx.user.claims if ctx.user is not None else None,
+    )

@@ -1,0 +1,1 @@
+"""Handlers the core answers with itself: `static` and Python functions."""

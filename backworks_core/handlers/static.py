@@ -1,0 +1,84 @@
+"""`handler: static`: a fixed response, with templates rendered per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from mitmproxy import http
+from pydantic import Field, field_validator
+
+from backworks_core.context import RequestContext, template_context
+from backworks_core.model import StrictModel
+from backworks_core.templates import (
+    CompiledValue,
+    Template,
+    TemplateContext,
+    compile_template,
+    compile_value,
+    has_crlf,
+)
+from backworks_core.validation import Duration
+
+
+class StaticConfig(StrictModel):
+    status: int = Field(200, ge=100, le=599)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as text)")
+    delay: Duration = Field(0, description="wait this long before answering")
+
+    @field_validator("headers")
+    @classmethod
+    def _compilable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if has_crlf(name) or has_crlf(value):
+                raise ValueError(f"header {name!r} carries CR or LF")
+            compile_template(value)
+        return headers
+
+    @field_validator("body")
+    @classmethod
+    def _compilable_body(cls, body: Any) -> Any:
+        compile_value(body)
+        return body
+
+
+class StaticHandler:
+    """Templates are compiled once here; a request only renders them."""
+
+    def __init__(self, config: StaticConfig) -> None:
+        self.status = config.status
+        self.delay = config.delay
+        self.headers: list[tuple[str, Template]] = [
+            (name, compile_template(value)) for name, value in config.headers.items()
+        ]
+        self.body_is_text = isinstance(config.body, str)
+        self.body: CompiledValue | None = None if config.body is None else compile_value(config.body)
+        self.content_type = "text/plain; charset=utf-8" if self.body_is_text else "application/json"
+        self._constant_body = self._encode(self.body.render(TemplateContext())) if self.body and self.body.is_constant else None
+
+    def _encode(self, value: Any) -> bytes:
+        if self.body_is_text:
+            return str(value).encode()
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+    async def __call__(self, ctx: RequestContext) -> http.Response:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        tctx = template_context(ctx)
+        if self.body is None:
+            content = b""
+        elif self._constant_body is not None:
+            content = self._constant_body
+        else:
+            content = self._encode(self.body.render(tctx))
+        response = http.Response.make(self.status, content)
+        if content:
+            response.headers["Content-Type"] = self.content_type
+        for name, template in self.headers:
+            value = template.render(tctx)
+            if has_crlf(value):
+                return ctx.error(400, f"the value for response header {name} would carry CR or LF")
+            response.headers[name] = value
+        return response

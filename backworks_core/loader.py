@@ -1,0 +1,407 @@
+"""Blueprint loading: YAML → located, fully validated settings, or every error at once.
+
+The steps run in order, each collecting Diagnostics rather than stopping at the first:
+the document itself, the top level, each plugin's own config, middlewares, endpoints and
+their `config.<section>` blocks, handlers (imported here), and finally route conflicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from backworks_core.diagnostics import BlueprintError, Diagnostic
+from backworks_core.handlers.python import HandlerLoadError, PythonConfig, load_handler, parse_handler_ref
+from backworks_core.handlers.static import StaticConfig
+from backworks_core.model import (
+    BlueprintSettings,
+    EndpointSettings,
+    MiddlewareFilter,
+    MiddlewareSettings,
+    PluginEntry,
+    PluginListEntry,
+)
+from backworks_core.plugins import PluginRegistry, Section
+from backworks_core.router import Route, check_routes, parse_template
+from backworks_core.source import SourceDocument, load_file
+from backworks_core.validation import did_you_mean, validate_section
+
+PYTHON_HANDLER = "python"
+CORE_HANDLERS: Mapping[str, Section] = {"static": Section(StaticConfig, "static")}
+CORE_SECTIONS: Mapping[str, Section] = {
+    "static": Section(StaticConfig, "static"),
+    "python": Section(PythonConfig, PYTHON_HANDLER),
+}
+# Built-in plugins of the format that this release does not ship yet: named, not "unknown".
+PLANNED_PLUGINS = frozenset({"auth", "metrics", "capture", "rate_limit", "cors", "transform"})
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """An endpoint with its handler resolved and its config sections validated."""
+
+    index: int
+    settings: EndpointSettings
+    methods: frozenset[str]
+    handler: str  # "static", "python", or a plugin handler name such as "proxy"
+    plugin: str | None  # the plugin that answers, for plugin handlers
+    sections: dict[str, BaseModel]
+    python_function: Any = None
+
+    @property
+    def label(self) -> str:
+        methods = ",".join(sorted(self.methods))
+        return f"{methods} {self.settings.path}"
+
+
+@dataclass(frozen=True)
+class MiddlewareSpec:
+    index: int
+    name: str
+    plugin: str
+    config: MiddlewareFilter
+
+
+@dataclass
+class LoadedBlueprint:
+    path: Path
+    document: SourceDocument
+    settings: BlueprintSettings
+    plugin_configs: dict[str, BaseModel]  # enabled plugins only
+    plugin_locs: dict[str, tuple[str | int, ...]]  # where each plugin's `config` sits
+    middlewares: list[MiddlewareSpec]
+    endpoints: list[EndpointSpec]
+    warnings: list[Diagnostic] = field(default_factory=list)
+    files: set[Path] = field(default_factory=set)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def diagnostic(self, loc: tuple[str | int, ...], message: str, *, severity: str = "error") -> Diagnostic:
+        return self.document.diagnostic(loc, message, severity=severity)  # type: ignore[arg-type]
+
+
+def load_blueprint(
+    path: str | os.PathLike[str], registry: PluginRegistry, env: Mapping[str, str] | None = None
+) -> LoadedBlueprint:
+    """Load and validate; raises BlueprintError carrying every located error."""
+    path = Path(path)
+    try:
+        document = load_file(path, env if env is not None else os.environ)
+    except OSError as exc:
+        raise BlueprintError([Diagnostic(str(path), 0, 0, "", f"cannot read blueprint: {exc.strerror or exc}")]) from exc
+    return _Loader(path, document, registry).run()
+
+
+class _Loader:
+    def __init__(self, path: Path, document: SourceDocument, registry: PluginRegistry) -> None:
+        self.path = path
+        self.doc = document
+        self.registry = registry
+        self.context = {"base_dir": str(path.resolve().parent)}
+        self.errors: list[Diagnostic] = [d for d in document.diagnostics if d.severity == "error"]
+        self.warnings: list[Diagnostic] = [d for d in document.diagnostics if d.severity != "error"]
+
+    def error(self, loc: tuple[str | int, ...], message: str, *, prefer_key: bool = False) -> None:
+        self.errors.append(self.doc.diagnostic(loc, message, prefer_key=prefer_key))
+
+    def warn(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.warnings.append(self.doc.diagnostic(loc, message, severity="warning"))
+
+    def validate(self, model: type[BaseModel], data: Any, loc: tuple[str | int, ...]) -> BaseModel | None:
+        value, diagnostics = validate_section(model, data, self.doc, loc, context=self.context)
+        self.errors.extend(diagnostics)
+        return value
+
+    def run(self) -> LoadedBlueprint:
+        if self.doc.data is None and not self.errors:
+            self.error((), "the blueprint is empty: it needs at least `name` and `endpoints`")
+        if self.errors:
+            raise BlueprintError(self.errors)
+        if not isinstance(self.doc.data, dict):
+            self.error((), f"expected a mapping at the top level, got {type(self.doc.data).__name__}")
+            raise BlueprintError(self.errors)
+
+        plugin_entries, middlewares_raw, endpoints_raw, settings = self.validate_top_level(self.doc.data)
+        plugin_configs, plugin_locs = self.load_plugins(plugin_entries)
+        middlewares = self.load_middlewares(middlewares_raw)
+        endpoints, files = self.load_endpoints(endpoints_raw, middlewares, {m.name for _, m in middlewares_raw})
+        self.check_routes(endpoints)
+        self.check_unused_middlewares(middlewares, endpoints)
+        if self.errors or settings is None:
+            raise BlueprintError(self.errors)
+        return LoadedBlueprint(
+            path=self.path,
+            document=self.doc,
+            settings=settings,
+            plugin_configs=plugin_configs,
+            plugin_locs=plugin_locs,
+            middlewares=middlewares,
+            endpoints=endpoints,
+            warnings=sorted(self.warnings),
+            files={self.path.resolve(), *files},
+        )
+
+    def validate_top_level(self, data: dict[str, Any]) -> tuple[
+        list[tuple[str, bool, dict[str, Any], tuple[str | int, ...]]],
+        list[tuple[int, MiddlewareSettings]],
+        list[tuple[int, EndpointSettings]],
+        BlueprintSettings | None,
+    ]:
+        """Validate list items one by one, so one bad endpoint does not hide the errors of the rest."""
+        replaced = dict(data)
+        plugins: list[tuple[str, bool, dict[str, Any], tuple[str | int, ...]]] = []
+        raw_plugins = data.get("plugins")
+        if isinstance(raw_plugins, dict):
+            valid_map = {}
+            for name, entry in raw_plugins.items():
+                value = self.validate(PluginEntry, entry if entry is not None else {}, ("plugins", name))
+                if isinstance(value, PluginEntry):
+                    valid_map[name] = value
+                    plugins.append((str(name), value.enabled, dict(value.config), ("plugins", name)))
+            replaced["plugins"] = valid_map
+        elif isinstance(raw_plugins, list):
+            valid_list = []
+            seen: dict[str, int] = {}
+            for index, entry in enumerate(raw_plugins):
+                value = self.validate(PluginListEntry, entry, ("plugins", index))
+                if not isinstance(value, PluginListEntry):
+                    continue
+                valid_list.append(value)
+                if value.type in seen:
+                    self.error(("plugins", index, "type"), f"plugin {value.type!r} is listed twice (also at plugins[{seen[value.type]}])")
+                    continue
+                seen[value.type] = index
+                plugins.append((value.type, value.enabled, dict(value.config), ("plugins", index)))
+            replaced["plugins"] = valid_list
+
+        def items(key: str, model: type[BaseModel]) -> list[tuple[int, Any]]:
+            raw = data.get(key)
+            if not isinstance(raw, list):
+                return []
+            valid = [(i, self.validate(model, item, (key, i))) for i, item in enumerate(raw)]
+            kept = [(i, v) for i, v in valid if v is not None]
+            replaced[key] = [v for _, v in kept]
+            return kept
+
+        middlewares = items("middlewares", MiddlewareSettings)
+        endpoints = items("endpoints", EndpointSettings)
+        had_endpoints = isinstance(data.get("endpoints"), list) and bool(data["endpoints"])
+        settings, diagnostics = validate_section(BlueprintSettings, replaced, self.doc, (), context=self.context)
+        for diagnostic in diagnostics:
+            if had_endpoints and diagnostic.key_path == "endpoints" and not replaced.get("endpoints"):
+                continue  # every endpoint was invalid, and each already has its own error
+            self.errors.append(diagnostic)
+        return plugins, middlewares, endpoints, settings if isinstance(settings, BlueprintSettings) else None
+
+    # -- plugins ---------------------------------------------------------------------------
+
+    def load_plugins(self, entries: list[tuple[str, bool, dict[str, Any], tuple[str | int, ...]]]) -> tuple[dict[str, BaseModel], dict[str, tuple]]:
+        configs: dict[str, BaseModel] = {}
+        locs: dict[str, tuple] = {}
+        disabled: set[str] = set()
+        for name, enabled, raw_config, loc in entries:
+            if "enabled" in raw_config:  # `enabled` inside `config` means the same (auth-api example)
+                inner = raw_config.pop("enabled")
+                if not isinstance(inner, bool):
+                    self.error(loc + ("config", "enabled"), f"expected true or false, got {inner!r}")
+                    continue
+                enabled = enabled and inner
+            plugin = self.plugin_class(name, loc + (("type",) if isinstance(loc[-1], int) else ()))
+            if plugin is None:
+                continue
+            if not enabled:
+                disabled.add(name)
+                continue
+            config = self.validate(plugin.Config, raw_config, loc + ("config",))
+            if config is not None:
+                configs[name] = config
+                locs[name] = loc + ("config",)
+                for sub_loc, message in plugin.lint(config):
+                    self.warn(loc + ("config",) + tuple(sub_loc), message)
+
+        for name in list(configs):
+            plugin = self.registry.plugins[name]
+            for required in plugin.requires:
+                if required not in self.registry.plugins:
+                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which is not installed")
+                elif required in disabled:
+                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which this blueprint disables")
+        self.disabled_plugins = disabled
+        return configs, locs
+
+    def plugin_class(self, name: str, loc: tuple[str | int, ...]) -> Any:
+        plugin = self.registry.plugins.get(name)
+        if plugin is not None:
+            return plugin
+        if name in self.registry.broken:
+            self.error(loc, f"plugin {name!r} is installed but failed to load: {self.registry.broken[name].reason}")
+        elif name in PLANNED_PLUGINS:
+            self.error(loc, f"plugin {name!r} is not available in this version of Backworks yet", prefer_key=True)
+        else:
+            hint = did_you_mean(name, self.registry.names())
+            known = ", ".join(self.registry.names()) or "none"
+            suggestion = f"; did you mean {hint!r}?" if hint else f" (installed plugins: {known})"
+            self.error(loc, f"unknown plugin {name!r}{suggestion}", prefer_key=True)
+        return None
+
+    # -- middlewares -----------------------------------------------------------------------
+
+    def load_middlewares(self, items: list[tuple[int, MiddlewareSettings]]) -> list[MiddlewareSpec]:
+        specs: list[MiddlewareSpec] = []
+        seen: dict[str, int] = {}
+        for index, middleware in items:
+            loc: tuple[str | int, ...] = ("middlewares", index)
+            if middleware.name in seen:
+                self.error(loc + ("name",), f"middleware name {middleware.name!r} is already used by middlewares[{seen[middleware.name]}]")
+                continue
+            seen[middleware.name] = index
+            plugin = self.plugin_class(middleware.plugin, loc + ("plugin",))
+            if plugin is None:
+                continue
+            if plugin.MiddlewareConfig is None:
+                offering = sorted(p.name for p in self.registry.plugins.values() if p.MiddlewareConfig is not None)
+                self.error(loc + ("plugin",), f"plugin {middleware.plugin!r} offers no middleware (plugins that do: {', '.join(offering) or 'none'})")
+                continue
+            if middleware.plugin in self.disabled_plugins:
+                self.error(loc + ("plugin",), f"plugin {middleware.plugin!r} is disabled in `plugins`")
+                continue
+            config = self.validate(plugin.MiddlewareConfig, middleware.config, loc + ("config",))
+            if config is not None:
+                assert isinstance(config, MiddlewareFilter)
+                specs.append(MiddlewareSpec(index, middleware.name, middleware.plugin, config))
+        return specs
+
+    def check_unused_middlewares(self, middlewares: list[MiddlewareSpec], endpoints: list[EndpointSpec]) -> None:
+        referenced = {name for endpoint in endpoints for name in endpoint.settings.middleware}
+        for spec in middlewares:
+            has_filter = spec.config.path is not None or spec.config.methods is not None
+            if not has_filter and spec.name not in referenced:
+                self.warn(
+                    ("middlewares", spec.index, "name"),
+                    f"middleware {spec.name!r} has no path/methods filter and no endpoint lists it: it applies to nothing",
+                )
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def load_endpoints(
+        self, items: list[tuple[int, EndpointSettings]], middlewares: list[MiddlewareSpec], declared: set[str]
+    ) -> tuple[list[EndpointSpec], set[Path]]:
+        known_middlewares = {m.name for m in middlewares} | declared
+        endpoints: list[EndpointSpec] = []
+        files: set[Path] = set()
+        for index, endpoint in items:
+            loc: tuple[str | int, ...] = ("endpoints", index)
+            try:
+                parse_template(endpoint.path)
+            except ValueError as exc:
+                self.error(loc + ("path",), str(exc))
+            for position, name in enumerate(endpoint.middleware):
+                if name not in known_middlewares:
+                    hint = did_you_mean(name, known_middlewares)
+                    self.error(
+                        loc + ("middleware", position),
+                        f"no middleware named {name!r}" + (f"; did you mean {hint!r}?" if hint else " is defined in `middlewares`"),
+                    )
+            spec = self.load_endpoint(index, endpoint, loc, files)
+            if spec is not None:
+                endpoints.append(spec)
+        return endpoints, files
+
+    def load_endpoint(self, index: int, endpoint: EndpointSettings, loc: tuple, files: set[Path]) -> EndpointSpec | None:
+        handler = endpoint.handler.strip()
+        plugin_name: str | None = None
+        python_function = None
+        if handler in CORE_HANDLERS:
+            kind = handler
+        elif handler in self.registry.handler_owner:
+            kind = handler
+            plugin_name = self.registry.handler_owner[handler]
+            if plugin_name in self.disabled_plugins:
+                self.error(loc + ("handler",), f"handler {handler!r} belongs to plugin {plugin_name!r}, which is disabled in `plugins`")
+                return None
+        elif (ref := parse_handler_ref(endpoint.handler)) is not None:
+            kind = PYTHON_HANDLER
+            try:
+                python_function, watched = load_handler(ref, self.path.resolve().parent, f"endpoints[{index}].handler")
+            except HandlerLoadError as exc:
+                self.error(loc + ("handler",), str(exc))
+                return None
+            if watched is not None:
+                files.add(watched)
+        else:
+            builtin = sorted({*CORE_HANDLERS, *self.registry.handler_owner})
+            hint = did_you_mean(handler, builtin)
+            self.error(
+                loc + ("handler",),
+                f"unknown handler {handler!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (expected one of {', '.join(builtin)}, or a Python handler: handlers/x.py, "
+                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
+            )
+            return None
+
+        sections: dict[str, BaseModel] = {}
+        all_sections = {**{n: ("core", s) for n, s in CORE_SECTIONS.items()}, **self.registry.sections}
+        for section_name, raw in endpoint.config.items():
+            section_loc = loc + ("config", section_name)
+            owner = all_sections.get(section_name)
+            if owner is None:
+                hint = did_you_mean(str(section_name), all_sections)
+                self.error(
+                    section_loc,
+                    f"unknown config section {section_name!r}"
+                    + (f"; did you mean {hint!r}?" if hint else f" (expected one of {', '.join(sorted(all_sections))})"),
+                    prefer_key=True,
+                )
+                continue
+            _, section = owner
+            if section.handler is not None and section.handler != kind:
+                self.error(
+                    section_loc,
+                    f"config.{section_name} is for handler {section.handler!r}; this endpoint's handler is {handler!r}",
+                    prefer_key=True,
+                )
+                continue
+            value = self.validate(section.model, raw if raw is not None else {}, section_loc)
+            if value is not None:
+                sections[section_name] = value
+        if kind == "static" and "static" not in sections and "static" not in endpoint.config:
+            self.error(loc + ("config",), "handler 'static' needs `config.static` (status, headers, body, delay)")
+            return None
+        if kind == PYTHON_HANDLER and "python" not in sections and "python" not in endpoint.config:
+            sections["python"] = PythonConfig()
+        if any(name in endpoint.config and name not in sections for name in endpoint.config):
+            return None
+        return EndpointSpec(
+            index=index,
+            settings=endpoint,
+            methods=endpoint.method_set,
+            handler=kind,
+            plugin=plugin_name,
+            sections=sections,
+            python_function=python_function,
+        )
+
+    def check_routes(self, endpoints: list[EndpointSpec]) -> None:
+        valid: list[EndpointSpec] = []
+        for spec in endpoints:
+            try:
+                parse_template(spec.settings.path)
+            except ValueError:
+                continue
+            valid.append(spec)
+        routes = [Route(s.settings.path, s.methods, s.settings.host, s.index) for s in valid]
+        for conflict in check_routes(routes):
+            second = valid[conflict.second]
+            loc = ("endpoints", second.index, "path")
+            if conflict.severity == "error":
+                self.error(loc, conflict.message)
+            else:
+                self.warn(loc, conflict.message)

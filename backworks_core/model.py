@@ -1,0 +1,163 @@
+"""The blueprint's top-level pydantic models (format v1).
+
+Plugin `config` blocks, middleware configs and endpoint `config.<section>` blocks are kept
+as raw mappings here: each is validated afterwards by the model its plugin declares, so an
+error inside `plugins.proxy.config` is reported with the proxy plugin's own field names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "ANY"}
+)
+
+
+def _resolve_blueprint_path(value: str, info: ValidationInfo) -> str:
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is None or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+BlueprintPath = Annotated[str, AfterValidator(_resolve_blueprint_path)]
+"""A file named in a blueprint: relative to the blueprint's folder, never to the current directory."""
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: nothing in a blueprint is dropped silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class TlsSettings(StrictModel):
+    cert: BlueprintPath = Field(description="PEM file holding the certificate and its private key")
+
+
+class ServerSettings(StrictModel):
+    host: str = Field("127.0.0.1", description="address `backworks run` listens on")
+    port: int = Field(8080, ge=1, le=65535, description="port `backworks run` listens on")
+    tls: TlsSettings | None = Field(None, description="serve HTTPS with this certificate")
+    unmatched: Literal["not_found", "passthrough"] | None = Field(
+        None,
+        description="what happens to a request no endpoint matches; default: not_found in "
+        "reverse mode, passthrough in every other mode",
+    )
+
+
+class DashboardSettings(StrictModel):
+    enabled: bool = True
+    path: str = Field("/__backworks", description="where the status page is served on the proxy listener")
+    port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+
+class PluginEntry(StrictModel):
+    """One entry of `plugins` in map form (`name: {enabled, config}`)."""
+
+    enabled: bool = True
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class PluginListEntry(PluginEntry):
+    """One entry of `plugins` in list form (`- type: name`)."""
+
+    type: str
+
+
+class MiddlewareSettings(StrictModel):
+    name: str = Field(min_length=1)
+    plugin: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class EndpointSettings(StrictModel):
+    path: str
+    method: str | list[str] | None = Field(None, description="a method or a list; `methods` is an alias")
+    methods: str | list[str] | None = None
+    description: str | None = None
+    host: str | None = Field(None, description="glob on the request's host")
+    handler: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    middleware: list[str] = Field(default_factory=list)
+
+    @field_validator("method", "methods")
+    @classmethod
+    def _known_methods(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        for item in items:
+            if item.upper() not in HTTP_METHODS:
+                raise ValueError(
+                    f"unknown HTTP method {item!r} (expected one of {', '.join(sorted(HTTP_METHODS))})"
+                )
+        if isinstance(value, list) and not value:
+            raise ValueError("expected at least one method")
+        return value
+
+    @model_validator(mode="after")
+    def _one_method_key(self) -> EndpointSettings:
+        if self.method is not None and self.methods is not None:
+            raise ValueError("write either 'method' or 'methods', not both")
+        return self
+
+    @property
+    def method_set(self) -> frozenset[str]:
+        raw = self.method if self.method is not None else self.methods
+        if raw is None:
+            return frozenset({"GET"})
+        items = [raw] if isinstance(raw, str) else raw
+        return frozenset(item.upper() for item in items)
+
+
+class BlueprintSettings(StrictModel):
+    name: str = Field(min_length=1)
+    version: str = "1.0.0"
+    description: str | None = None
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    plugins: dict[str, PluginEntry] | list[PluginListEntry] = Field(default_factory=dict)
+    middlewares: list[MiddlewareSettings] = Field(default_factory=list)
+    endpoints: list[EndpointSettings] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # `version: 1.0` is a float in YAML; authors mean the text.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+class MiddlewareFilter(StrictModel):
+    """Keys every middleware config accepts; plugins extend this model with their own."""
+
+    path: str | None = Field(None, description="glob; `*` matches within and across segments")
+    methods: list[str] | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        upper = [item.upper() for item in value]
+        unknown = [m for m in upper if m not in HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method {unknown[0]!r}")
+        return upper
+

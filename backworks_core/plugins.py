@@ -1,0 +1,130 @@
+"""The plugin interface and registry: built-in plugins plus the `backworks.plugins` entry points.
+
+A plugin declares what it adds to the blueprint (its `Config` model, a middleware config model,
+handler names, endpoint `config.<section>` models) so that the loader can validate a blueprint
+without mitmproxy running. Built-in plugins are also mitmproxy addons: they keep long-lived state
+(connection pools, health checks) and are told about each new blueprint after it is swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from backworks_core.model import MiddlewareFilter, StrictModel
+
+if TYPE_CHECKING:
+    from backworks_core.context import Handler, Middleware
+    from backworks_core.loader import EndpointSpec, LoadedBlueprint, MiddlewareSpec
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "backworks.plugins"
+
+
+class NoConfig(StrictModel):
+    """A plugin without settings still rejects unknown keys."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """An endpoint `config.<name>` block a plugin validates; `handler` limits it to one handler."""
+
+    model: type[BaseModel]
+    handler: str | None = None
+
+
+class Plugin:
+    """Base class of every Backworks plugin (built-in or third-party)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    # The model of `middlewares[].config` for this plugin; None: it offers no middleware.
+    MiddlewareConfig: ClassVar[type[MiddlewareFilter] | None] = None
+    # Handler names this plugin answers (`proxy`, `auth.login`, ...).
+    handlers: ClassVar[tuple[str, ...]] = ()
+    # Endpoint `config.<section>` blocks this plugin validates.
+    sections: ClassVar[Mapping[str, Section]] = {}
+    # Plugins that must be installed (and not disabled) for this one to work.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def lint(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        """Warnings about a valid config (location inside `config`, message)."""
+        return []
+
+    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel | None) -> Handler:
+        """Compile one endpoint's handler; raise gateway.BuildError with a location for bad settings."""
+        raise NotImplementedError(f"plugin {self.name!r} does not build handler {handler!r}")
+
+    def build_middleware(self, middleware: MiddlewareSpec, config: BaseModel) -> Middleware:
+        """Compile one middleware instance (its `config` is validated by MiddlewareConfig)."""
+        raise NotImplementedError(f"plugin {self.name!r} does not build middleware")
+
+    def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
+        """Called after a blueprint went live; `config` is None when the plugin is not in use."""
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point that could not be loaded: reported when a blueprint names it."""
+
+    name: str
+    reason: str
+
+
+class PluginRegistry:
+    """Plugins by name, with the handlers and endpoint sections they contribute."""
+
+    def __init__(self, plugins: Iterable[type[Plugin]], broken: Iterable[BrokenPlugin] = ()) -> None:
+        self.plugins: dict[str, type[Plugin]] = {}
+        self.broken: dict[str, BrokenPlugin] = {b.name: b for b in broken}
+        for plugin in plugins:
+            if plugin.name in self.plugins:
+                logger.warning(
+                    "plugin %r from %s ignored: the name is taken by %s",
+                    plugin.name,
+                    plugin.__module__,
+                    self.plugins[plugin.name].__module__,
+                )
+                continue
+            self.plugins[plugin.name] = plugin
+        self.handler_owner: dict[str, str] = {}
+        self.sections: dict[str, tuple[str, Section]] = {}
+        for plugin in self.plugins.values():
+            for handler in plugin.handlers:
+                self.handler_owner.setdefault(handler, plugin.name)
+            for section_name, section in plugin.sections.items():
+                self.sections.setdefault(section_name, (plugin.name, section))
+
+    @classmethod
+    def discover(cls, builtins: Iterable[type[Plugin]]) -> PluginRegistry:
+        """Built-ins first (their names cannot be taken), then every installed entry point."""
+        plugins: list[type[Plugin]] = list(builtins)
+        broken: list[BrokenPlugin] = []
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded: Any = entry.load()
+            except Exception as exc:  # a broken third-party package must not stop the gateway
+                logger.warning("plugin %r (%s) failed to load: %s", entry.name, entry.value, exc)
+                broken.append(BrokenPlugin(entry.name, f"{type(exc).__name__}: {exc}"))
+                continue
+            if not (isinstance(loaded, type) and issubclass(loaded, Plugin)):
+                broken.append(BrokenPlugin(entry.name, f"{entry.value} is not a backworks Plugin subclass"))
+                continue
+            if getattr(loaded, "name", None) != entry.name:
+                broken.append(
+                    BrokenPlugin(entry.name, f"{entry.value} is named {getattr(loaded, 'name', None)!r}, not {entry.name!r}")
+                )
+                continue
+            plugins.append(loaded)
+        return cls(plugins, broken)
+
+    def names(self) -> list[str]:
+        return sorted(self.plugins)

@@ -1,0 +1,622 @@
+"""Route matching for blueprint endpoints: a segment trie, no mitmproxy dependency.
+
+Endpoint paths are templates (``/users/{id:int}/posts``).  They are parsed once,
+inserted into a trie whose literal edges are dict lookups, and matched by a
+depth-first walk that tries the more specific branch first and backtracks.  The
+cost of a match therefore depends on the request's path length and on how many
+templates share its prefix, not on how many endpoints the blueprint has.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote
+
+__all__ = [
+    "Conflict",
+    "Match",
+    "MethodNotAllowed",
+    "Route",
+    "Router",
+    "Segment",
+    "check_routes",
+    "parse_template",
+    "template_shape",
+]
+
+SegmentKind = Literal["literal", "param", "int", "uuid", "path"]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONSTRAINTS: dict[str, SegmentKind] = {"int": "int", "uuid": "uuid", "path": "path"}
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_ANY = "ANY"
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One parsed path segment; ``value`` is the literal text (decoded) or the parameter name."""
+
+    kind: SegmentKind
+    value: str
+
+
+def parse_template(template: str) -> tuple[Segment, ...]:
+    """Parse an endpoint path template, raising ValueError with a message a user can act on.
+
+    Literal segments are percent-decoded so that ``/caf%C3%A9`` and ``/café`` are the
+    same route: requests are decoded before comparison too.
+    """
+    if not template.startswith("/"):
+        raise ValueError(f"path template {template!r} must start with '/'")
+    for bad in "?#":
+        if bad in template:
+            raise ValueError(
+                f"path template {template!r} contains {bad!r}; routes match the path only, "
+                "so leave the query string and fragment out (use '%3F' / '%23' for a literal character)"
+            )
+    if template == "/":
+        return ()  # the root: zero segments
+    body = template[1:-1] if template.endswith("/") else template[1:]  # "/hello/" is "/hello"
+    raw_segments = body.split("/")
+    segments: list[Segment] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(raw_segments):
+        if not raw:
+            raise ValueError(
+                f"path template {template!r} has an empty segment ('//'); remove the extra '/'"
+            )
+        segment = _parse_segment(template, raw)
+        if segment.kind != "literal":
+            if segment.value in seen:
+                raise ValueError(
+                    f"parameter {segment.value!r} appears twice in path template {template!r}; "
+                    "give each parameter its own name"
+                )
+            seen.add(segment.value)
+        if segment.kind == "path" and position != len(raw_segments) - 1:
+            raise ValueError(
+                f"{raw!r} in path template {template!r} matches the rest of the path, "
+                "so it must be the last segment"
+            )
+        segments.append(segment)
+    return tuple(segments)
+
+
+def _parse_segment(template: str, raw: str) -> Segment:
+    """Parse one non-empty raw segment of ``template``."""
+    if raw.startswith("{") and raw.endswith("}") and "{" not in raw[1:-1] and "}" not in raw[1:-1]:
+        name, colon, constraint = raw[1:-1].partition(":")
+        _check_name(template, raw, name)
+        if not colon:
+            return Segment("param", name)
+        kind = _CONSTRAINTS.get(constraint)
+        if kind is None:
+            raise ValueError(
+                f"unknown parameter type {constraint!r} in {raw!r} of path template {template!r}; "
+                "use one of int, uuid, path (or no type to match any single segment)"
+            )
+        return Segment(kind, name)
+    if "{" in raw or "}" in raw:
+        if raw.count("{") != raw.count("}"):
+            raise ValueError(
+                f"unbalanced '{{' or '}}' in segment {raw!r} of path template {template!r}"
+            )
+        raise ValueError(
+            f"segment {raw!r} of path template {template!r} mixes a parameter with other text; "
+            "a parameter must be a whole segment (e.g. '/files/{name}', not '/file.{ext}')"
+        )
+    if raw.startswith(":"):
+        name = raw[1:]
+        if ":" in name:
+            raise ValueError(
+                f"segment {raw!r} of path template {template!r}: ':name' parameters take no type; "
+                f"write '{{{name}}}' instead"
+            )
+        _check_name(template, raw, name)
+        return Segment("param", name)
+    return Segment("literal", unquote(raw) if "%" in raw else raw)
+
+
+def _check_name(template: str, raw: str, name: str) -> None:
+    """Parameter names become keys in handler contexts, so keep them identifier-like."""
+    if not name:
+        raise ValueError(
+            f"parameter {raw!r} in path template {template!r} needs a name, e.g. '{{id}}'"
+        )
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"parameter name {name!r} in path template {template!r} is not valid; "
+            "use letters, digits and '_', not starting with a digit"
+        )
+
+
+def _shape_literal(text: str) -> str:
+    """Escape the few characters that would make a shape ambiguous, keeping it readable."""
+    if any(c in text for c in "%/{}"):
+        return (
+            text.replace("%", "%25").replace("/", "%2F").replace("{", "%7B").replace("}", "%7D")
+        )
+    return text
+
+
+def template_shape(segments: Iterable[Segment]) -> str:
+    """Canonical template with parameter names erased: equal shapes match the same requests."""
+    parts = [
+        _shape_literal(s.value)
+        if s.kind == "literal"
+        else "{}"
+        if s.kind == "param"
+        else "{" + s.kind + "}"
+        for s in segments
+    ]
+    return "/" + "/".join(parts)
+
+
+# --------------------------------------------------------------------------- public results
+
+
+@dataclass(frozen=True)
+class Route:
+    """An endpoint as the router sees it; ``payload`` is whatever the caller wants back."""
+
+    template: str
+    methods: frozenset[str]  # upper-case; may contain "ANY"
+    host: str | None
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Match:
+    """A request resolved to one route, with decoded parameter values."""
+
+    route: Route
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class MethodNotAllowed:
+    """The path exists but not for this method: answer 405 with ``Allow: <allow>``."""
+
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two routes the router cannot tell apart (error) or can only by blueprint order (warning)."""
+
+    severity: Literal["error", "warning"]
+    first: int
+    second: int
+    message: str
+
+
+# --------------------------------------------------------------------------- host helpers
+
+
+def _normalize_host(host: str) -> str:
+    """Host for glob matching: lower-case, without ':port' or a trailing dot."""
+    if not host:
+        return ""
+    if host.startswith("["):  # IPv6 literal, "[::1]:8080"
+        end = host.find("]")
+        host = host[: end + 1] if end != -1 else host
+    else:
+        name, colon, port = host.rpartition(":")
+        if colon and port.isdigit():
+            host = name
+    return host.rstrip(".").lower()
+
+
+def _normalize_glob(host: str | None) -> str | None:
+    """Globs compare case-insensitively; an empty glob means no host restriction."""
+    return host.lower() if host else None
+
+
+def _normalize_methods(methods: Iterable[str]) -> frozenset[str]:
+    return frozenset(m.upper() for m in methods)
+
+
+# --------------------------------------------------------------------------- the trie
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """A route placed at a leaf, with what matching needs precomputed."""
+
+    index: int
+    route: Route
+    names: tuple[str, ...]  # parameter names in path order, zipped with captured values
+    methods: frozenset[str]
+    host_re: re.Pattern[str] | None
+
+
+@dataclass(slots=True, eq=False)
+class _Leaf:
+    """Routes that end at one trie position, split into host-specific and host-less."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    host_entries: tuple[tuple[re.Pattern[str], _Entry], ...] = ()
+    exact: dict[str, _Entry] = field(default_factory=dict)  # host-less, by method (HEAD->GET filled)
+    any: _Entry | None = None  # first host-less ANY route
+    plain_methods: frozenset[str] = frozenset()  # methods of host-less routes, for Allow
+    has_plain: bool = False
+
+    def freeze(self) -> None:
+        """Precompute per-method lookups so a leaf resolves with one or two dict reads."""
+        self.entries.sort(key=lambda e: e.index)
+        self.host_entries = tuple((e.host_re, e) for e in self.entries if e.host_re is not None)
+        plain = [e for e in self.entries if e.host_re is None]
+        self.has_plain = bool(plain)
+        methods: set[str] = set()
+        for entry in plain:
+            for method in entry.methods:
+                if method == _ANY:
+                    if self.any is None:
+                        self.any = entry
+                else:
+                    self.exact.setdefault(method, entry)
+                    methods.add(method)
+        if "HEAD" not in self.exact and "GET" in self.exact:
+            self.exact["HEAD"] = self.exact["GET"]
+        self.plain_methods = frozenset(methods)
+
+
+@dataclass(slots=True, eq=False)
+class _Node:
+    """One trie position; children are tried literal > int > uuid > param > path."""
+
+    literals: dict[str, _Node] = field(default_factory=dict)
+    int_child: _Node | None = None
+    uuid_child: _Node | None = None
+    param_child: _Node | None = None
+    leaf: _Leaf | None = None  # routes ending exactly here
+    path_leaf: _Leaf | None = None  # routes whose next (last) segment is {x:path}
+
+
+@dataclass(slots=True, eq=False)
+class _Search:
+    """Per-call state for one match: the request and the first 405 seen."""
+
+    method: str
+    host: str
+    not_allowed: MethodNotAllowed | None = None
+
+
+def _method_rank(entry: _Entry, method: str) -> int:
+    """0 exact method, 1 GET serving HEAD, 2 ANY, 3 no fit."""
+    methods = entry.methods
+    if method in methods:
+        return 0
+    if method == "HEAD" and "GET" in methods:
+        return 1
+    if _ANY in methods:
+        return 2
+    return 3
+
+
+def _allow(methods: Iterable[str]) -> MethodNotAllowed:
+    allowed = {m for m in methods if m != _ANY}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return MethodNotAllowed(tuple(sorted(allowed)))
+
+
+def _resolve(leaf: _Leaf, values: list[str], search: _Search) -> Match | None:
+    """Pick a route at a leaf: host-specific over host-less, then exact > GET-for-HEAD > ANY, then order."""
+    method = search.method
+    matched_hosts: list[_Entry] = []
+    if leaf.host_entries:
+        host = search.host
+        matched_hosts = [e for pattern, e in leaf.host_entries if pattern.match(host)]
+        best: _Entry | None = None
+        best_rank = 3
+        for entry in matched_hosts:
+            rank = _method_rank(entry, method)
+            if rank < best_rank:
+                best, best_rank = entry, rank
+                if rank == 0:
+                    break
+        if best is not None:
+            return Match(best.route, dict(zip(best.names, values)))
+    if leaf.has_plain:
+        plain = leaf.exact.get(method) or leaf.any
+        if plain is not None:
+            return Match(plain.route, dict(zip(plain.names, values)))
+    if search.not_allowed is None and (matched_hosts or leaf.has_plain):
+        methods: set[str] = set(leaf.plain_methods)
+        for entry in matched_hosts:
+            methods.update(entry.methods)
+        search.not_allowed = _allow(methods)
+    return None
+
+
+def _walk(node: _Node, segments: list[str], i: int, values: list[str], search: _Search) -> Match | None:
+    """Depth-first, most specific branch first; each trie node is visited at most once."""
+    if i == len(segments):
+        return _resolve(node.leaf, values, search) if node.leaf is not None else None
+    segment = segments[i]
+    child = node.literals.get(segment)
+    if child is not None:
+        found = _walk(child, segments, i + 1, values, search)
+        if found is not None:
+            return found
+    if segment:  # parameters never capture an empty segment ("/a//b")
+        if node.int_child is not None and segment.isascii() and segment.isdigit():
+            values.append(segment)
+            found = _walk(node.int_child, segments, i + 1, values, search)
+            values.pop()
+            if found is not None:
+                return found
+        if node.uuid_child is not None and len(segment) == 36 and _UUID.fullmatch(segment):
+            values.append(segment)
+            found = _walk(node.uuid_child, segments, i + 1, values, search)
+            values.pop()
+            if found is not None:
+                return found
+        if node.param_child is not None:
+            values.append(segment)
+            found = _walk(node.param_child, segments, i + 1, values, search)
+            values.pop()
+            if found is not None:
+                return found
+    if node.path_leaf is not None:
+        rest = "/".join(segments[i:])
+        if rest:
+            values.append(rest)
+            found = _resolve(node.path_leaf, values, search)
+            values.pop()
+            return found
+    return None
+
+
+def _split_path(path: str) -> list[str] | None:
+    """Raw request path -> decoded segments; None for paths no route can match ("*")."""
+    if "?" in path or "#" in path:  # tolerate callers that forgot to strip the query
+        path = path.partition("?")[0].partition("#")[0]
+    if not path or path == "/":
+        return []
+    if path[0] != "/":
+        return None
+    end = len(path) - 1 if path[-1] == "/" else len(path)
+    return [unquote(s) if "%" in s else s for s in path[1:end].split("/")]
+
+
+class Router:
+    """Resolves (method, path, host) to a route; build once per blueprint, match per request."""
+
+    __slots__ = ("_root", "_routes")
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._routes: tuple[Route, ...] = tuple(routes)
+        self._root = _Node()
+        leaves: list[_Leaf] = []
+        for index, route in enumerate(self._routes):
+            segments = parse_template(route.template)
+            glob = _normalize_glob(route.host)
+            entry = _Entry(
+                index=index,
+                route=route,
+                names=tuple(s.value for s in segments if s.kind != "literal"),
+                methods=_normalize_methods(route.methods),
+                host_re=re.compile(fnmatch.translate(glob)) if glob is not None else None,
+            )
+            leaf = self._leaf_for(segments, leaves)
+            leaf.entries.append(entry)
+        for leaf in leaves:
+            leaf.freeze()
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self._routes
+
+    def _leaf_for(self, segments: tuple[Segment, ...], leaves: list[_Leaf]) -> _Leaf:
+        """Walk/extend the trie along ``segments`` and return (creating) its leaf."""
+        node = self._root
+        for segment in segments:
+            kind = segment.kind
+            if kind == "path":
+                if node.path_leaf is None:
+                    node.path_leaf = _Leaf()
+                    leaves.append(node.path_leaf)
+                return node.path_leaf
+            if kind == "literal":
+                child = node.literals.get(segment.value)
+                if child is None:
+                    child = node.literals[segment.value] = _Node()
+            elif kind == "int":
+                child = node.int_child = node.int_child or _Node()
+            elif kind == "uuid":
+                child = node.uuid_child = node.uuid_child or _Node()
+            else:
+                child = node.param_child = node.param_child or _Node()
+            node = child
+        if node.leaf is None:
+            node.leaf = _Leaf()
+            leaves.append(node.leaf)
+        return node.leaf
+
+    def match(self, method: str, path: str, host: str = "") -> Match | MethodNotAllowed | None:
+        """A Match, a MethodNotAllowed (405) if only the method is wrong, or None (404)."""
+        segments = _split_path(path)
+        if segments is None:
+            return None
+        search = _Search(method.upper(), _normalize_host(host))
+        found = _walk(self._root, segments, 0, [], search)
+        if found is not None:
+            return found
+        return search.not_allowed
+
+
+# --------------------------------------------------------------------------- conflicts
+
+
+def _has_wildcards(glob: str) -> bool:
+    return "*" in glob or "?" in glob or "[" in glob
+
+
+_STAR = None  # token for '*' in a tokenized glob
+
+
+def _glob_tokens(glob: str) -> list[re.Pattern[str] | str | None]:
+    """Tokenize like fnmatch.translate: None for '*', a literal char, or a one-char pattern."""
+    tokens: list[re.Pattern[str] | str | None] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        i += 1
+        if c == "*":
+            if not tokens or tokens[-1] is not _STAR:
+                tokens.append(_STAR)
+        elif c == "?":
+            tokens.append(re.compile(r"(?s:.)\Z"))
+        elif c == "[":
+            j = i
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
+                tokens.append("[")
+            else:
+                tokens.append(re.compile(fnmatch.translate(glob[i - 1 : j + 1])))
+                i = j + 1
+        else:
+            tokens.append(c)
+    return tokens
+
+
+_PREFERRED = "abcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def _glob_overlap(a: str, b: str) -> str | None:
+    """A host both globs match (a witness for the message), or None if they are disjoint.
+
+    Breadth-first search over the product of the two globs' automata.  Characters
+    are drawn from printable ASCII, the globs' own characters and one stand-in for
+    everything else, which is exact for any class fnmatch can express over hosts.
+    """
+    if not _has_wildcards(a) or not _has_wildcards(b):
+        literal, glob = (a, b) if not _has_wildcards(a) else (b, a)
+        return literal if fnmatch.fnmatchcase(literal, glob) else None
+    ta, tb = _glob_tokens(a), _glob_tokens(b)
+    alphabet = list(dict.fromkeys(_PREFERRED + "".join(chr(c) for c in range(0x21, 0x7F)).lower() + a + b + "\u0100"))
+
+    def accepts(token: re.Pattern[str] | str | None) -> frozenset[str]:
+        if token is _STAR:
+            return frozenset(alphabet)
+        if isinstance(token, str):
+            return frozenset((token,))
+        return frozenset(c for c in alphabet if token.match(c))
+
+    sets_a = [accepts(t) for t in ta]
+    sets_b = [accepts(t) for t in tb]
+    goal = (len(ta), len(tb))
+    parent: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {(0, 0): None}
+    queue = [(0, 0)]
+    for state in queue:  # the list grows while iterating: a FIFO without deque
+        if state == goal:
+            out: list[str] = []
+            step = parent[state]
+            while step is not None:
+                prev, char = step
+                out.append(char)
+                step = parent[prev]
+            return "".join(reversed(out))
+        i, j = state
+        moves: list[tuple[tuple[int, int], str]] = []
+        if i < len(ta) and ta[i] is _STAR:
+            moves.append(((i + 1, j), ""))
+        if j < len(tb) and tb[j] is _STAR:
+            moves.append(((i, j + 1), ""))
+        if i < len(ta) and j < len(tb) and not (ta[i] is _STAR and tb[j] is _STAR):
+            common = sets_a[i] & sets_b[j]
+            if common:
+                char = min(common, key=alphabet.index)
+                nxt = (i if ta[i] is _STAR else i + 1, j if tb[j] is _STAR else j + 1)
+                moves.append((nxt, char))
+        for nxt, char in moves:
+            if nxt not in parent:
+                parent[nxt] = (state, char)
+                queue.append(nxt)
+    return None
+
+
+def check_routes(routes: Sequence[Route]) -> list[Conflict]:
+    """Find routes the precedence rules cannot separate, in O(n) plus the size of each clash.
+
+    Only routes with the same template shape can tie: any other difference is settled
+    by per-segment precedence, a host glob over no host, or an explicit method over ANY.
+    Conflicts are reported against the first route that claimed the method (and host),
+    one per pair of routes, sorted by the later route.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, route in enumerate(routes):
+        groups.setdefault(template_shape(parse_template(route.template)), []).append(index)
+
+    clashes: dict[tuple[int, int, str], set[str]] = {}
+    witnesses: dict[tuple[int, int], str] = {}
+    overlap_cache: dict[tuple[str, str], str | None] = {}
+    for indexes in groups.values():
+        if len(indexes) < 2:
+            continue
+        owner: dict[tuple[str, str | None], int] = {}  # (method, host glob) -> first route
+        globs_by_method: dict[str, dict[str, int]] = {}  # method -> host glob -> first route
+        for index in indexes:
+            glob = _normalize_glob(routes[index].host)
+            for method in sorted(_normalize_methods(routes[index].methods)):
+                first = owner.get((method, glob))
+                if first is None:
+                    owner[(method, glob)] = index
+                    if glob is not None:
+                        globs_by_method.setdefault(method, {})[glob] = index
+                else:
+                    clashes.setdefault((first, index, "error"), set()).add(method)
+        for method, globs in globs_by_method.items():
+            if len(globs) < 2:
+                continue
+            items = list(globs.items())
+            wild = [(g, i) for g, i in items if _has_wildcards(g)]
+            # Distinct literal hosts never overlap each other: only pairs with a wildcard can.
+            for position, (glob_w, index_w) in enumerate(wild):
+                others = [(g, i) for g, i in items if not _has_wildcards(g)] + wild[position + 1 :]
+                for glob_o, index_o in others:
+                    key = (glob_w, glob_o) if glob_w < glob_o else (glob_o, glob_w)
+                    if key not in overlap_cache:
+                        overlap_cache[key] = _glob_overlap(*key)
+                    witness = overlap_cache[key]
+                    if witness is not None:
+                        pair = (min(index_w, index_o), max(index_w, index_o))
+                        clashes.setdefault((*pair, "warning"), set()).add(method)
+                        witnesses.setdefault(pair, witness)
+
+    conflicts: list[Conflict] = []
+    for (first, second, severity), methods in clashes.items():
+        a, b = routes[first], routes[second]
+        names = ", ".join(sorted(methods))
+        as_first = f" (as {a.template})" if a.template != b.template else ""
+        if severity == "error":
+            where = f" for host {b.host!r}" if b.host else ""
+            message = (
+                f"duplicate route: {names} {b.template}{where} "
+                f"is already defined by endpoint {first}{as_first}"
+            )
+            conflicts.append(Conflict("error", first, second, message))
+        else:
+            witness = witnesses[(first, second)]
+            message = (
+                f"ambiguous route: {names} {b.template} for host {b.host!r} overlaps endpoint "
+                f"{first}{as_first} for host {a.host!r}; a request for a host matching both "
+                f"(e.g. {witness!r}) goes to endpoint {first}"
+            )
+            conflicts.append(Conflict("warning", first, second, message))
+    conflicts.sort(key=lambda c: (c.second, c.first, c.severity))
+    return conflicts

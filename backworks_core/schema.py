@@ -1,0 +1,90 @@
+"""The blueprint's JSON Schema for editors, assembled from the same pydantic models the loader uses.
+
+The top-level model keeps plugin configs and endpoint sections as open mappings (each plugin
+validates its own); here they are filled in with each plugin's schema so that an editor can
+complete and check `plugins.proxy.config` and `endpoints[].config.static` as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from backworks_core.loader import CORE_SECTIONS
+from backworks_core.model import BlueprintSettings
+from backworks_core.plugins import PluginRegistry
+
+SCHEMA_ID = "https://backworks.dev/schema/blueprint-v1.json"
+
+
+def _inline(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
+    """A model's schema whose $defs are hoisted into the shared `defs`."""
+    schema = model.model_json_schema(ref_template="#/$defs/{model}", mode="validation")
+    defs.update(schema.pop("$defs", {}))
+    return schema
+
+
+def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    root = _inline(BlueprintSettings, defs)
+
+    plugin_configs = {name: _inline(plugin.Config, defs) for name, plugin in registry.plugins.items()}
+    map_form = {
+        "type": "object",
+        "properties": {
+            name: {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"enabled": {"type": "boolean", "default": True}, "config": schema},
+            }
+            for name, schema in plugin_configs.items()
+        },
+        "additionalProperties": False,
+    }
+    list_form = {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["type"],
+                    "properties": {
+                        "type": {"const": name},
+                        "enabled": {"type": "boolean", "default": True},
+                        "config": schema,
+                    },
+                }
+                for name, schema in plugin_configs.items()
+            ]
+        },
+    }
+    root["properties"]["plugins"] = {"description": "plugin name → {enabled, config}", "anyOf": [map_form, list_form]}
+
+    sections = dict(CORE_SECTIONS)
+    sections.update({name: section for name, (_, section) in registry.sections.items()})
+    endpoint_def = defs["EndpointSettings"]
+    endpoint_def["properties"]["config"] = {
+        "type": "object",
+        "description": "the handler's settings, under the handler's name",
+        "additionalProperties": False,
+        "properties": {name: _inline(section.model, defs) for name, section in sections.items()},
+    }
+
+    middleware_schemas = [
+        {
+            "if": {"properties": {"plugin": {"const": name}}},
+            "then": {"properties": {"config": _inline(plugin.MiddlewareConfig, defs)}},
+        }
+        for name, plugin in registry.plugins.items()
+        if plugin.MiddlewareConfig is not None
+    ]
+    if middleware_schemas:
+        defs["MiddlewareSettings"]["allOf"] = middleware_schemas
+
+    root["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    root["$id"] = SCHEMA_ID
+    root["title"] = "Backworks blueprint"
+    root["$defs"] = defs
+    return root

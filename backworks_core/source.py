@@ -1,0 +1,361 @@
+"""Read a YAML blueprint into plain Python data that remembers where every value came from.
+
+Errors in a blueprint must name the file, line and column of the offending key or value,
+so the loader works on PyYAML's node graph (which carries marks) instead of `yaml.safe_load`
+(which throws them away). Environment references are substituted here, at the value they
+came from, so an unset variable can be reported at its exact place.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from backworks_core.diagnostics import Diagnostic, Severity, format_key_path
+
+__all__ = ["Loc", "Position", "SourceDocument", "load_file", "parse_yaml", "substitute_env"]
+
+Loc = tuple[str | int, ...]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Position:
+    """A 1-based line and column in the source text."""
+
+    line: int
+    col: int
+
+
+@dataclass
+class SourceDocument:
+    """Parsed blueprint data plus where each key and value sits in the file."""
+
+    filename: str
+    data: Any
+    value_positions: dict[Loc, Position] = field(default_factory=dict)
+    key_positions: dict[Loc, Position] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    # Key paths whose value is already reported by a diagnostic above (unset variable,
+    # bad tag, ...): the validator skips its own errors there so each mistake shows once.
+    error_locs: set[Loc] = field(default_factory=set)
+
+    def locate(self, loc: Loc, *, prefer_key: bool = False) -> Position:
+        """Where `loc` is written; walks up to the nearest ancestor the file spells out."""
+        loc = tuple(loc)
+        if prefer_key and loc in self.key_positions:
+            return self.key_positions[loc]
+        for end in range(len(loc), -1, -1):
+            prefix = loc[:end]
+            if prefix in self.value_positions:
+                return self.value_positions[prefix]
+            if prefix in self.key_positions:
+                return self.key_positions[prefix]
+        return Position(1, 1)
+
+    def diagnostic(
+        self,
+        loc: Loc,
+        message: str,
+        *,
+        severity: Severity = "error",
+        prefer_key: bool = False,
+    ) -> Diagnostic:
+        """A Diagnostic for `loc` in this file, located by `locate`."""
+        pos = self.locate(loc, prefer_key=prefer_key)
+        return Diagnostic(self.filename, pos.line, pos.col, format_key_path(tuple(loc)), message, severity)
+
+
+def load_file(path: Path, env: Mapping[str, str] | None = None) -> SourceDocument:
+    """Read and parse a blueprint file; an unreadable file becomes a diagnostic, not a crash."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return SourceDocument(
+            filename, None, diagnostics=[Diagnostic(filename, 0, 0, "", f"cannot read blueprint: {reason}")]
+        )
+    return parse_yaml(text, filename, os.environ if env is None else env)
+
+
+def parse_yaml(text: str, filename: str, env: Mapping[str, str]) -> SourceDocument:
+    """Parse one YAML document into plain data with positions; problems become diagnostics."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        return SourceDocument(filename, None, diagnostics=[_syntax_diagnostic(filename, exc)])
+    finally:
+        loader.dispose()
+    builder = _Builder(SourceDocument(filename, None), env)
+    if root is not None:
+        builder.doc.data = builder.build(root, ())
+    return builder.doc
+
+
+def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[str], list[str]]:
+    """Expand `${VAR}` / `${VAR:-default}` / `$${`; returns (text, unset names, syntax problems).
+
+    A default is used when the variable is unset or empty (POSIX `:-`); a default may itself
+    contain references. When anything is unset or malformed the caller should keep the
+    original text: the returned text then has those references replaced by "".
+    """
+    out, end, unset, problems = _expand(text, 0, env, nested=False)
+    assert end == len(text)
+    return out, list(dict.fromkeys(unset)), problems
+
+
+# --------------------------------------------------------------------------------------
+# YAML nodes -> plain data
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that gives each alias use its own start mark (PyYAML reuses the anchor's)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            alias = copy.copy(node)  # shallow: shares `value`, so cycles stay detectable
+            alias.start_mark = mark
+            return alias
+        return super().compose_node(parent, index)
+
+
+def _position(node: yaml.Node) -> Position:
+    return Position(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _syntax_diagnostic(filename: str, exc: yaml.YAMLError) -> Diagnostic:
+    """One located diagnostic for a YAML error, in the parser's own words."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            if problem.startswith("but "):
+                problem = f"{exc.context}, {problem}"
+            elif exc.context_mark is not None:
+                where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+                problem = f"{problem} ({exc.context} started at {where})"
+            else:
+                problem = f"{problem} ({exc.context})"
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        return Diagnostic(filename, line, col, "", f"invalid YAML: {problem}")
+    if isinstance(exc, yaml.reader.ReaderError):
+        return Diagnostic(filename, 0, 0, "", f"invalid YAML: {exc.reason} (character {exc.character!r})")
+    return Diagnostic(filename, 0, 0, "", f"invalid YAML: {exc}")
+
+
+class _Builder:
+    """Turns a node graph into plain values, recording positions and problems on `doc`."""
+
+    def __init__(self, doc: SourceDocument, env: Mapping[str, str]) -> None:
+        self.doc = doc
+        self.env = env
+        self.constructor = yaml.SafeLoader("")
+        self.active: set[int] = set()  # collections being built, to stop recursive aliases
+        self.reported: set[tuple[int, int, str]] = set()  # an aliased node is built once per use
+
+    def error(self, loc: Loc, pos: Position, message: str, *, poison: bool = True) -> None:
+        """Report once per place in the file, but mark every key path that inherits the problem."""
+        if (pos.line, pos.col, message) not in self.reported:
+            self.reported.add((pos.line, pos.col, message))
+            self.doc.diagnostics.append(
+                Diagnostic(self.doc.filename, pos.line, pos.col, format_key_path(loc), message)
+            )
+        if poison:
+            self.doc.error_locs.add(loc)
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.doc.value_positions[loc] = _position(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, loc)
+        if id(node.value) in self.active:
+            self.error(loc, _position(node), "recursive alias: a value cannot contain itself")
+            return None
+        expected = _MAP_TAG if isinstance(node, yaml.MappingNode) else _SEQ_TAG
+        if node.tag != expected:
+            self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}", poison=False)
+        self.active.add(id(node.value))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, loc)
+            return [self.build(item, loc + (index,)) for index, item in enumerate(node.value)]
+        finally:
+            self.active.discard(id(node.value))
+
+    def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        if node.tag == _TIMESTAMP_TAG:
+            value: Any = node.value  # dates stay text: the blueprint holds plain values only
+        else:
+            try:
+                value = self.constructor.construct_object(node, deep=True)
+            except yaml.constructor.ConstructorError:
+                self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}")
+                return node.value
+        if isinstance(value, str):
+            return self.expand(value, loc, _position(node))
+        return value
+
+    def expand(self, text: str, loc: Loc, pos: Position) -> str:
+        if "$" not in text:
+            return text
+        result, unset, problems = substitute_env(text, self.env)
+        for problem in problems:
+            self.error(loc, pos, problem)
+        for name in unset:
+            self.error(
+                loc,
+                pos,
+                f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)",
+            )
+        return text if problems or unset else result
+
+    def key(self, node: yaml.Node, loc: Loc) -> tuple[bool, Any]:
+        """A mapping key as its YAML type; collections cannot be keys of a blueprint."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.error(loc, _position(node), "a mapping key must be a plain value, not a list or mapping")
+            return False, None
+        if node.tag == _TIMESTAMP_TAG:
+            return True, node.value
+        try:
+            return True, self.constructor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError:
+            self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}")
+            return False, None
+
+    def entries(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
+        """The effective key -> (key node, value node) of a mapping, merge keys applied.
+
+        Explicit keys win over merged ones; among merged mappings the earlier one wins,
+        as in the YAML merge-key spec. Duplicate explicit keys are reported; the last wins.
+        """
+        merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        explicit: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                for source in self.merge_sources(value_node, loc):
+                    for key, pair in self.entries(source, loc).items():
+                        merged.setdefault(key, pair)
+                continue
+            ok, key = self.key(key_node, loc)
+            if not ok:
+                continue
+            first = explicit.get(key)
+            if first is not None:
+                self.error(
+                    loc + (key,),
+                    _position(key_node),
+                    f"duplicate key {_show_key(key)} (first at line {first[0].start_mark.line + 1})",
+                    poison=False,
+                )
+                del explicit[key]  # keep the last, in the order it was written
+            explicit[key] = (key_node, value_node)
+        return {**merged, **explicit}
+
+    def merge_sources(self, node: yaml.Node, loc: Loc) -> list[yaml.MappingNode]:
+        if isinstance(node, yaml.MappingNode):
+            sources = [node]
+        elif isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value):
+            sources = list(node.value)
+        else:
+            self.error(loc, _position(node), "a merge key '<<' needs a mapping or a list of mappings", poison=False)
+            return []
+        usable = []
+        for source in sources:
+            if id(source.value) in self.active:
+                self.error(loc, _position(source), "recursive alias: a mapping cannot merge itself", poison=False)
+            else:
+                usable.append(source)
+        return usable
+
+    def mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        for key, (key_node, value_node) in self.entries(node, loc).items():
+            self.doc.key_positions[loc + (key,)] = _position(key_node)
+            result[key] = self.build(value_node, loc + (key,))
+        return result
+
+
+def _show_key(key: Any) -> str:
+    return repr(key) if isinstance(key, str) else str(key)
+
+
+# --------------------------------------------------------------------------------------
+# ${VAR} substitution
+
+
+def _expand(
+    text: str, start: int, env: Mapping[str, str], *, nested: bool
+) -> tuple[str, int, list[str], list[str]]:
+    """Expand from `start`; inside a default (`nested`) stop at the closing brace."""
+    out: list[str] = []
+    unset: list[str] = []
+    problems: list[str] = []
+    i = start
+    while i < len(text):
+        if text.startswith("$${", i):
+            out.append("${")
+            i += 3
+        elif text.startswith("${", i):
+            value, i, ref_unset, ref_problems = _reference(text, i, env)
+            out.append(value)
+            unset += ref_unset
+            problems += ref_problems
+        elif nested and text[i] == "}":
+            break
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out), i, unset, problems
+
+
+def _reference(text: str, start: int, env: Mapping[str, str]) -> tuple[str, int, list[str], list[str]]:
+    """Expand the `${...}` at `start`; returns (value, index after it, unset, problems)."""
+    name_match = _ENV_NAME.match(text, start + 2)
+    after = name_match.end() if name_match else start + 2
+    if name_match and text.startswith("}", after):
+        name = name_match.group()
+        value = env.get(name)
+        return (value or "", after + 1, [] if value is not None else [name], [])
+    if name_match and text.startswith(":-", after):
+        name = name_match.group()
+        default, end, default_unset, problems = _expand(text, after + 2, env, nested=True)
+        if end >= len(text):
+            return "", end, [], problems + [_unclosed(text, start)]
+        value = env.get(name)
+        if value:
+            return value, end + 1, [], problems
+        return default, end + 1, default_unset, problems
+    close = text.find("}", start)
+    if close == -1:
+        return "", len(text), [], [_unclosed(text, start)]
+    snippet = text[start : close + 1]
+    return (
+        "",
+        close + 1,
+        [],
+        [
+            f"invalid environment reference {snippet!r}: write ${{NAME}} or ${{NAME:-default}}, "
+            "where NAME is letters, digits and _ (write $${ for a literal ${)"
+        ],
+    )
+
+
+def _unclosed(text: str, start: int) -> str:
+    snippet = text[start : start + 30]
+    return f"unclosed environment reference {snippet!r}: expected '}}' (write $${{ for a literal ${{)"
+

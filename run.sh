@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Backworks' one entry point.
+#   ./run.sh            install everything (first run), start the demo backend and serve blueprints/demo.yaml
+#   ./run.sh test       install everything (first run) and run the test suite
+#   ./run.sh run FILE   serve another blueprint (any `backworks` subcommand works the same way)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${BACKWORKS_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+install() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "run.sh: creating $VENV with $("$PYTHON" --version)" >&2
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # Reinstall when pyproject.toml changed since the last install.
+  if [ ! -f "$VENV/.backworks-installed" ] || [ pyproject.toml -nt "$VENV/.backworks-installed" ]; then
+    echo "run.sh: installing Backworks and its dependencies into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+    "$VENV/bin/python" -m pip check
+    touch "$VENV/.backworks-installed"
+  fi
+}
+
+demo() {
+  local backend_port="${DEMO_BACKEND_PORT:-3001}" port="${BACKWORKS_PORT:-8080}"
+  export DEMO_BACKEND_URL="http://127.0.0.1:${backend_port}" BACKWORKS_PORT="$port"
+  "$VENV/bin/backworks" demo-backend --port "$backend_port" --name demo-backend &
+  local backend_pid=$!
+  trap 'kill "$backend_pid" 2>/dev/null || true' EXIT INT TERM
+  cat >&2 <<MSG
+
+Backworks demo: blueprints/demo.yaml on http://127.0.0.1:${port} (Ctrl-C stops it)
+Try:
+  curl http://127.0.0.1:${port}/hello
+  curl 'http://127.0.0.1:${port}/greet/ada?lang=en'
+  curl -X POST http://127.0.0.1:${port}/echo -H 'Content-Type: application/json' -d '{"hello": "world"}'
+  curl http://127.0.0.1:${port}/time
+  curl http://127.0.0.1:${port}/api/users
+  curl http://127.0.0.1:${port}/api/users/2
+  curl -i http://127.0.0.1:${port}/nothing-here
+
+MSG
+  "$VENV/bin/backworks" run blueprints/demo.yaml "$@"
+}
+
+install
+case "${1:-}" in
+  test) shift; exec "$VENV/bin/python" -m pytest "$@" ;;
+  "") demo ;;
+  --*) demo "$@" ;;
+  *) exec "$VENV/bin/backworks" "$@" ;;
+esac
