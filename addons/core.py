@@ -80,10 +80,10 @@ class Backworks:
             "Reload the blueprint when it or a handler file it names changes.",
         )
         loader.add_option(
-            "blueprint_watch_interval",
-            float,
-            1.0,
-            "Seconds between checks of the blueprint's files for changes.",
+            "blueprint_watch_ms",
+            int,
+            1000,
+            "Milliseconds between checks of the blueprint's files for changes.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -144,7 +144,7 @@ class Backworks:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(max(0.1, ctx.options.blueprint_watch_interval))
+            await asyncio.sleep(max(50, ctx.options.blueprint_watch_ms) / 1000)
             if not ctx.options.blueprint_watch or self.gateway is None:
                 continue
             if files_signature(self.gateway.blueprint.files) != self._signature:

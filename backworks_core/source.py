@@ -93,13 +93,14 @@ def load_file(path: Path, env: Mapping[str, str] | None = None) -> SourceDocumen
 
 def parse_yaml(text: str, filename: str, env: Mapping[str, str]) -> SourceDocument:
     """Parse one YAML document into plain data with positions; problems become diagnostics."""
-    loader = _Loader(text)
     try:
-        root = loader.get_single_node()
+        loader = _Loader(text)  # the reader rejects unprintable characters right here
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        return SourceDocument(filename, None, diagnostics=[_syntax_diagnostic(filename, exc)])
-    finally:
-        loader.dispose()
+        return SourceDocument(filename, None, diagnostics=[_syntax_diagnostic(filename, text, exc)])
     builder = _Builder(SourceDocument(filename, None), env)
     if root is not None:
         builder.doc.data = builder.build(root, ())
@@ -139,7 +140,7 @@ def _position(node: yaml.Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _syntax_diagnostic(filename: str, exc: yaml.YAMLError) -> Diagnostic:
+def _syntax_diagnostic(filename: str, text: str, exc: yaml.YAMLError) -> Diagnostic:
     """One located diagnostic for a YAML error, in the parser's own words."""
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -155,7 +156,10 @@ def _syntax_diagnostic(filename: str, exc: yaml.YAMLError) -> Diagnostic:
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         return Diagnostic(filename, line, col, "", f"invalid YAML: {problem}")
     if isinstance(exc, yaml.reader.ReaderError):
-        return Diagnostic(filename, 0, 0, "", f"invalid YAML: {exc.reason} (character {exc.character!r})")
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - text.rfind("\n", 0, exc.position)
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        return Diagnostic(filename, line, col, "", f"invalid YAML: {exc.reason} (character {char})")
     return Diagnostic(filename, 0, 0, "", f"invalid YAML: {exc}")
 
 
@@ -167,6 +171,7 @@ class _Builder:
         self.env = env
         self.constructor = yaml.SafeLoader("")
         self.active: set[int] = set()  # collections being built, to stop recursive aliases
+        self.merging: set[int] = set()  # mappings whose merge keys are being expanded
         self.reported: set[tuple[int, int, str]] = set()  # an aliased node is built once per use
 
     def error(self, loc: Loc, pos: Position, message: str, *, poison: bool = True) -> None:
@@ -227,14 +232,15 @@ class _Builder:
     def key(self, node: yaml.Node, loc: Loc) -> tuple[bool, Any]:
         """A mapping key as its YAML type; collections cannot be keys of a blueprint."""
         if not isinstance(node, yaml.ScalarNode):
-            self.error(loc, _position(node), "a mapping key must be a plain value, not a list or mapping")
+            message = "a mapping key must be a plain value, not a list or mapping"
+            self.error(loc, _position(node), message, poison=False)  # the key is skipped
             return False, None
         if node.tag == _TIMESTAMP_TAG:
             return True, node.value
         try:
             return True, self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:
-            self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}")
+            self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}", poison=False)
             return False, None
 
     def entries(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
@@ -243,6 +249,13 @@ class _Builder:
         Explicit keys win over merged ones; among merged mappings the earlier one wins,
         as in the YAML merge-key spec. Duplicate explicit keys are reported; the last wins.
         """
+        self.merging.add(id(node.value))
+        try:
+            return self._entries(node, loc)
+        finally:
+            self.merging.discard(id(node.value))
+
+    def _entries(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
         merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         explicit: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
@@ -272,12 +285,14 @@ class _Builder:
         elif isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value):
             sources = list(node.value)
         else:
-            self.error(loc, _position(node), "a merge key '<<' needs a mapping or a list of mappings", poison=False)
+            message = "a merge key '<<' needs a mapping or a list of mappings"
+            self.error(loc, _position(node), message, poison=False)
             return []
         usable = []
         for source in sources:
-            if id(source.value) in self.active:
-                self.error(loc, _position(source), "recursive alias: a mapping cannot merge itself", poison=False)
+            if id(source.value) in self.active or id(source.value) in self.merging:
+                message = "recursive alias: a mapping cannot merge itself"
+                self.error(loc, _position(source), message, poison=False)
             else:
                 usable.append(source)
         return usable

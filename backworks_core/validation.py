@@ -375,7 +375,7 @@ def _walk_data(data: Any, raw: tuple[Any, ...], missing: bool) -> tuple[bool, ..
         if isinstance(current, Mapping) and _has_key(current, part):
             kept.append(True)
             current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and not isinstance(part, bool) and 0 <= part < len(current):
+        elif isinstance(current, list) and type(part) is int and 0 <= part < len(current):
             kept.append(True)
             current = current[part]
         else:

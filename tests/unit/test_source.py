@@ -119,6 +119,10 @@ def test_locate_walks_up_to_the_nearest_known_position(
     assert parse(POSITIONS_YAML).locate(loc, prefer_key=prefer_key) == Position(*expected)
 
 
+def test_locate_falls_back_to_the_start_of_the_file() -> None:
+    assert SourceDocument("bp.yaml", None).locate(("a", 0)) == Position(1, 1)
+
+
 def test_diagnostic_is_located_and_renders_file_line_col_path_message() -> None:
     doc = parse(POSITIONS_YAML)
     diag = doc.diagnostic(("endpoints", 0, "config", "proxy", "upstream"), "bad upstream")
@@ -173,6 +177,7 @@ def test_duplicate_int_keys_are_reported_with_their_key_path() -> None:
             "bp.yaml:2:1: invalid YAML: found unexpected end of stream "
             "(while scanning a quoted scalar started at line 1, column 4)",
         ),
+        ("a: 1\nb: x\x07y\n", "bp.yaml:2:5: invalid YAML: special characters are not allowed (character U+0007)"),
     ],
 )
 def test_a_syntax_error_is_one_located_diagnostic_and_no_data(text: str, expected: str) -> None:
@@ -230,6 +235,19 @@ def test_merge_of_a_scalar_and_recursive_aliases_are_errors() -> None:
         "bp.yaml:2:7: a: a merge key '<<' needs a mapping or a list of mappings",
         "bp.yaml:5:9: b.self: recursive alias: a value cannot contain itself",
     ]
+
+
+def test_a_mapping_merging_itself_is_an_error() -> None:
+    doc = parse("s: &s\n  <<: *s\n  x: 1\ny:\n  <<: *s\n")
+    assert doc.data == {"s": {"x": 1}, "y": {"x": 1}}
+    assert rendered(doc) == ["bp.yaml:2:7: s: recursive alias: a mapping cannot merge itself"]
+
+
+def test_a_collection_as_a_key_is_an_error_and_the_entry_is_skipped() -> None:
+    doc = parse("name: x\n? [a, b]\n: 1\n")
+    assert doc.data == {"name": "x"}
+    assert rendered(doc) == ["bp.yaml:2:3: a mapping key must be a plain value, not a list or mapping"]
+    assert doc.error_locs == set()
 
 
 def test_unsupported_tags_are_errors() -> None:

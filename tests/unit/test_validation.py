@@ -285,7 +285,8 @@ def test_a_value_already_reported_by_the_source_is_not_reported_again() -> None:
     # an unset variable keeps the "${PORT}" text, which is not an integer: one message, not two
     assert check("name: x\nport: ${PORT}\nservices:\n  a: {upstream: '${UP}', timeout: soon}\n") == [
         "bp.yaml:2:7: port: environment variable PORT is not set (write ${PORT:-default} to give a default)",
-        "bp.yaml:4:17: services.a.upstream: environment variable UP is not set (write ${UP:-default} to give a default)",
+        "bp.yaml:4:17: services.a.upstream: environment variable UP is not set "
+        "(write ${UP:-default} to give a default)",
         "bp.yaml:4:35: services.a.timeout: expected a duration: a number of seconds, or a string such as "
         "250ms, 30s, 5m or 1h; got 'soon'",
     ]

@@ -1,0 +1,234 @@
+"""Real processes for integration tests: upstream HTTP servers, mitmdump/mitmweb, and an HTTP client.
+
+Everything listens on 127.0.0.1 only, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "backworks.py"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def request(
+    method: str,
+    url_or_path: str,
+    *,
+    port: int,
+    body: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+    proxy: bool = False,
+    host: str = "127.0.0.1",
+    timeout: float = 10.0,
+) -> Reply:
+    """One HTTP/1.1 request to 127.0.0.1:port: origin-form by default, absolute-form with proxy=True."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, url_or_path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    raw_headers: list[tuple[str, str]]
+    body: bytes
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Upstream:
+    """A real aiohttp server in its own thread; records every request it receives."""
+
+    name: str = "upstream"
+    port: int = field(default_factory=free_port)
+    routes: dict[str, Handler] = field(default_factory=dict)
+    received: list[Recorded] = field(default_factory=list)
+    delay: float = 0.0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _default(self, req: web.Request) -> web.StreamResponse:
+        body = await req.read()
+        self.received.append(
+            Recorded(req.method, req.path, req.query_string, dict(req.headers), [(k.decode(), v.decode()) for k, v in req.raw_headers], body)
+        )
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        handler = self.routes.get(req.path)
+        if handler is not None:
+            return await handler(req)
+        return web.json_response(
+            {"upstream": self.name, "method": req.method, "path": req.path, "query": req.query_string, "body": body.decode("utf-8", "replace")},
+            headers={"X-Upstream": self.name},
+        )
+
+    def start(self) -> Upstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._default)
+            self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"upstream-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise TimeoutError("upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+@dataclass
+class Proxy:
+    """A real mitmdump (or mitmweb) running backworks.py."""
+
+    blueprint: Path | None
+    extra: list[str] = field(default_factory=list)
+    tool: str = "mitmdump"
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+    expect_failure: bool = False
+
+    def command(self) -> list[str]:
+        command = [str(BIN / self.tool), "--listen-host", "127.0.0.1", "-p", str(self.port), "-s", str(SCRIPT)]
+        if self.blueprint is not None:
+            command += ["--set", f"blueprint={self.blueprint}"]
+        if self.tool == "mitmweb":
+            command += ["--set", "web_open_browser=false"]
+        return command + self.extra
+
+    def start(self, log_dir: Path) -> Proxy:
+        self.log_path = log_dir / f"{self.tool}-{self.port}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=log_dir,
+            start_new_session=True,
+        )
+        if not self.expect_failure:
+            try:
+                wait_for_port(self.port, process=self.process)
+            except Exception:
+                raise RuntimeError(f"{self.tool} did not start:\n{self.log()}") from None
+        return self
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 15.0, after: int = 0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log[after:]:
+                return log
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not in the log after {timeout}s:\n{self.log()[-4000:]}")
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return request("GET", path, port=self.port, **kwargs)
+
+    def send(self, method: str, path: str, **kwargs: Any) -> Reply:
+        return request(method, path, port=self.port, **kwargs)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Editors save by rename; the watcher must never see a half-written file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
