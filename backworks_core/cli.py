@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory")
     init.set_defaults(func=cmd_init)
 
-    run = sub.add_parser("run", help="serve a blueprint with mitmdump in reverse mode (or mitmweb with --web)")
+    run = sub.add_parser(
+        "run",
+        help="serve a blueprint with mitmdump in reverse mode (or mitmweb with --web)",
+        epilog="Arguments after `--` go to mitmdump/mitmweb as they are.",
+    )
     run.add_argument("file", metavar="FILE")
     run.add_argument("--web", action="store_true", help="start mitmweb instead of mitmdump")
     run.add_argument("--host", help="listen address (default: server.host)")
@@ -167,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where unmatched requests go when server.unmatched is passthrough (default: none)",
     )
     run.add_argument("--flow-detail", type=int, default=1, help="mitmdump's --flow-detail (default 1)")
-    run.add_argument("extra", nargs=argparse.REMAINDER, help="further mitmproxy arguments, after --")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, extra=[])
 
     demo = sub.add_parser("demo-backend", help="start a small upstream API for demos and examples")
     demo.add_argument("--host", default="127.0.0.1")
@@ -179,9 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after `--` is for mitmproxy
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
-    if getattr(args, "extra", None) and args.extra[:1] == ["--"]:
-        args.extra = args.extra[1:]
+    if extra and args.command != "run":
+        build_parser().error("arguments after `--` are only for `backworks run`")
+    args.extra = extra
     return int(args.func(args) or 0)
 
 

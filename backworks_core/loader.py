@@ -39,6 +39,7 @@ CORE_SECTIONS: Mapping[str, Section] = {
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
 PLANNED_PLUGINS = frozenset({"auth", "metrics", "capture", "rate_limit", "cors", "transform"})
+PLANNED_HANDLERS = frozenset({"mock", "metrics", "auth.register", "auth.login", "auth.validate"})
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ class _Loader:
         middlewares = items("middlewares", MiddlewareSettings)
         endpoints = items("endpoints", EndpointSettings)
         had_endpoints = isinstance(data.get("endpoints"), list) and bool(data["endpoints"])
+        if isinstance(data.get("dashboard"), dict) and data["dashboard"].get("enabled", True) is not False:
+            self.warn(("dashboard",), "the dashboard is validated but not served yet in this release")
         settings, diagnostics = validate_section(BlueprintSettings, replaced, self.doc, (), context=self.context)
         for diagnostic in diagnostics:
             if had_endpoints and diagnostic.key_path == "endpoints" and not replaced.get("endpoints"):
@@ -335,6 +338,16 @@ class _Loader:
                 return None
             if watched is not None:
                 files.add(watched)
+        elif handler.endswith((".js", ".mjs", ".ts")):
+            self.error(
+                loc + ("handler",),
+                f"{handler!r} is a JavaScript handler: Backworks runs Python handlers (handlers/x.py, "
+                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
+            )
+            return None
+        elif handler in PLANNED_HANDLERS:
+            self.error(loc + ("handler",), f"handler {handler!r} is not available in this version of Backworks yet")
+            return None
         else:
             builtin = sorted({*CORE_HANDLERS, *self.registry.handler_owner})
             hint = did_you_mean(handler, builtin)

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ from backworks_core.demo_backend import USERS  # noqa: E402
 HOST = "127.0.0.1"  # the only address this benchmark ever sends load to
 TARGET_RATIO = 0.90  # project target: Backworks with features on within 10% of bare mitmdump
 START_TIMEOUT = 30.0  # seconds a process gets to start listening
+NOISY_CORES = 0.15  # CPU busy outside the benchmark's own processes above which figures are suspect
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 INSTALL_HINT = (
     "wrk (HTTP load generator) is not installed.\n"
@@ -259,9 +261,26 @@ class Sample:
     proxy_cpu_ms: float = 0.0  # CPU time of the mitmdump process per request
     proxy_cpu_util: float = 0.0  # its CPU time / wall time: 1.0 means one core saturated
     upstream_cpu_ms: float = 0.0  # CPU time of the upstream per request
+    other_cores: float = 0.0  # CPU busy on the machine outside mitmdump, upstream and wrk (noise)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def system_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores, Linux /proc/stat); 0.0 where unavailable."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user/nice
+    return (sum(fields) - idle - guest) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children: the wrk runs
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_seconds(pid: int) -> float:
@@ -398,8 +417,12 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                         run_wrk(url, args.warmup, args.connections, args.threads, lua)
                     proxy_pid, upstream_pid = procs.running[process].pid, procs.running["upstream"].pid
                     cpu0, up0, wall0 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
+                    sys0, wrk0 = system_busy_seconds(), children_cpu_seconds()
                     sample = run_wrk(url, args.duration, args.connections, args.threads, lua)
                     cpu1, up1, wall1 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
+                    sys1, wrk1 = system_busy_seconds(), children_cpu_seconds()
+                    ours = (cpu1 - cpu0) + (up1 - up0) + (wrk1 - wrk0)
+                    sample.other_cores = max(0.0, (sys1 - sys0) - ours) / (wall1 - wall0)
                     if sample.requests:
                         sample.proxy_cpu_ms = (cpu1 - cpu0) * 1e3 / sample.requests
                         sample.upstream_cpu_ms = (up1 - up0) * 1e3 / sample.requests
@@ -411,6 +434,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                         f"round {round_no}/{args.rounds}  {config.key}  {config.label:<30} "
                         f"{sample.rps:8.1f} req/s  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms  "
                         f"mitmdump CPU {sample.proxy_cpu_ms:5.3f} ms/req ({sample.proxy_cpu_util:4.0%} of a core)"
+                        + f"  other load {sample.other_cores:.2f} cores"
                         + (f"  ERRORS {sample.errors}" if sample.errors else ""),
                         flush=True,
                     )
@@ -481,6 +505,11 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results) -> d
             f"ratio {key}/a ({what:<6}) = {ratio:.2f}   per round: {per_round}   "
             f"target >= {TARGET_RATIO:.2f}: {'MET' if meets else 'NOT MET'}"
         )
+    noisy = max(s.other_cores for samples in results.samples.values() for s in samples)
+    print(
+        f"other load on the machine during measurements: up to {noisy:.2f} cores"
+        + (f" (NOISY: more than {NOISY_CORES:g}; re-run on a quiet machine for figures to publish)" if noisy > NOISY_CORES else " (quiet)")
+    )
     if any(m["errors"] for m in med.values()):
         print("WARNING: some requests failed (socket errors or non-2xx/3xx answers); see the per-round lines")
     return {

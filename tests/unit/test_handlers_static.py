@@ -74,16 +74,9 @@ async def test_a_header_may_override_the_content_type(static_gateway, send):
 
 async def test_templates_from_path_query_and_header(static_gateway, send):
     gateway = static_gateway(
-        """
-                    headers: {X-User: "user-{{path.id}}", X-Trace: "{{header.x-trace-id}}"}
-                    body:
-                      id: "{{path.id}}"
-                      q: "{{query.q}}"
-                      agent: "{{header.User-Agent}}"
-                      missing: "[{{query.nope}}]"
-                      at: "{{now}}"
-                      nested: [{text: "hi {{query.q}}!"}]
-        """.strip().replace("\n" + " " * 20, "\n" + " " * 14),
+        '{headers: {X-User: "user-{{path.id}}", X-Trace: "{{header.x-trace-id}}"}, '
+        'body: {id: "{{path.id}}", q: "{{query.q}}", agent: "{{header.User-Agent}}", '
+        'missing: "[{{query.nope}}]", at: "{{now}}", nested: [{text: "hi {{query.q}}!"}]}}',
         path="/users/{id}",
     )
     flow = await send(
