@@ -19,18 +19,12 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from backworks_core.context import json_error, request_id_for
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import Gateway, build_gateway
-from backworks_core.loader import load_blueprint
+from backworks_core.gateway import Gateway, compile_blueprint
 from backworks_core.plugins import Plugin, PluginRegistry
 
 logger = logging.getLogger(__name__)
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
-
-
-def compile_blueprint(path: str | os.PathLike[str], registry: PluginRegistry, plugins: dict[str, Plugin]) -> Gateway:
-    """Load, validate and compile; raises BlueprintError with every located error."""
-    return build_gateway(load_blueprint(path, registry), plugins)
 
 
 def files_signature(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from backworks_core.model import StrictModel
-from backworks_core.templates import Template, TemplateContext, compile_template, has_crlf
+from backworks_core.templates import (
+    Template,
+    TemplateContext,
+    check_header_templates,
+    compile_template,
+    has_crlf,
+)
 
 
 class HeaderTransform(StrictModel):
@@ -17,14 +23,7 @@ class HeaderTransform(StrictModel):
     remove_headers: list[str] = Field(default_factory=list)
     rename_headers: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("headers")
-    @classmethod
-    def _safe_values(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if has_crlf(name) or has_crlf(value):
-                raise ValueError(f"header {name!r} carries CR or LF")
-            compile_template(value)
-        return headers
+    _safe_headers = field_validator("headers")(check_header_templates)
 
 
 class RequestTransform(HeaderTransform):

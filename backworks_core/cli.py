@@ -23,14 +23,13 @@ def _registry_and_plugins():  # type: ignore[no-untyped-def]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from backworks_core.gateway import build_gateway
-    from backworks_core.loader import load_blueprint
+    from backworks_core.gateway import compile_blueprint
 
     registry, plugins = _registry_and_plugins()
     status = 0
     for file in args.files:
         try:
-            gateway = build_gateway(load_blueprint(file, registry), plugins)
+            gateway = compile_blueprint(file, registry, plugins)
         except BlueprintError as exc:
             for diagnostic in exc.diagnostics:
                 print(diagnostic, file=sys.stderr)
@@ -61,6 +60,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.directory)
+    if target.exists() and not target.is_dir():
+        print(f"backworks init: {target} is a file; choose a new directory", file=sys.stderr)
+        return 2
     if target.exists() and any(target.iterdir()):
         print(f"backworks init: {target} exists and is not empty; choose a new directory", file=sys.stderr)
         return 2

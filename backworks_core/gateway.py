@@ -7,6 +7,7 @@ a request keeps the Gateway it started with, so nothing changes under it mid-fli
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from backworks_core.context import Handler, Middleware, RequestContext, json_err
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
-from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec
-from backworks_core.plugins import Plugin
-from backworks_core.router import Match, MethodNotAllowed, Route, Router
+from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
+from backworks_core.plugins import Plugin, PluginRegistry
+from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,17 @@ class MiddlewarePlan:
     def has_filter(self) -> bool:
         return self.path is not None or self.methods is not None
 
-    def filter_matches(self, method: str, path: str) -> bool:
-        """The middleware's own filter; a middleware without one matches nothing by it."""
+    def filter_matches(self, method: str, path: str | None) -> bool:
+        """The middleware's own filter; a middleware without one matches nothing by it.
+
+        `path` is the router's normalised form (decoded, no trailing slash), and HEAD counts as
+        GET, as it does for routing: a filter must never be weaker than the route it guards.
+        """
         if not self.has_filter:
             return False
-        if self.methods is not None and method not in self.methods and "ANY" not in self.methods:
+        if self.methods is not None and not ({method, "ANY"} & self.methods) and not (method == "HEAD" and "GET" in self.methods):
             return False
-        return self.path is None or bool(self.path.match(path))
+        return self.path is None or (path is not None and bool(self.path.match(path)))
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,9 @@ class Gateway:
 
     def middlewares_for(self, endpoint: EndpointPlan, method: str, path: str) -> list[MiddlewarePlan]:
         """The union rule: listed by the endpoint, or selected by the middleware's own filter."""
+        normalized = normalize_path(path)
         return [
-            m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, path)
+            m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, normalized)
         ]
 
     async def handle(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool) -> None:
@@ -161,11 +167,32 @@ def _join_comment(existing: str, addition: str) -> str:
     return f"{existing}\n{addition}" if existing else addition
 
 
+def compile_blueprint(
+    path: str | os.PathLike[str],
+    registry: PluginRegistry,
+    plugins: Mapping[str, Plugin],
+    env: Mapping[str, str] | None = None,
+) -> Gateway:
+    """Load, validate and compile; raises BlueprintError with every error of both steps at once."""
+    blueprint, errors = collect_blueprint(path, registry, env)
+    if blueprint is not None:
+        try:
+            gateway = build_gateway(blueprint, plugins)
+        except BlueprintError as exc:
+            errors = errors + exc.diagnostics
+        else:
+            if not errors:
+                return gateway
+    raise BlueprintError(errors)
+
+
 def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> Gateway:
     """Compile handlers and middlewares; every failure is collected as a located error."""
     errors: list[Diagnostic] = []
     middlewares: list[MiddlewarePlan] = []
     for spec in blueprint.middlewares:
+        if spec.plugin in blueprint.failed_plugins:
+            continue  # its plugin's config is already reported as wrong
         loc = ("middlewares", spec.index)
         try:
             instance = plugins[spec.plugin].build_middleware(spec, spec.config)
@@ -178,6 +205,8 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> 
 
     endpoints: list[EndpointPlan] = []
     for spec in blueprint.endpoints:
+        if spec.plugin in blueprint.failed_plugins:
+            continue
         loc = ("endpoints", spec.index)
         try:
             handler = _build_handler(spec, blueprint, plugins)

@@ -79,6 +79,8 @@ class LoadedBlueprint:
     endpoints: list[EndpointSpec]
     warnings: list[Diagnostic] = field(default_factory=list)
     files: set[Path] = field(default_factory=set)
+    # Plugins whose config had errors: their handlers and middlewares are not compiled.
+    failed_plugins: set[str] = field(default_factory=set)
 
     @property
     def base_dir(self) -> Path:
@@ -92,12 +94,23 @@ def load_blueprint(
     path: str | os.PathLike[str], registry: PluginRegistry, env: Mapping[str, str] | None = None
 ) -> LoadedBlueprint:
     """Load and validate; raises BlueprintError carrying every located error."""
+    blueprint, errors = collect_blueprint(path, registry, env)
+    if errors or blueprint is None:
+        raise BlueprintError(errors)
+    return blueprint
+
+
+def collect_blueprint(
+    path: str | os.PathLike[str], registry: PluginRegistry, env: Mapping[str, str] | None = None
+) -> tuple[LoadedBlueprint | None, list[Diagnostic]]:
+    """What loads, and every error found; for callers that go on to find more (compiling)."""
     path = Path(path)
     try:
         document = load_file(path, env if env is not None else os.environ)
     except OSError as exc:
-        raise BlueprintError([Diagnostic(str(path), 0, 0, "", f"cannot read blueprint: {exc.strerror or exc}")]) from exc
-    return _Loader(path, document, registry).run()
+        return None, [Diagnostic(str(path), 0, 0, "", f"cannot read blueprint: {exc.strerror or exc}")]
+    loader = _Loader(path, document, registry)
+    return loader.collect(), loader.errors
 
 
 class _Loader:
@@ -107,6 +120,7 @@ class _Loader:
         self.registry = registry
         self.context = {"base_dir": str(path.resolve().parent)}
         self.errors: list[Diagnostic] = [d for d in document.diagnostics if d.severity == "error"]
+        self.failed_plugins: set[str] = set()
         self.warnings: list[Diagnostic] = [d for d in document.diagnostics if d.severity != "error"]
 
     def error(self, loc: tuple[str | int, ...], message: str, *, prefer_key: bool = False) -> None:
@@ -121,22 +135,33 @@ class _Loader:
         return value
 
     def run(self) -> LoadedBlueprint:
+        blueprint = self.collect()
+        if self.errors or blueprint is None:
+            raise BlueprintError(self.errors)
+        return blueprint
+
+    def collect(self) -> LoadedBlueprint | None:
+        """Everything that can be loaded, with every error found in `self.errors`.
+
+        Source errors (an unset variable, a duplicate key) do not stop validation: the
+        validator skips the values the source already reported, so all errors come out at once.
+        """
         if self.doc.data is None and not self.errors:
             self.error((), "the blueprint is empty: it needs at least `name` and `endpoints`")
-        if self.errors:
-            raise BlueprintError(self.errors)
+        if self.doc.data is None:
+            return None
         if not isinstance(self.doc.data, dict):
             self.error((), f"expected a mapping at the top level, got {type(self.doc.data).__name__}")
-            raise BlueprintError(self.errors)
+            return None
 
         plugin_entries, middlewares_raw, endpoints_raw, settings = self.validate_top_level(self.doc.data)
         plugin_configs, plugin_locs = self.load_plugins(plugin_entries)
         middlewares = self.load_middlewares(middlewares_raw)
         endpoints, files = self.load_endpoints(endpoints_raw, middlewares, {m.name for _, m in middlewares_raw})
-        self.check_routes(endpoints)
+        self.check_routes(endpoints_raw)
         self.check_unused_middlewares(middlewares, endpoints)
-        if self.errors or settings is None:
-            raise BlueprintError(self.errors)
+        if settings is None:
+            return None
         return LoadedBlueprint(
             path=self.path,
             document=self.doc,
@@ -147,6 +172,7 @@ class _Loader:
             endpoints=endpoints,
             warnings=sorted(self.warnings),
             files={self.path.resolve(), *files},
+            failed_plugins=self.failed_plugins,
         )
 
     def validate_top_level(self, data: dict[str, Any]) -> tuple[
@@ -223,7 +249,9 @@ class _Loader:
                 disabled.add(name)
                 continue
             config = self.validate(plugin.Config, raw_config, loc + ("config",))
-            if config is not None:
+            if config is None:
+                self.failed_plugins.add(name)
+            else:
                 configs[name] = config
                 locs[name] = loc + ("config",)
                 for sub_loc, message in plugin.lint(config):
@@ -402,18 +430,19 @@ class _Loader:
             python_function=python_function,
         )
 
-    def check_routes(self, endpoints: list[EndpointSpec]) -> None:
-        valid: list[EndpointSpec] = []
-        for spec in endpoints:
+    def check_routes(self, endpoints: list[tuple[int, EndpointSettings]]) -> None:
+        """Over every endpoint with a valid path, even those whose handler or config failed."""
+        valid: list[tuple[int, EndpointSettings]] = []
+        for index, settings in endpoints:
             try:
-                parse_template(spec.settings.path)
+                parse_template(settings.path)
             except ValueError:
                 continue
-            valid.append(spec)
-        routes = [Route(s.settings.path, s.methods, s.settings.host, s.index) for s in valid]
-        for conflict in check_routes(routes):
-            second = valid[conflict.second]
-            loc = ("endpoints", second.index, "path")
+            valid.append((index, settings))
+        routes = [Route(s.path, s.method_set, s.host, i) for i, s in valid]
+        names = [f"endpoints[{i}]" for i, _ in valid]
+        for conflict in check_routes(routes, names):
+            loc = ("endpoints", valid[conflict.second][0], "path")
             if conflict.severity == "error":
                 self.error(loc, conflict.message)
             else:

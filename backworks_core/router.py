@@ -376,6 +376,16 @@ def _walk(node: _Node, segments: list[str], i: int, values: list[str], search: _
     return None
 
 
+def normalize_path(path: str) -> str | None:
+    """The path as the router sees it: decoded segments, no trailing slash; None if no route can match.
+
+    Anything else that selects requests by path (middleware filters) must use this form too, or
+    `/api/%72esources/` would slip past a filter written for `/api/resources`.
+    """
+    segments = _split_path(path)
+    return None if segments is None else "/" + "/".join(segments)
+
+
 def _split_path(path: str) -> list[str] | None:
     """Raw request path -> decoded segments; None for paths no route can match ("*")."""
     if "?" in path or "#" in path:  # tolerate callers that forgot to strip the query
@@ -550,7 +560,7 @@ def _glob_overlap(a: str, b: str) -> str | None:
     return None
 
 
-def check_routes(routes: Sequence[Route]) -> list[Conflict]:
+def check_routes(routes: Sequence[Route], names: Sequence[str] | None = None) -> list[Conflict]:
     """Find routes the precedence rules cannot separate, in O(n) plus the size of each clash.
 
     Only routes with the same template shape can tie: any other difference is settled
@@ -598,24 +608,27 @@ def check_routes(routes: Sequence[Route]) -> list[Conflict]:
                         clashes.setdefault((*pair, "warning"), set()).add(method)
                         witnesses.setdefault(pair, witness)
 
+    def name(index: int) -> str:
+        return names[index] if names is not None else f"endpoint {index}"
+
     conflicts: list[Conflict] = []
     for (first, second, severity), methods in clashes.items():
         a, b = routes[first], routes[second]
-        names = ", ".join(sorted(methods))
+        listed = ", ".join(sorted(methods))
         as_first = f" (as {a.template})" if a.template != b.template else ""
         if severity == "error":
             where = f" for host {b.host!r}" if b.host else ""
             message = (
-                f"duplicate route: {names} {b.template}{where} "
-                f"is already defined by endpoint {first}{as_first}"
+                f"duplicate route: {listed} {b.template}{where} "
+                f"is already defined by {name(first)}{as_first}"
             )
             conflicts.append(Conflict("error", first, second, message))
         else:
             witness = witnesses[(first, second)]
             message = (
-                f"ambiguous route: {names} {b.template} for host {b.host!r} overlaps endpoint "
-                f"{first}{as_first} for host {a.host!r}; a request for a host matching both "
-                f"(e.g. {witness!r}) goes to endpoint {first}"
+                f"ambiguous route: {listed} {b.template} for host {b.host!r} overlaps {name(first)}"
+                f"{as_first} for host {a.host!r}; a request for a host matching both "
+                f"(e.g. {witness!r}) goes to {name(first)}"
             )
             conflicts.append(Conflict("warning", first, second, message))
     conflicts.sort(key=lambda c: (c.second, c.first, c.severity))

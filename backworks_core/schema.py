@@ -10,26 +10,55 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from backworks_core.loader import CORE_SECTIONS
 from backworks_core.model import BlueprintSettings
 from backworks_core.plugins import PluginRegistry
+from backworks_core.validation import parse_duration
 
 SCHEMA_ID = "https://backworks.dev/schema/blueprint-v1.json"
+
+_DECIMAL = r"(?:\d+(?:\.\d*)?|\.\d+)"
+# What `parse_duration` accepts: seconds as a number, or a string such as 250ms, 30s, 5m, 1h, 1m30s.
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": rf"^\s*(?:{_DECIMAL}|(?:{_DECIMAL}(?:ms|h|m|s))+)\s*$"},
+    ]
+}
+
+
+class _BlueprintJsonSchema(GenerateJsonSchema):
+    """Durations are numbers or strings with a unit in the blueprint, not only numbers."""
+
+    def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> JsonSchemaValue:
+        if schema["function"].get("function") is parse_duration:
+            return {"anyOf": [dict(option) for option in DURATION_SCHEMA["anyOf"]]}
+        return super().function_before_schema(schema)
 
 
 def _inline(model: type[BaseModel], defs: dict[str, Any]) -> dict[str, Any]:
     """A model's schema whose $defs are hoisted into the shared `defs`."""
-    schema = model.model_json_schema(ref_template="#/$defs/{model}", mode="validation")
+    schema = model.model_json_schema(
+        ref_template="#/$defs/{model}", mode="validation", schema_generator=_BlueprintJsonSchema
+    )
     defs.update(schema.pop("$defs", {}))
     return schema
+
+
+def _with_enabled(config: dict[str, Any]) -> dict[str, Any]:
+    """`enabled` may also be written inside a plugin's `config` (as the original auth-api example does)."""
+    properties = {**config.get("properties", {}), "enabled": {"type": "boolean", "default": True}}
+    return {**config, "properties": properties}
 
 
 def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     defs: dict[str, Any] = {}
     root = _inline(BlueprintSettings, defs)
 
-    plugin_configs = {name: _inline(plugin.Config, defs) for name, plugin in registry.plugins.items()}
+    plugin_configs = {name: _with_enabled(_inline(plugin.Config, defs)) for name, plugin in registry.plugins.items()}
     map_form = {
         "type": "object",
         "properties": {

@@ -152,6 +152,15 @@ def has_crlf(value: str) -> bool:
     return "\r" in value or "\n" in value
 
 
+def check_header_templates(headers: dict[str, str]) -> dict[str, str]:
+    """A pydantic validator for `{name: template}` header maps: no CR/LF, templates that compile."""
+    for name, value in headers.items():
+        if has_crlf(name) or has_crlf(value):
+            raise ValueError(f"header {name!r} carries CR or LF")
+        compile_template(value)
+    return headers
+
+
 # --------------------------------------------------------------------------- rendering
 
 

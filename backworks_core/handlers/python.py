@@ -28,6 +28,7 @@ from pydantic import Field
 
 from backworks_core.context import Identity, RequestContext
 from backworks_core.model import StrictModel
+from backworks_core.templates import has_crlf
 from backworks_core.validation import Duration
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,10 @@ def to_response(result: Any) -> http.Response:
     if content_type and content:
         response.headers["Content-Type"] = content_type
     for name, value in headers.items():
-        response.headers[str(name)] = str(value)
+        name, value = str(name), str(value)
+        if has_crlf(name) or has_crlf(value):
+            raise ValueError(f"handler returned header {name!r} whose name or value carries CR or LF")
+        response.headers[name] = value
     return response
 
 
@@ -203,9 +207,14 @@ class PythonHandler:
         return result
 
     async def __call__(self, ctx: RequestContext) -> http.Response:
+        deadline = asyncio.timeout(self.timeout)
         try:
-            result = await asyncio.wait_for(self._invoke(HandlerRequest(ctx)), self.timeout)
+            async with deadline:
+                result = await self._invoke(HandlerRequest(ctx))
         except TimeoutError:
+            if not deadline.expired():  # the handler's own TimeoutError is a failure like any other
+                logger.exception("[%s] handler %s raised", ctx.request_id, self.label)
+                return ctx.error(500, "handler failed; see the gateway log for this request id")
             logger.warning("[%s] handler %s timed out after %ss", ctx.request_id, self.label, self.timeout)
             return ctx.error(504, f"handler timed out after {self.timeout:g}s")
         except Exception:

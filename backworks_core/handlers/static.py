@@ -15,6 +15,7 @@ from backworks_core.templates import (
     CompiledValue,
     Template,
     TemplateContext,
+    check_header_templates,
     compile_template,
     compile_value,
     has_crlf,
@@ -28,14 +29,7 @@ class StaticConfig(StrictModel):
     body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as text)")
     delay: Duration = Field(0, description="wait this long before answering")
 
-    @field_validator("headers")
-    @classmethod
-    def _compilable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if has_crlf(name) or has_crlf(value):
-                raise ValueError(f"header {name!r} carries CR or LF")
-            compile_template(value)
-        return headers
+    _safe_headers = field_validator("headers")(check_header_templates)
 
     @field_validator("body")
     @classmethod

@@ -13,7 +13,9 @@ from .conftest import body_json
 
 HANDLERS = '''
 import asyncio
-import time
+import threading
+
+RELEASE = threading.Event()
 
 
 def handler(request):
@@ -81,8 +83,16 @@ async def slow_async(request):
 
 
 def slow_sync(request):
-    time.sleep(0.3)
+    RELEASE.wait(10)  # released by the test once the 504 is out
     return {"late": True}
+
+
+def own_timeout(request):
+    raise TimeoutError("the database did not answer")
+
+
+def echo_header(request):
+    return {"status": 200, "headers": {"X-Echo": request.query.get("v", "")}, "body": "ok"}
 
 
 def snapshot(request):
@@ -125,6 +135,8 @@ def python_gateway(project, compile_gateway):
             handler: "handlers/api.py:slow_sync"
             config: {python: {timeout: 50ms}}
           - {path: "/snapshot/{id}", handler: "handlers/api.py:snapshot"}
+          - {path: /own-timeout, handler: "handlers/api.py:own_timeout"}
+          - {path: /echo-header, handler: "handlers/api.py:echo_header"}
           - {path: "/module/{id}", handler: "myapp.views:show"}
           - path: /inline
             method: POST
@@ -309,9 +321,39 @@ async def test_async_timeout_is_a_504(python_gateway, send):
 
 
 async def test_sync_timeout_is_a_504(python_gateway, send):
-    flow = await send(python_gateway, "GET", "/slow-sync")
+    (endpoint,) = [e for e in python_gateway.endpoints if e.template == "/slow-sync"]
+    release = endpoint.spec.python_function.__globals__["RELEASE"]
+    try:
+        flow = await send(python_gateway, "GET", "/slow-sync")
+        assert not release.is_set()  # the handler was still running when the 504 was sent
+    finally:
+        release.set()
     assert flow.response.status_code == 504
     assert body_json(flow.response)["error"] == "handler timed out after 0.05s"
+
+
+async def test_a_timeout_error_raised_by_the_handler_is_a_500_not_a_504(python_gateway, send, caplog):
+    caplog.set_level(logging.ERROR)
+    flow = await send(python_gateway, "GET", "/own-timeout", headers={"X-Request-ID": "own-1"})
+    assert flow.response.status_code == 500
+    assert body_json(flow.response) == {
+        "error": "handler failed; see the gateway log for this request id",
+        "status": 500,
+        "request_id": "own-1",
+    }
+    assert "the database did not answer" in caplog.text
+    assert "Traceback" in caplog.text
+
+
+async def test_crlf_in_a_returned_header_is_refused(python_gateway, send, caplog):
+    ok = await send(python_gateway, "GET", "/echo-header?v=fine")
+    assert (ok.response.status_code, ok.response.headers["X-Echo"]) == (200, "fine")
+    flow = await send(python_gateway, "GET", "/echo-header?v=a%0d%0aSet-Cookie:%20evil=1", headers={"X-Request-ID": "crlf-2"})
+    assert flow.response.status_code == 500
+    assert "Set-Cookie" not in flow.response.headers
+    assert "X-Echo" not in flow.response.headers
+    assert body_json(flow.response)["request_id"] == "crlf-2"
+    assert "carries CR or LF" in caplog.text
 
 
 # -- load errors are located blueprint errors -----------------------------------------------

@@ -335,8 +335,23 @@ def test_duplicate_routes_are_rejected(project, load_errors):
     (error,) = load_errors(path)
     assert str(error) == (
         f"{path}:4:12: endpoints[1].path: duplicate route: POST /users/:uid is already defined "
-        "by endpoint 0 (as /users/{id})"
+        "by endpoints[0] (as /users/{id})"
     )
+
+
+def test_duplicate_route_names_the_blueprint_index_after_an_invalid_endpoint(project, load_errors):
+    path = project.blueprint(
+        """
+        name: dup
+        endpoints:
+          - {path: /bad, handler: statik}
+          - {path: /c, handler: static, config: {static: {}}}
+          - {path: /c, handler: static, config: {static: {}}}
+        """
+    )
+    errors = by_path(load_errors(path))
+    assert set(errors) == {"endpoints[0].handler", "endpoints[2].path"}
+    assert errors["endpoints[2].path"].message == "duplicate route: GET /c is already defined by endpoints[1]"
 
 
 def test_ambiguous_hosts_are_a_warning(project, load):
@@ -355,8 +370,8 @@ def test_ambiguous_hosts_are_a_warning(project, load):
     assert warning.severity == "warning"
     assert str(warning) == (
         f"{path}:4:12: warning: endpoints[1].path: ambiguous route: GET /a for host 'api.*' overlaps "
-        "endpoint 0 for host '*.example.com'; a request for a host matching both (e.g. 'api.example.com') "
-        "goes to endpoint 0"
+        "endpoints[0] for host '*.example.com'; a request for a host matching both (e.g. 'api.example.com') "
+        "goes to endpoints[0]"
     )
 
 

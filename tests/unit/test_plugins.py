@@ -201,6 +201,43 @@ async def test_union_of_reference_and_filter(mw_gateway, send):
     assert await tags_for(mw_gateway, send, "GET", "/api/resources") == ["api", "exact"]
 
 
+async def test_method_filter_for_get_also_covers_head(project, discovered, compile_gateway, send, tagger_events):
+    """The router serves HEAD with the GET endpoint; a GET-only guard must guard that HEAD too."""
+    path = project.blueprint(
+        """
+        name: head
+        middlewares:
+          - {name: guard, plugin: tagger, config: {tag: guard, path: "/x", methods: [GET], action: answer}}
+        endpoints:
+          - {path: /x, handler: tagger.record}
+        """
+    )
+    gateway = compile_gateway(path, registry_=discovered)
+    get = await send(gateway, "GET", "/x")
+    assert get.response.status_code == 418
+    head = await send(gateway, "HEAD", "/x")
+    assert head.response.status_code == 418
+    assert "handler" not in tagger_events
+
+
+@pytest.mark.parametrize("request_path", ["/api/resources", "/api/resources/", "/api/%72esources", "/api/resources?x=1"])
+async def test_path_filter_sees_the_path_the_router_matched(project, discovered, compile_gateway, send, tagger_events, request_path):
+    """Every spelling the router sends to /api/resources must meet the middleware filtering on it."""
+    path = project.blueprint(
+        """
+        name: spellings
+        middlewares:
+          - {name: guard, plugin: tagger, config: {tag: guard, path: /api/resources, action: answer}}
+        endpoints:
+          - {path: /api/resources, handler: tagger.record}
+        """
+    )
+    gateway = compile_gateway(path, registry_=discovered)
+    flow = await send(gateway, "GET", request_path)
+    assert flow.response.status_code == 418, f"{request_path} reached the handler without the middleware"
+    assert "handler" not in tagger_events
+
+
 def test_middlewares_for(mw_gateway):
     listed = next(e for e in mw_gateway.endpoints if e.template == "/listed")
     names = [m.name for m in mw_gateway.middlewares_for(listed, "DELETE", "/listed")]
