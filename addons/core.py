@@ -58,6 +58,7 @@ class Backworks:
         self.plugins: dict[str, Plugin] = {p.name: p for p in plugins}
         self.gateway: Gateway | None = None
         self._signature: tuple[tuple[str, int, int], ...] = ()
+        self._watched: set[Path] = set()
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +108,7 @@ class Backworks:
     def _swap(self, gateway: Gateway) -> None:
         previous = self.gateway
         self.gateway = gateway
-        self._signature = files_signature(gateway.blueprint.files)
+        self._watch_files(gateway.blueprint.files)
         for warning in gateway.warnings:
             logger.warning("%s", warning)
         settings = gateway.blueprint.settings
@@ -130,18 +131,24 @@ class Backworks:
         try:
             gateway = compile_blueprint(path, self.registry, self.plugins)
         except BlueprintError as exc:
-            self._signature = files_signature(self.gateway.blueprint.files) if self.gateway else ()
+            # Also watch the folders: the fix may be a file that does not exist yet.
+            files = self.gateway.blueprint.files if self.gateway else {Path(path).resolve()}
+            self._watch_files(files | {f.parent for f in files})
             logger.error("backworks: blueprint %s refused, the previous version keeps serving:\n%s", path, exc.render())
             return False
         self._swap(gateway)
         return True
+
+    def _watch_files(self, paths: set[Path]) -> None:
+        self._watched = paths
+        self._signature = files_signature(paths)
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(max(50, ctx.options.blueprint_watch_ms) / 1000)
             if not ctx.options.blueprint_watch or self.gateway is None:
                 continue
-            if files_signature(self.gateway.blueprint.files) != self._signature:
+            if files_signature(self._watched) != self._signature:
                 self.reload()
 
     @command.command("backworks.reload")

@@ -6,6 +6,8 @@ transform key is rejected by the strict model rather than silently ignored.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
 
 from backworks_core.model import StrictModel
@@ -25,13 +27,24 @@ class HeaderTransform(StrictModel):
 
     _safe_headers = field_validator("headers")(check_header_templates)
 
+    @field_validator("rename_headers", "remove_headers")
+    @classmethod
+    def _safe_names(cls, value: dict[str, str] | list[str]) -> dict[str, str] | list[str]:
+        names = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for name in names:
+            if has_crlf(name) or not name.strip():
+                raise ValueError(f"{name!r} is not a valid header name")
+        return value
+
 
 class RequestTransform(HeaderTransform):
     pass
 
 
 class ResponseTransform(HeaderTransform):
-    status_map: dict[int, int] = Field(default_factory=dict, description="replace one status code with another")
+    status_map: dict[Annotated[int, Field(ge=100, le=599)], Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=dict, description="replace one status code with another"
+    )
 
 
 class CompiledHeaderTransform:

@@ -128,3 +128,15 @@ def test_handler_file_edit_is_picked_up(tmp_path: Path, start_proxy) -> None:  #
     assert proxy.get("/n").json == {"n": 1}
     write_atomically(tmp_path / "h.py", "def handler(request):\n    return {'n': 2}\n")
     wait_until(lambda: proxy.get("/n").json == {"n": 2})
+
+
+def test_a_missing_handler_file_created_later_is_picked_up(tmp_path: Path, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "blueprint.yaml"
+    path.write_text("name: h\nendpoints:\n  - {path: /a, handler: static, config: {static: {body: a}}}\n")
+    proxy = start_proxy(path, "--set", "blueprint_watch_ms=200")
+    log_before = len(proxy.log())
+    write_atomically(path, "name: h\nendpoints:\n  - {path: /a, handler: later.py}\n")
+    proxy.wait_for_log("handler file later.py not found", after=log_before)
+    assert proxy.get("/a").body == b"a"  # the old version keeps serving
+    (tmp_path / "later.py").write_text("def handler(request):\n    return {'later': True}\n")
+    wait_until(lambda: proxy.get("/a").body == b'{"later":true}')
