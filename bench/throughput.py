@@ -83,7 +83,7 @@ class Processes:
         self.log_dir = log_dir
         self.running: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
@@ -99,6 +99,7 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: Ctrl-C reaches us, we kill them
+            preexec_fn=pinner(cpus),
         )
         log.close()  # the child holds its own copy
         self.running[name] = proc
@@ -129,6 +130,24 @@ class Processes:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def pinner(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child (and every thread it starts) to `cpus`."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def cpu_layout(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(CPUs for mitmdump, CPUs for the upstream and wrk): apart, so every configuration gets the
+    same placement; mitmdump is single-threaded, one CPU is all it can use."""
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return {available[-1]}, set(available[:-1])
 
 
 class BenchError(RuntimeError):
@@ -292,7 +311,7 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run_wrk(url: str, seconds: float, connections: int, threads: int, lua: Path) -> Sample:
+def run_wrk(url: str, seconds: float, connections: int, threads: int, lua: Path, cpus: set[int] | None = None) -> Sample:
     assert url.startswith(f"http://{HOST}:"), url  # never load anything but localhost
     argv = [
         "wrk",
@@ -305,7 +324,9 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int, lua: Path)
         str(lua),
         url,
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 60, check=False, preexec_fn=pinner(cpus)
+    )
     line = next((ln for ln in result.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if result.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -374,7 +395,7 @@ def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, u
     """One wrk run, with the CPU the proxy, the upstream, wrk and everything else used meanwhile."""
     cpu0, up0, wall0 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
     sys0, wrk0 = system_busy_seconds(), children_cpu_seconds()
-    sample = run_wrk(url, args.duration, args.connections, args.threads, lua)
+    sample = run_wrk(url, args.duration, args.connections, args.threads, lua, args.load_cpus)
     cpu1, up1, wall1 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
     sys1, wrk1 = system_busy_seconds(), children_cpu_seconds()
     wall = max(wall1 - wall0, 1e-9)
@@ -394,14 +415,14 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
 
     upstream_port = free_port()
     upstream_argv = [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", "bench-upstream"]
-    procs.start("upstream", upstream_argv)
+    procs.start("upstream", upstream_argv, args.load_cpus)
     wait_listening(procs, "upstream", upstream_port)
 
     blueprint = work / "bench-blueprint.yaml"
     blueprint.write_text(yaml.safe_dump(bench_blueprint(upstream_port), sort_keys=False))
     mode = f"reverse:http://{HOST}:{upstream_port}"
 
-    def argv_for(process: str, port: int) -> list[str]:
+    def argv_for(process: str, port: int | str) -> list[str]:
         argv = [mitmdump, "--mode", mode, "-p", str(port), "--listen-host", HOST, "-q"]
         if process == "backworks":
             argv += ["-s", str(REPO / "backworks.py"), "--set", f"blueprint={blueprint}", "--set", "connection_strategy=lazy"]
@@ -409,19 +430,26 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
 
     commands = {
         "upstream": upstream_argv,
-        "bare": argv_for("bare", 0),
-        "backworks": argv_for("backworks", 0),
+        "bare": argv_for("bare", "PORT"),
+        "backworks": argv_for("backworks", "PORT"),
+        "wrk": ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{round(args.duration)}s", "--timeout", "5s", "-s", "report.lua", "URL"],
     }
-    print(f"upstream: {' '.join(upstream_argv)}", flush=True)
-    for process in ("bare", "backworks"):
-        print(f"{process}: {' '.join(argv_for(process, 0)).replace(' -p 0 ', ' -p PORT ')}", flush=True)
-    print(f"wrk: wrk -t{args.threads} -c{args.connections} -d{round(args.duration)}s --timeout 5s -s report.lua URL", flush=True)
+    for name, argv in commands.items():
+        print(f"{name}: {' '.join(argv)}", flush=True)
+    if args.proxy_cpus:
+        print(
+            f"pinned: mitmdump on CPU {','.join(map(str, sorted(args.proxy_cpus)))}; upstream and wrk on CPU "
+            f"{','.join(map(str, sorted(args.load_cpus or ())))} (--no-pin to let the scheduler place them)",
+            flush=True,
+        )
+    if args.print_blueprint:
+        print(f"\n# {blueprint}\n{blueprint.read_text()}", flush=True)
     print(flush=True)
 
     for round_no in range(1, args.rounds + 1):
         for process in ("bare", "backworks"):
             port = free_port()
-            procs.start(process, argv_for(process, port))
+            procs.start(process, argv_for(process, port), args.proxy_cpus)
             try:
                 wait_listening(procs, process, port)
                 for config in (c for c in CONFIGS if c.process == process):
@@ -431,7 +459,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                     if problem:
                         raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
                     if args.warmup > 0:
-                        run_wrk(url, args.warmup, args.connections, args.threads, lua)
+                        run_wrk(url, args.warmup, args.connections, args.threads, lua, args.load_cpus)
                     sample = measure_one(url, args, lua, procs.running[process].pid, procs.running["upstream"].pid)
                     for retry in range(1, args.noise_retries + 1):
                         if sample.other_cores <= args.max_other_load:
@@ -461,7 +489,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     return commands
 
 
-def report(args: argparse.Namespace, env: dict[str, str], results: Results) -> dict[str, object]:
+def report(args: argparse.Namespace, env: dict[str, str], results: Results, commands: dict[str, list[str]]) -> dict[str, object]:
     med: dict[str, dict[str, float]] = {}
     for config in CONFIGS:
         samples = results.samples[config.key]
@@ -544,7 +572,8 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results) -> d
         print("WARNING: some requests failed (socket errors or non-2xx/3xx answers); see the per-round lines")
     return {
         "environment": env,
-        "parameters": {k: getattr(args, k) for k in ("duration", "warmup", "connections", "threads", "rounds", "max_other_load", "noise_retries")},
+        "commands": commands,
+        "parameters": {k: getattr(args, k) for k in ("duration", "warmup", "connections", "threads", "rounds", "max_other_load", "noise_retries", "pin")},
         "medians": med,
         "ratios": {"b/a": med["b"]["rps"] / bare if bare else None, "c/a": med["c"]["rps"] / bare if bare else None},
         "cpu_ratios": cpu_ratios,
@@ -572,6 +601,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--noise-pause", type=float, default=3.0, help="seconds to wait before re-measuring (default 3)")
     parser.add_argument("--json", metavar="FILE", help="also write every sample and the medians to FILE as JSON")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin mitmdump to one CPU and the upstream and wrk to the others, the same for every "
+        "configuration (default: on when there are 2 or more CPUs)",
+    )
+    parser.add_argument("--print-blueprint", action="store_true", help="print the generated bench blueprint")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs and print where")
     args = parser.parse_args(argv)
     if not (1 <= args.duration <= 600 and 0 <= args.warmup <= 60 and 1 <= args.rounds <= 50):
@@ -580,6 +617,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("bounds: 0 <= --noise-retries <= 5, 0 <= --noise-pause <= 60")
     if not (1 <= args.threads <= args.connections <= 1000):
         parser.error("bounds: 1 <= --threads <= --connections <= 1000")
+    args.proxy_cpus, args.load_cpus = cpu_layout(args.pin)
     return args
 
 
@@ -601,8 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     status = 0
     try:
-        measure(args, procs, work, results)
-        summary = report(args, env, results)
+        commands = measure(args, procs, work, results)
+        summary = report(args, env, results, commands)
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
             print(f"wrote {args.json}")
