@@ -9,6 +9,7 @@ format are all validated now, and the ones not yet applied are reported as warni
 from __future__ import annotations
 
 import itertools
+from http import HTTPStatus
 import logging
 import time
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ from addons.transform import CompiledHeaderTransform, RequestTransform, Response
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
-from backworks_core.model import StrictModel
+from backworks_core.model import HTTP_METHODS, StrictModel
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
-from backworks_core.validation import Duration, did_you_mean
+from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,31 @@ RetryCondition = Literal["connect_failure", "timeout", "reset"]
 
 class HealthCheckConfig(StrictModel):
     enabled: bool = True
-    interval: Duration = 30.0
-    timeout: Duration = 5.0
+    interval: PositiveDuration = Field(30.0)
+    timeout: PositiveDuration = Field(5.0)
     path: str = "/health"
     expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must start with '/', got {value!r}")
+        return value
+
+    @field_validator("expected_status")
+    @classmethod
+    def _status_ranges(cls, value: str | int) -> str | int:
+        parts = [value] if isinstance(value, int) else [p.strip() for p in value.split(",")]
+        for part in parts:
+            bounds = [part] if isinstance(part, int) else part.split("-", 1)
+            try:
+                numbers = [int(b) for b in bounds]
+            except ValueError:
+                raise ValueError(f"expected status codes or ranges such as '200-299,304', got {value!r}") from None
+            if not all(100 <= n <= 599 for n in numbers) or numbers != sorted(numbers):
+                raise ValueError(f"expected status codes from 100 to 599 (ranges low-high), got {value!r}")
+        return value
     healthy_threshold: int = Field(2, ge=1)
     unhealthy_threshold: int = Field(3, ge=1)
 
@@ -48,7 +70,7 @@ class TargetConfig(StrictModel):
     name: str = Field(min_length=1)
     url: str = Field(description="http(s)://host[:port][/base/path]")
     weight: float = Field(1.0, gt=0)
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = Field(None)
     retry_attempts: int | None = Field(None, ge=0)
     health_check: HealthCheckConfig | None = None
     max_connections: int | None = Field(None, ge=1)
@@ -74,7 +96,7 @@ class OutlierDetectionConfig(StrictModel):
 class CircuitBreakerConfig(StrictModel):
     failure_threshold: int = Field(5, ge=1)
     failure_rate: float | None = Field(None, gt=0, le=1, description="fraction of failed requests in `window`")
-    window: Duration = 60.0
+    window: PositiveDuration = 60.0
     min_requests: int = Field(20, ge=1)
     recovery_timeout: Duration = 30.0
     half_open_max_calls: int = Field(1, ge=1)
@@ -84,7 +106,7 @@ class CircuitBreakerConfig(StrictModel):
 class RetryConfig(StrictModel):
     attempts: int = Field(2, ge=0, description="extra tries after the first")
     retry_on: list[RetryCondition | int] = Field(default_factory=lambda: ["connect_failure", "reset"])
-    per_try_timeout: Duration | None = None
+    per_try_timeout: PositiveDuration | None = None
     backoff: Duration = 0.025
     retry_non_idempotent: bool = False
 
@@ -103,7 +125,7 @@ class PoolConfig(StrictModel):
     circuit_breaker: CircuitBreakerConfig | None = None
     retries: RetryConfig | None = None
     metrics: ProxyMetricsConfig | None = None
-    timeout: Duration = Field(30.0, description="the whole request, every try included")
+    timeout: PositiveDuration = Field(30.0, description="the whole request, every try included")
     forwarded_headers: bool = True
     preserve_host: bool = False
     transform_request: RequestTransform | None = None
@@ -139,15 +161,20 @@ class EndpointProxyConfig(StrictModel):
     method: str | None = None
     strip_prefix: str | None = None
     add_prefix: str | None = None
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = Field(None)
     retries: RetryConfig | None = None
     transform_request: RequestTransform | None = None
     transform_response: ResponseTransform | None = None
 
     @field_validator("method")
     @classmethod
-    def _upper(cls, value: str | None) -> str | None:
-        return value.upper() if value else value
+    def _known_method(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.upper() not in HTTP_METHODS or value.upper() == "ANY":
+            known = ", ".join(sorted(HTTP_METHODS - {"ANY"}))
+            raise ValueError(f"unknown HTTP method {value!r} (expected one of {known})")
+        return value.upper()
 
     @field_validator("strip_prefix", "add_prefix")
     @classmethod
@@ -181,13 +208,16 @@ class Target:
 class Pool:
     """The targets of one pool; `choose` is where balancing policies plug in."""
 
-    def __init__(self, name: str, config: PoolConfig) -> None:
+    def __init__(self, name: str, config: PoolConfig, plugin_config: PoolConfig | None = None) -> None:
+        """`plugin_config`: the plugin-level settings a named pool inherits transforms from."""
         self.name = name
         self.config = config
         self.targets = [Target.from_config(t) for t in config.targets]
         self._next = itertools.cycle(range(len(self.targets))) if self.targets else None
-        self.request_transform = CompiledHeaderTransform(config.transform_request)
-        self.response_transform = CompiledHeaderTransform(config.transform_response)
+        levels = [c for c in (plugin_config, config) if c is not None]
+        # Requests: plugin level first; responses: the reverse (the pool's own is innermost).
+        self.request_transforms = [CompiledHeaderTransform(c.transform_request) for c in levels]
+        self.response_transforms = [CompiledHeaderTransform(c.transform_response) for c in reversed(levels)]
 
     def choose(self, ctx: RequestContext) -> Target:
         assert self._next is not None
@@ -263,8 +293,8 @@ class ProxyHandler:
         self.path = UpstreamPath(endpoint, config)
         self.method = config.method
         self.timeout = config.timeout if config.timeout is not None else pool.config.timeout
-        self.request_transforms = [pool.request_transform, CompiledHeaderTransform(config.transform_request)]
-        self.response_transforms = [CompiledHeaderTransform(config.transform_response), pool.response_transform]
+        self.request_transforms = [*pool.request_transforms, CompiledHeaderTransform(config.transform_request)]
+        self.response_transforms = [CompiledHeaderTransform(config.transform_response), *pool.response_transforms]
         self.forwarded = pool.config.forwarded_headers
         self.preserve_host = pool.config.preserve_host
 
@@ -280,8 +310,9 @@ class ProxyHandler:
             headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
             headers.append(("X-Forwarded-Proto", "https" if ctx.flow.client_conn.tls_established else "http"))
             headers.append(("X-Forwarded-Host", request.host_header or request.pretty_host))
-        if REQUEST_ID_HEADER.lower() not in {n.lower() for n, _ in headers}:
-            headers.append((REQUEST_ID_HEADER, ctx.request_id))
+        # The id Backworks logs and answers with, so upstream logs line up with ours.
+        headers = [(n, v) for n, v in headers if n.lower() != REQUEST_ID_HEADER.lower()]
+        headers.append((REQUEST_ID_HEADER, ctx.request_id))
         return headers
 
     async def __call__(self, ctx: RequestContext) -> http.Response:
@@ -292,14 +323,17 @@ class ProxyHandler:
         url = target.origin + target.base_path + self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
         tctx = template_context(ctx)
         headers = self.upstream_headers(ctx)
-        for transform in self.request_transforms:
-            headers = transform.apply_headers(headers, tctx)
+        try:
+            for transform in self.request_transforms:
+                headers = transform.apply_headers(headers, tctx)
+        except ValueError as exc:  # a value from the request would carry CR or LF
+            return ctx.error(400, f"request transform refused: {exc}")
         timeout = min(self.timeout, target.timeout) if target.timeout else self.timeout
         started = time.time()
         ctx.notes["attempts"] = "1"
         try:
             reply = await self.client.send(
-                self.method or request.method, url, headers, request.get_content(strict=False) or b"", timeout=timeout
+                self.method or request.method, url, headers, request.raw_content or b"", timeout=timeout
             )
         except UpstreamError as exc:
             logger.warning("[%s] %s → %s failed: %s", ctx.request_id, ctx.endpoint.label, target.name, exc)
@@ -317,19 +351,30 @@ class ProxyHandler:
             fields.append(("content-length", str(len(reply.body))))
         tctx = template_context(ctx)
         status = reply.status
-        for transform in self.response_transforms:
-            fields = transform.apply_headers(fields, tctx)
-            status = transform.status_map.get(status, status)
+        try:
+            for transform in self.response_transforms:
+                fields = transform.apply_headers(fields, tctx)
+                status = transform.status_map.get(status, status)
+        except ValueError as exc:
+            return ctx.error(400, f"response transform refused: {exc}")
+        reason = reply.reason if status == reply.status else _reason_phrase(status)
         return http.Response(
             http_version=b"HTTP/1.1",
             status_code=status,
-            reason=(reply.reason if status == reply.status else "").encode("latin-1", "replace"),
+            reason=reason.encode("latin-1", "replace"),
             headers=http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]),
             content=reply.body,
             trailers=None,
             timestamp_start=started,
             timestamp_end=time.time(),
         )
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 class ProxyPlugin(Plugin):
@@ -354,10 +399,24 @@ class ProxyPlugin(Plugin):
         for loc, pool in pools:
             if pool.load_balancing != "round_robin":
                 notes.append((loc + ("load_balancing",), f"{pool.load_balancing} is not applied yet in this release; round_robin is used"))
-            for key in ("health_check", "outlier_detection", "circuit_breaker", "retries"):
+            if pool.hash_on != "ip":
+                notes.append((loc + ("hash_on",), "hash_on is validated but not applied yet in this release"))
+            for key in ("health_check", "outlier_detection", "circuit_breaker", "retries", "metrics"):
                 if getattr(pool, key) is not None:
                     notes.append((loc + (key,), f"{key} is validated but not applied yet in this release"))
+            for index, target in enumerate(pool.targets):
+                for key in ("retry_attempts", "health_check", "max_connections"):
+                    if getattr(target, key) is not None:
+                        notes.append((loc + ("targets", index, key), f"{key} is validated but not applied yet in this release"))
+                if target.weight != 1 and pool.load_balancing == "round_robin":
+                    notes.append((loc + ("targets", index, "weight"), "weights apply to weighted policies; round_robin ignores them"))
         return notes
+
+    @classmethod
+    def lint_section(cls, section: str, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        if isinstance(config, EndpointProxyConfig) and config.retries is not None:
+            return [(("retries",), "retries is validated but not applied yet in this release")]
+        return []
 
     def pools_for(self, config: ProxyPluginConfig | None) -> dict[str | None, Pool]:
         if config is None:
@@ -368,13 +427,13 @@ class ProxyPlugin(Plugin):
             if config.targets:
                 pools[None] = Pool("default", config)
             for name, pool_config in config.upstreams.items():
-                pools[name] = Pool(name, pool_config)
+                pools[name] = Pool(name, pool_config, plugin_config=config)
             cached = (config, pools)
             self._pools[id(config)] = cached
         return cached[1]
 
-    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel | None) -> ProxyHandler:
-        assert config is None or isinstance(config, ProxyPluginConfig)
+    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel) -> ProxyHandler:
+        assert isinstance(config, ProxyPluginConfig)
         endpoint_config = endpoint.sections.get("proxy") or EndpointProxyConfig()
         assert isinstance(endpoint_config, EndpointProxyConfig)
         pools = self.pools_for(config)

@@ -195,7 +195,7 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> 
             continue  # its plugin's config is already reported as wrong
         loc = ("middlewares", spec.index)
         try:
-            instance = plugins[spec.plugin].build_middleware(spec, spec.config)
+            instance = plugins[spec.plugin].build_middleware(spec, blueprint.plugin_configs[spec.plugin])
         except BuildError as exc:
             errors.append(blueprint.diagnostic(loc + ("config",) + exc.loc, str(exc)))
             continue
@@ -231,4 +231,4 @@ def _build_handler(spec: EndpointSpec, blueprint: LoadedBlueprint, plugins: Mapp
         return PythonHandler(spec.python_function, config, spec.label)
     assert spec.plugin is not None
     plugin = plugins[spec.plugin]
-    return plugin.build_handler(spec.handler, spec, blueprint.plugin_configs.get(spec.plugin))
+    return plugin.build_handler(spec.handler, spec, blueprint.plugin_configs[spec.plugin])

@@ -158,10 +158,14 @@ class _Loader:
         plugin_configs, plugin_locs = self.load_plugins(plugin_entries)
         middlewares = self.load_middlewares(middlewares_raw)
         endpoints, files = self.load_endpoints(endpoints_raw, middlewares, {m.name for _, m in middlewares_raw})
+        self.activate_used_plugins(plugin_configs, plugin_locs, middlewares, endpoints)
         self.check_routes(endpoints_raw)
         self.check_unused_middlewares(middlewares, endpoints)
         if settings is None:
-            return None
+            if not endpoints:
+                return None
+            # The top level is wrong, but compiling the endpoints still finds their errors.
+            settings = BlueprintSettings.model_construct(name="(invalid blueprint)", endpoints=[])
         return LoadedBlueprint(
             path=self.path,
             document=self.doc,
@@ -257,15 +261,36 @@ class _Loader:
                 for sub_loc, message in plugin.lint(config):
                     self.warn(loc + ("config",) + tuple(sub_loc), message)
 
-        for name in list(configs):
-            plugin = self.registry.plugins[name]
-            for required in plugin.requires:
-                if required not in self.registry.plugins:
-                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which is not installed")
-                elif required in disabled:
-                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which this blueprint disables")
         self.disabled_plugins = disabled
         return configs, locs
+
+    def activate_used_plugins(
+        self,
+        configs: dict[str, BaseModel],
+        locs: dict[str, tuple],
+        middlewares: list[MiddlewareSpec],
+        endpoints: list[EndpointSpec],
+    ) -> None:
+        """A plugin used by a handler or middleware is active even when `plugins` does not list it:
+        it runs with its default config, and its requirements are checked like any other's."""
+        uses: list[tuple[str, tuple[str | int, ...]]] = [(m.plugin, ("middlewares", m.index, "plugin")) for m in middlewares]
+        uses += [(e.plugin, ("endpoints", e.index, "handler")) for e in endpoints if e.plugin is not None]
+        for name, loc in uses:
+            if name in configs or name in self.failed_plugins or name in self.disabled_plugins:
+                continue
+            config, diagnostics = validate_section(self.registry.plugins[name].Config, {}, self.doc, loc, context=self.context)
+            if config is None:
+                self.failed_plugins.add(name)
+                self.error(loc, f"plugin {name!r} needs settings: add it under `plugins` with its `config`")
+                continue
+            configs[name] = config
+            locs[name] = loc
+        for name in list(configs):
+            for required in self.registry.plugins[name].requires:
+                if required not in self.registry.plugins:
+                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which is not installed")
+                elif required in self.disabled_plugins:
+                    self.error(locs[name], f"plugin {name!r} requires plugin {required!r}, which this blueprint disables")
 
     def plugin_class(self, name: str, loc: tuple[str | int, ...]) -> Any:
         plugin = self.registry.plugins.get(name)
@@ -340,6 +365,13 @@ class _Loader:
                         loc + ("middleware", position),
                         f"no middleware named {name!r}" + (f"; did you mean {hint!r}?" if hint else " is defined in `middlewares`"),
                     )
+            if endpoint.transform is not None:
+                self.error(
+                    loc + ("transform",),
+                    "endpoint-level `transform` is not available in this version of Backworks yet; on proxy "
+                    "endpoints use config.proxy.transform_request / transform_response",
+                    prefer_key=True,
+                )
             spec = self.load_endpoint(index, endpoint, loc, files)
             if spec is not None:
                 endpoints.append(spec)
@@ -389,7 +421,8 @@ class _Loader:
             return None
 
         sections: dict[str, BaseModel] = {}
-        all_sections = {**{n: ("core", s) for n, s in CORE_SECTIONS.items()}, **self.registry.sections}
+        # The core's own sections cannot be taken over by a plugin.
+        all_sections = {**self.registry.sections, **{n: ("core", s) for n, s in CORE_SECTIONS.items()}}
         for section_name, raw in endpoint.config.items():
             section_loc = loc + ("config", section_name)
             owner = all_sections.get(section_name)
@@ -413,6 +446,10 @@ class _Loader:
             value = self.validate(section.model, raw if raw is not None else {}, section_loc)
             if value is not None:
                 sections[section_name] = value
+                section_plugin = self.registry.plugins.get(owner[0])
+                if section_plugin is not None:
+                    for sub_loc, message in section_plugin.lint_section(str(section_name), value):
+                        self.warn(section_loc + tuple(sub_loc), message)
         if kind == "static" and "static" not in sections and "static" not in endpoint.config:
             self.error(loc + ("config",), "handler 'static' needs `config.static` (status, headers, body, delay)")
             return None

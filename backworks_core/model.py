@@ -45,6 +45,13 @@ class StrictModel(BaseModel):
 class TlsSettings(StrictModel):
     cert: BlueprintPath = Field(description="PEM file holding the certificate and its private key")
 
+    @field_validator("cert")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if not os.path.isfile(value):
+            raise ValueError(f"certificate file {value} not found")
+        return value
+
 
 class ServerSettings(StrictModel):
     host: str = Field("127.0.0.1", description="address `backworks run` listens on")
@@ -98,6 +105,7 @@ class EndpointSettings(StrictModel):
     handler: str = Field(min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
     middleware: list[str] = Field(default_factory=list)
+    transform: dict[str, Any] | None = Field(None, description="endpoint-level transforms (not available yet)")
 
     @field_validator("method", "methods")
     @classmethod

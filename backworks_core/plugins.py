@@ -59,12 +59,22 @@ class Plugin:
         """Warnings about a valid config (location inside `config`, message)."""
         return []
 
-    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel | None) -> Handler:
-        """Compile one endpoint's handler; raise gateway.BuildError with a location for bad settings."""
+    @classmethod
+    def lint_section(cls, section: str, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        """Warnings about a valid endpoint `config.<section>` block (location inside it, message)."""
+        return []
+
+    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel) -> Handler:
+        """Compile one endpoint's handler; `config` is this plugin's (blueprint-level) config.
+
+        The endpoint's own settings are in `endpoint.sections`. Raise gateway.BuildError with a
+        location (relative to the endpoint) for settings that cannot work.
+        """
         raise NotImplementedError(f"plugin {self.name!r} does not build handler {handler!r}")
 
     def build_middleware(self, middleware: MiddlewareSpec, config: BaseModel) -> Middleware:
-        """Compile one middleware instance (its `config` is validated by MiddlewareConfig)."""
+        """Compile one middleware; `config` is this plugin's config, `middleware.config` its own
+        (validated by MiddlewareConfig)."""
         raise NotImplementedError(f"plugin {self.name!r} does not build middleware")
 
     def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
@@ -99,9 +109,17 @@ class PluginRegistry:
         self.sections: dict[str, tuple[str, Section]] = {}
         for plugin in self.plugins.values():
             for handler in plugin.handlers:
-                self.handler_owner.setdefault(handler, plugin.name)
+                if handler in self.handler_owner:
+                    logger.warning("handler %r of plugin %r ignored: plugin %r has it", handler, plugin.name, self.handler_owner[handler])
+                    continue
+                self.handler_owner[handler] = plugin.name
             for section_name, section in plugin.sections.items():
-                self.sections.setdefault(section_name, (plugin.name, section))
+                if section_name in self.sections:
+                    logger.warning(
+                        "config section %r of plugin %r ignored: plugin %r has it", section_name, plugin.name, self.sections[section_name][0]
+                    )
+                    continue
+                self.sections[section_name] = (plugin.name, section)
 
     @classmethod
     def discover(cls, builtins: Iterable[type[Plugin]]) -> PluginRegistry:

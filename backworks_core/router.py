@@ -282,11 +282,11 @@ class _Node:
 
 @dataclass(slots=True, eq=False)
 class _Search:
-    """Per-call state for one match: the request and the first 405 seen."""
+    """Per-call state for one match: the request, and the methods of every leaf the path reached."""
 
     method: str
     host: str
-    not_allowed: MethodNotAllowed | None = None
+    allowed: set[str] | None = None
 
 
 def _method_rank(entry: _Entry, method: str) -> int:
@@ -329,11 +329,13 @@ def _resolve(leaf: _Leaf, values: list[str], search: _Search) -> Match | None:
         plain = leaf.exact.get(method) or leaf.any
         if plain is not None:
             return Match(plain.route, dict(zip(plain.names, values)))
-    if search.not_allowed is None and (matched_hosts or leaf.has_plain):
-        methods: set[str] = set(leaf.plain_methods)
+    if matched_hosts or leaf.has_plain:
+        # Allow lists every method some route would take for this path, not only the first leaf's.
+        if search.allowed is None:
+            search.allowed = set()
+        search.allowed.update(leaf.plain_methods)
         for entry in matched_hosts:
-            methods.update(entry.methods)
-        search.not_allowed = _allow(methods)
+            search.allowed.update(entry.methods)
     return None
 
 
@@ -461,7 +463,7 @@ class Router:
         found = _walk(self._root, segments, 0, [], search)
         if found is not None:
             return found
-        return search.not_allowed
+        return _allow(search.allowed) if search.allowed is not None else None
 
 
 # --------------------------------------------------------------------------- conflicts

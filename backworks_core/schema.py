@@ -16,7 +16,7 @@ from pydantic_core import core_schema
 from backworks_core.loader import CORE_SECTIONS
 from backworks_core.model import BlueprintSettings
 from backworks_core.plugins import PluginRegistry
-from backworks_core.validation import parse_duration
+from backworks_core.validation import parse_duration, parse_positive_duration
 
 SCHEMA_ID = "https://backworks.dev/schema/blueprint-v1.json"
 
@@ -34,8 +34,13 @@ class _BlueprintJsonSchema(GenerateJsonSchema):
     """Durations are numbers or strings with a unit in the blueprint, not only numbers."""
 
     def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> JsonSchemaValue:
-        if schema["function"].get("function") is parse_duration:
+        function = schema["function"].get("function")
+        if function is parse_duration:
             return {"anyOf": [dict(option) for option in DURATION_SCHEMA["anyOf"]]}
+        if function is parse_positive_duration:
+            number, text = (dict(option) for option in DURATION_SCHEMA["anyOf"])
+            number.pop("minimum", None)
+            return {"anyOf": [{**number, "exclusiveMinimum": 0}, text]}
         return super().function_before_schema(schema)
 
 

@@ -72,9 +72,19 @@ def parse_duration(value: Any) -> float:
     return float(value)
 
 
+def parse_positive_duration(value: Any) -> float:
+    """A duration that must be above zero (timeouts, intervals): 0 would mean "fail at once"."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, such as 250ms or 30s; got {value!r}")
+    return seconds
+
+
 _DURATION_VALIDATOR = BeforeValidator(parse_duration)
 Duration = Annotated[float, _DURATION_VALIDATOR]
 """Seconds as a float; accepts numbers >= 0 and strings like 250ms, 30s, 5m, 1h, 1m30s."""
+PositiveDuration = Annotated[float, BeforeValidator(parse_positive_duration)]
+"""A Duration above zero: timeouts and intervals."""
 
 
 # --------------------------------------------------------------------------------------

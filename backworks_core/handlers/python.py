@@ -29,7 +29,7 @@ from pydantic import Field
 from backworks_core.context import Identity, RequestContext
 from backworks_core.model import StrictModel
 from backworks_core.templates import has_crlf
-from backworks_core.validation import Duration
+from backworks_core.validation import PositiveDuration
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ DEFAULT_FUNCTION = "handler"
 
 
 class PythonConfig(StrictModel):
-    timeout: Duration = Field(30.0, description="a handler running longer is answered with 504")
+    timeout: PositiveDuration = Field(30.0, description="a handler running longer is answered with 504")
 
 
 class HandlerLoadError(ValueError):

@@ -203,7 +203,7 @@ class TaggerPlugin(Plugin):
     handlers = ("tagger.record",)
 
     def build_middleware(self, middleware, config):
-        return TagMiddleware(config)
+        return TagMiddleware(middleware.config)
 
     def build_handler(self, handler, endpoint, config):
         return RecordHandler()

@@ -211,6 +211,7 @@ def test_paths_are_relative_to_the_blueprint_not_the_cwd(project, load, tmp_path
             return {"hello": request.params["name"]}
         """,
     )
+    project.write("certs/server.pem", "(a PEM file)")
     project.blueprint(
         """
         name: rel
