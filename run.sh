@@ -30,6 +30,11 @@ demo() {
   "$VENV/bin/backworks" demo-backend --port "$backend_port" --name demo-backend &
   local backend_pid=$!
   trap 'kill "$backend_pid" 2>/dev/null || true' EXIT INT TERM
+  for _ in $(seq 100); do  # up to 10 s for the backend to listen
+    (exec 3<>"/dev/tcp/127.0.0.1/${backend_port}") 2>/dev/null && break
+    kill -0 "$backend_pid" 2>/dev/null || { echo "run.sh: the demo backend did not start (see above)" >&2; exit 1; }
+    sleep 0.1
+  done
   cat >&2 <<MSG
 
 Backworks demo: blueprints/demo.yaml on http://127.0.0.1:${port} (Ctrl-C stops it)

@@ -137,8 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo_backend(args: argparse.Namespace) -> int:
     from backworks_core.demo_backend import run
 
-    run(args.host, args.port, args.name or f"backend-{args.port}")
-    return 0
+    return run(args.host, args.port, args.name or f"backend-{args.port}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -91,8 +92,13 @@ async def serve(host: str, port: int, name: str) -> None:
         await runner.cleanup()
 
 
-def run(host: str, port: int, name: str) -> None:
+def run(host: str, port: int, name: str) -> int:
     try:
         asyncio.run(serve(host, port, name))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        print(f"demo backend {name!r}: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        print("  another process uses the port; choose another with --port (./run.sh: DEMO_BACKEND_PORT=...)", file=sys.stderr)
+        return 1
+    return 0
