@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "backworks.plugins"
+# Handler and endpoint-section names the core answers itself; no plugin can take them over.
+RESERVED_NAMES = frozenset({"static", "python"})
 
 
 class NoConfig(StrictModel):
@@ -109,11 +111,17 @@ class PluginRegistry:
         self.sections: dict[str, tuple[str, Section]] = {}
         for plugin in self.plugins.values():
             for handler in plugin.handlers:
+                if handler in RESERVED_NAMES:
+                    logger.warning("handler %r of plugin %r ignored: the name is the core's", handler, plugin.name)
+                    continue
                 if handler in self.handler_owner:
                     logger.warning("handler %r of plugin %r ignored: plugin %r has it", handler, plugin.name, self.handler_owner[handler])
                     continue
                 self.handler_owner[handler] = plugin.name
             for section_name, section in plugin.sections.items():
+                if section_name in RESERVED_NAMES:
+                    logger.warning("config section %r of plugin %r ignored: the name is the core's", section_name, plugin.name)
+                    continue
                 if section_name in self.sections:
                     logger.warning(
                         "config section %r of plugin %r ignored: plugin %r has it", section_name, plugin.name, self.sections[section_name][0]

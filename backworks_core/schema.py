@@ -99,6 +99,7 @@ def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     sections = dict(CORE_SECTIONS)
     sections.update({name: section for name, (_, section) in registry.sections.items()})
     endpoint_def = defs["EndpointSettings"]
+    endpoint_def["properties"].pop("transform", None)  # accepted only to say it is not available yet
     endpoint_def["properties"]["config"] = {
         "type": "object",
         "description": "the handler's settings, under the handler's name",
