@@ -134,7 +134,7 @@ class PluginRegistry:
         """Built-ins first (their names cannot be taken), then every installed entry point."""
         plugins: list[type[Plugin]] = list(builtins)
         broken: list[BrokenPlugin] = []
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
+        for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):  # a stable winner on clashes
             try:
                 loaded: Any = entry.load()
             except Exception as exc:  # a broken third-party package must not stop the gateway
