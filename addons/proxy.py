@@ -8,7 +8,8 @@ format are all validated now, and the ones not yet applied are reported as warni
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import random
 from http import HTTPStatus
 import logging
 import time
@@ -19,6 +20,8 @@ from urllib.parse import quote, urlsplit
 from mitmproxy import http
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from addons.balancing import Backend, Policy, hash_key, make_balancer
+from addons.retry import RetryBudget, RetryPolicy
 from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext, template_context
 from backworks_core.gateway import BuildError
@@ -31,7 +34,7 @@ from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
 
-Policy = Literal["round_robin", "weighted_round_robin", "least_connections", "ip_hash", "consistent_hash", "random"]
+
 RetryCondition = Literal["connect_failure", "timeout", "reset"]
 
 
@@ -107,8 +110,10 @@ class RetryConfig(StrictModel):
     attempts: int = Field(2, ge=0, description="extra tries after the first")
     retry_on: list[RetryCondition | int] = Field(default_factory=lambda: ["connect_failure", "reset"])
     per_try_timeout: PositiveDuration | None = None
-    backoff: Duration = 0.025
+    backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter")
     retry_non_idempotent: bool = False
+    budget_percent: float = Field(20.0, gt=0, le=100, description="retries in flight as a share of requests in flight")
+    min_retry_concurrency: int = Field(3, ge=0, description="retries always allowed in flight, whatever the share")
 
 
 class ProxyMetricsConfig(StrictModel):
@@ -193,6 +198,8 @@ class Target:
     origin: str  # scheme://host:port
     base_path: str  # "" or "/base"
     timeout: float | None
+    weight: float = 1.0
+    retry_attempts: int | None = None
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
@@ -202,26 +209,69 @@ class Target:
             origin=f"{parts.scheme}://{parts.netloc}",
             base_path=parts.path.rstrip("/"),
             timeout=config.timeout,
+            weight=config.weight,
+            retry_attempts=config.retry_attempts,
         )
 
 
 class Pool:
-    """The targets of one pool; `choose` is where balancing policies plug in."""
+    """The targets of one pool, its balancing policy and its retry budget."""
 
-    def __init__(self, name: str, config: PoolConfig, plugin_config: PoolConfig | None = None) -> None:
+    def __init__(self, name: str, config: PoolConfig, plugin_config: PoolConfig | None = None, rng: random.Random | None = None) -> None:
         """`plugin_config`: the plugin-level settings a named pool inherits transforms from."""
         self.name = name
         self.config = config
         self.targets = [Target.from_config(t) for t in config.targets]
-        self._next = itertools.cycle(range(len(self.targets))) if self.targets else None
+        self.backends = [Backend(t.name, t.weight) for t in config.targets]
+        self.target_by_name = {t.name: t for t in self.targets}
+        self.retry_attempts = {t.name: t.retry_attempts for t in self.targets}
+        self.balancer = make_balancer(config.load_balancing, self.backends, rng)
+        retries = config.retries or RetryConfig()
+        self.budget = RetryBudget(retries.budget_percent, retries.min_retry_concurrency)
+        self.hashing = config.load_balancing in ("ip_hash", "consistent_hash")
         levels = [c for c in (plugin_config, config) if c is not None]
         # Requests: plugin level first; responses: the reverse (the pool's own is innermost).
         self.request_transforms = [CompiledHeaderTransform(c.transform_request) for c in levels]
         self.response_transforms = [CompiledHeaderTransform(c.transform_response) for c in reversed(levels)]
 
-    def choose(self, ctx: RequestContext) -> Target:
-        assert self._next is not None
-        return self.targets[next(self._next)]
+    def candidates(self, tried: set[str]) -> list[Backend]:
+        """Targets that can take this try: not tried yet while an untried one remains."""
+        fresh = [b for b in self.backends if b.name not in tried]
+        return fresh or list(self.backends)
+
+    def key_for(self, ctx: RequestContext) -> str | None:
+        if not self.hashing:
+            return None
+        request = ctx.flow.request
+        return hash_key(
+            self.config.hash_on,
+            client_ip=ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else "",
+            path=request.path.split("?", 1)[0],
+            headers=request.headers,
+            cookies={k: v for k, v in request.cookies.items(multi=True)},
+            query={k: v for k, v in request.query.items(multi=True)},
+        )
+
+
+def retry_policy(endpoint: RetryConfig | None, pool: RetryConfig | None, target_attempts: int | None, pool_size: int) -> RetryPolicy:
+    """Endpoint `retries`, else the pool's, else the first target's `retry_attempts`, else failover.
+
+    With nothing configured, a target that refuses connections is skipped for another one
+    (up to two more): nothing reached it, so this is safe for every request.
+    """
+    config = endpoint or pool
+    if config is None and target_attempts is not None:
+        config = RetryConfig(attempts=target_attempts)
+    if config is None:
+        return RetryPolicy(min(2, pool_size - 1), frozenset({"connect_failure"}), frozenset(), None, 0.0, False)
+    return RetryPolicy(
+        attempts=config.attempts,
+        conditions=frozenset(c for c in config.retry_on if isinstance(c, str)),
+        statuses=frozenset(c for c in config.retry_on if isinstance(c, int)),
+        per_try_timeout=config.per_try_timeout,
+        backoff=config.backoff,
+        retry_non_idempotent=config.retry_non_idempotent,
+    )
 
 
 def strip_prefix(path: str, prefix: str) -> str:
@@ -297,6 +347,10 @@ class ProxyHandler:
         self.response_transforms = [CompiledHeaderTransform(config.transform_response), *pool.response_transforms]
         self.forwarded = pool.config.forwarded_headers
         self.preserve_host = pool.config.preserve_host
+        # Endpoint retries win; otherwise decided per request (the first target's retry_attempts).
+        self.retries = retry_policy(config.retries, None, None, len(pool.backends)) if config.retries else None
+        self.rng = random.Random()
+        self.sleep = asyncio.sleep
 
     def upstream_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.flow.request
@@ -318,9 +372,7 @@ class ProxyHandler:
     async def __call__(self, ctx: RequestContext) -> http.Response:
         request = ctx.flow.request
         raw_path, _, query = request.path.partition("?")
-        target = self.pool.choose(ctx)
-        ctx.notes["target"] = target.name
-        url = target.origin + target.base_path + self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
+        path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
         tctx = template_context(ctx)
         headers = self.upstream_headers(ctx)
         try:
@@ -328,20 +380,65 @@ class ProxyHandler:
                 headers = transform.apply_headers(headers, tctx)
         except ValueError as exc:  # a value from the request would carry CR or LF
             return ctx.error(400, f"request transform refused: {exc}")
-        timeout = min(self.timeout, target.timeout) if target.timeout else self.timeout
+        method = self.method or request.method
+        body = request.raw_content or b""
+        pool = self.pool
+        key = pool.key_for(ctx)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        tried: list[str] = []
+        policy: RetryPolicy | None = None
         started = time.time()
-        ctx.notes["attempts"] = "1"
+        pool.budget.active_requests += 1
         try:
-            reply = await self.client.send(
-                self.method or request.method, url, headers, request.raw_content or b"", timeout=timeout
-            )
-        except UpstreamError as exc:
-            logger.warning("[%s] %s → %s failed: %s", ctx.request_id, ctx.endpoint.label, target.name, exc)
-            ctx.notes["upstream_error"] = exc.kind
-            if exc.kind == "timeout":
-                return ctx.error(504, f"upstream {target.name} did not answer within {timeout:g}s")
-            return ctx.error(502, f"upstream {target.name} failed: {exc}")
-        return self.build_response(ctx, reply, started, request.method == "HEAD")
+            while True:
+                backend = pool.balancer.choose(pool.candidates(set(tried)), key)
+                target = pool.target_by_name[backend.name]
+                if policy is None:  # the first target chosen decides `retry_attempts`
+                    policy = self.retries or retry_policy(None, pool.config.retries, pool.retry_attempts[target.name], len(pool.backends))
+                tried.append(target.name)
+                remaining = deadline - loop.time()
+                per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)
+                backend.in_flight += 1
+                try:
+                    reply = await self.client.send(method, target.origin + target.base_path + path, headers, body, timeout=max(per_try, 0.001))
+                    outcome: str | int | None = reply.status if reply.status in policy.statuses else None
+                    failure: UpstreamError | None = None
+                except UpstreamError as exc:
+                    reply, outcome, failure = None, exc.kind, exc
+                finally:
+                    backend.in_flight -= 1
+                if outcome is None:
+                    break
+                logger.info("[%s] %s: try %d on %s failed: %s", ctx.request_id, ctx.endpoint.label, len(tried), target.name, failure or outcome)
+                retries_done = len(tried) - 1
+                if (
+                    retries_done >= policy.attempts
+                    or not policy.retryable(outcome, method)
+                    or deadline - loop.time() <= 0
+                    or not pool.budget.try_acquire()
+                ):
+                    break
+                try:
+                    pause = min(policy.delay(retries_done + 1, self.rng), max(0.0, deadline - loop.time()))
+                    if pause:
+                        await self.sleep(pause)
+                finally:
+                    pool.budget.release()
+        finally:
+            pool.budget.active_requests -= 1
+        ctx.notes["target"] = tried[-1]
+        ctx.notes["attempts"] = str(len(tried))
+        if len(tried) > 1:
+            ctx.notes["failover"] = ">".join(tried)
+        if reply is not None:
+            return self.build_response(ctx, reply, started, request.method == "HEAD")
+        assert failure is not None
+        logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
+        ctx.notes["upstream_error"] = failure.kind
+        if failure.kind == "timeout":
+            return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)})")
+        return ctx.error(502, f"upstream {tried[-1]} failed: {failure} (tries: {len(tried)})")
 
     def build_response(self, ctx: RequestContext, reply: Any, started: float, is_head: bool) -> http.Response:
         fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
@@ -397,26 +494,18 @@ class ProxyPlugin(Plugin):
         pools: list[tuple[tuple[str | int, ...], PoolConfig]] = [((), config)]
         pools += [(("upstreams", name), pool) for name, pool in config.upstreams.items()]
         for loc, pool in pools:
-            if pool.load_balancing != "round_robin":
-                notes.append((loc + ("load_balancing",), f"{pool.load_balancing} is not applied yet in this release; round_robin is used"))
-            if pool.hash_on != "ip":
-                notes.append((loc + ("hash_on",), "hash_on is validated but not applied yet in this release"))
-            for key in ("health_check", "outlier_detection", "circuit_breaker", "retries", "metrics"):
+            for key in ("health_check", "outlier_detection", "circuit_breaker", "metrics"):
                 if getattr(pool, key) is not None:
                     notes.append((loc + (key,), f"{key} is validated but not applied yet in this release"))
+            if pool.hash_on != "ip" and pool.load_balancing not in ("ip_hash", "consistent_hash"):
+                notes.append((loc + ("hash_on",), f"hash_on is used by ip_hash and consistent_hash, not by {pool.load_balancing}"))
             for index, target in enumerate(pool.targets):
-                for key in ("retry_attempts", "health_check", "max_connections"):
+                for key in ("health_check", "max_connections"):
                     if getattr(target, key) is not None:
                         notes.append((loc + ("targets", index, key), f"{key} is validated but not applied yet in this release"))
-                if target.weight != 1 and pool.load_balancing == "round_robin":
-                    notes.append((loc + ("targets", index, "weight"), "weights apply to weighted policies; round_robin ignores them"))
+                if target.weight != 1 and pool.load_balancing in ("round_robin", "ip_hash"):
+                    notes.append((loc + ("targets", index, "weight"), f"{pool.load_balancing} ignores weights"))
         return notes
-
-    @classmethod
-    def lint_section(cls, section: str, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
-        if isinstance(config, EndpointProxyConfig) and config.retries is not None:
-            return [(("retries",), "retries is validated but not applied yet in this release")]
-        return []
 
     def pools_for(self, config: ProxyPluginConfig | None) -> dict[str | None, Pool]:
         if config is None:

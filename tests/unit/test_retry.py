@@ -1,0 +1,77 @@
+"""Retry rules of the proxy plugin: what is retried, the backoff, and the budget."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from addons.proxy import RetryConfig, retry_policy
+from addons.retry import RetryBudget, RetryPolicy
+
+POLICY = RetryPolicy(
+    attempts=2,
+    conditions=frozenset({"connect_failure", "timeout", "reset"}),
+    statuses=frozenset({502, 503}),
+    per_try_timeout=None,
+    backoff=0.1,
+    retry_non_idempotent=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "method", "expected"),
+    [
+        ("connect_failure", "GET", True),
+        ("connect_failure", "POST", True),  # nothing reached the upstream: safe for any method
+        ("reset", "GET", True),
+        ("reset", "POST", False),
+        ("timeout", "PUT", True),
+        ("timeout", "PATCH", False),
+        (502, "GET", True),
+        (502, "POST", False),
+        (500, "GET", False),  # not listed
+        ("protocol", "GET", False),
+    ],
+)
+def test_retryable(outcome: str | int, method: str, expected: bool) -> None:
+    assert POLICY.retryable(outcome, method) is expected
+
+
+def test_non_idempotent_retries_when_allowed() -> None:
+    allowed = RetryPolicy(1, frozenset({"reset"}), frozenset({503}), None, 0, True)
+    assert allowed.retryable("reset", "POST") and allowed.retryable(503, "PATCH")
+
+
+def test_backoff_is_full_jitter_capped_at_ten_times_the_base() -> None:
+    rng = random.Random(7)
+    for retry in range(1, 12):
+        ceiling = min(0.1 * 2 ** (retry - 1), 1.0)
+        samples = [POLICY.delay(retry, rng) for _ in range(200)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > ceiling * 0.8  # it does use the whole range
+    assert RetryPolicy(1, frozenset(), frozenset(), None, 0.0, False).delay(3, rng) == 0.0
+
+
+def test_budget_allows_min_concurrency_then_a_share_of_requests() -> None:
+    budget = RetryBudget(percent=20, min_concurrency=3, active_requests=10)
+    assert [budget.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert budget.refused == 1
+    budget.active_requests = 50  # 20% of 50 = 10 retries in flight
+    assert sum(budget.try_acquire() for _ in range(10)) == 7
+    budget.release()
+    assert budget.try_acquire() is True
+
+
+def test_policy_resolution_order() -> None:
+    endpoint, pool = RetryConfig(attempts=4), RetryConfig(attempts=1, retry_on=[503])
+    assert retry_policy(endpoint, pool, 9, 3).attempts == 4
+    chosen = retry_policy(None, pool, 9, 3)
+    assert (chosen.attempts, chosen.statuses, chosen.conditions) == (1, frozenset({503}), frozenset())
+    # the original per-target retry_attempts, with the default conditions
+    per_target = retry_policy(None, None, 3, 3)
+    assert (per_target.attempts, per_target.conditions) == (3, frozenset({"connect_failure", "reset"}))
+    # nothing configured: fail over from a refusing target, up to two more targets
+    default = retry_policy(None, None, None, 3)
+    assert (default.attempts, default.conditions) == (2, frozenset({"connect_failure"}))
+    assert retry_policy(None, None, None, 1).attempts == 0
