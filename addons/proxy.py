@@ -9,7 +9,9 @@ format are all validated now, and the ones not yet applied are reported as warni
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import ssl
 from http import HTTPStatus
 import logging
 import time
@@ -26,7 +28,7 @@ from addons.transform import CompiledHeaderTransform, RequestTransform, Response
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
-from backworks_core.model import HTTP_METHODS, StrictModel
+from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
@@ -77,6 +79,15 @@ class TargetConfig(StrictModel):
     retry_attempts: int | None = Field(None, ge=0)
     health_check: HealthCheckConfig | None = None
     max_connections: int | None = Field(None, ge=1)
+    tls_verify: bool = Field(True, description="verify an https target's certificate")
+    ca_file: BlueprintPath | None = Field(None, description="PEM file of CAs to verify an https target with")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"CA file {value} not found")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -200,6 +211,7 @@ class Target:
     timeout: float | None
     weight: float = 1.0
     retry_attempts: int | None = None
+    ssl_context: ssl.SSLContext | None = None  # https targets only
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
@@ -211,7 +223,17 @@ class Target:
             timeout=config.timeout,
             weight=config.weight,
             retry_attempts=config.retry_attempts,
+            ssl_context=target_ssl_context(config) if parts.scheme == "https" else None,
         )
+
+
+def target_ssl_context(config: TargetConfig) -> ssl.SSLContext:
+    """Verified against the system CAs, or `ca_file`; `tls_verify: false` turns checking off."""
+    context = ssl.create_default_context(cafile=config.ca_file)
+    if not config.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class Pool:
@@ -401,7 +423,14 @@ class ProxyHandler:
                 per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)
                 backend.in_flight += 1
                 try:
-                    reply = await self.client.send(method, target.origin + target.base_path + path, headers, body, timeout=max(per_try, 0.001))
+                    reply = await self.client.send(
+                        method,
+                        target.origin + target.base_path + path,
+                        headers,
+                        body,
+                        timeout=max(per_try, 0.001),
+                        ssl_context=target.ssl_context,
+                    )
                     outcome: str | int | None = reply.status if reply.status in policy.statuses else None
                     failure: UpstreamError | None = None
                 except UpstreamError as exc:

@@ -103,6 +103,7 @@ class Upstream:
     routes: dict[str, Handler] = field(default_factory=dict)
     received: list[Recorded] = field(default_factory=list)
     delay: float = 0.0
+    ssl_context: Any = None  # serve https with this ssl.SSLContext
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -136,7 +137,7 @@ class Upstream:
             app.router.add_route("*", "/{tail:.*}", self._default)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start())
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
