@@ -150,10 +150,12 @@ class Upstream:
         return self
 
     def stop(self) -> None:
+        """Idempotent: tests may stop a server early to simulate an outage."""
+        if self._thread is None or not self._thread.is_alive():
+            return
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.join(10)
 
 
 @dataclass
