@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from addons.balancing import Backend, Policy, hash_key, make_balancer
 from addons.retry import RetryBudget, RetryPolicy
 from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
-from backworks_core.context import REQUEST_ID_HEADER, RequestContext, template_context
+from backworks_core.context import REQUEST_ID_HEADER, Forward, RequestContext, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel
@@ -391,7 +391,7 @@ class ProxyHandler:
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
         return headers
 
-    async def __call__(self, ctx: RequestContext) -> http.Response:
+    async def __call__(self, ctx: RequestContext) -> http.Response | Forward:
         request = ctx.flow.request
         raw_path, _, query = request.path.partition("?")
         path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
@@ -406,6 +406,8 @@ class ProxyHandler:
         body = request.raw_content or b""
         pool = self.pool
         key = pool.key_for(ctx)
+        if is_websocket_upgrade(request):
+            return self.forward_websocket(ctx, path, headers, key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         tried: list[str] = []
@@ -469,6 +471,22 @@ class ProxyHandler:
             return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)})")
         return ctx.error(502, f"upstream {tried[-1]} failed: {failure} (tries: {len(tried)})")
 
+    def forward_websocket(self, ctx: RequestContext, path: str, headers: list[tuple[str, str]], key: str | None) -> Forward:
+        """mitmproxy relays WebSocket frames itself: point the flow at the chosen target."""
+        backend = self.pool.balancer.choose(self.pool.candidates(set()), key)
+        target = self.pool.target_by_name[backend.name]
+        # The upgrade needs its hop-by-hop headers back (they were dropped for the HTTP exchange).
+        request = ctx.flow.request
+        upgrade = [(n, v) for n, v in request.headers.items(multi=True) if n.lower() in ("connection", "upgrade")]
+        if not self.preserve_host:
+            headers = [(n, v) for n, v in headers if n.lower() != "host"]
+            headers.insert(0, ("Host", target.origin.split("://", 1)[1]))
+        ctx.notes["target"] = target.name
+        ctx.notes["websocket"] = "yes"
+        scheme = "wss" if target.origin.startswith("https") else "ws"
+        logger.debug("[%s] websocket upgrade to %s (%s)", ctx.request_id, target.name, scheme)
+        return Forward(target.origin + target.base_path + path, headers + upgrade)
+
     def build_response(self, ctx: RequestContext, reply: Any, started: float, is_head: bool) -> http.Response:
         fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
         fields = end_to_end(fields)
@@ -494,6 +512,10 @@ class ProxyHandler:
             timestamp_start=started,
             timestamp_end=time.time(),
         )
+
+
+def is_websocket_upgrade(request: http.Request) -> bool:
+    return request.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("connection", "").lower()
 
 
 def _reason_phrase(status: int) -> str:

@@ -62,10 +62,22 @@ class RequestContext:
         return json_error(status, message, self.request_id, headers)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """A handler's answer that hands the request to mitmproxy, sent to `url` with `headers`.
+
+    For what only mitmproxy's own upstream connection can carry (WebSocket upgrades): the flow
+    keeps no response, and mitmproxy connects to the URL's host and port and relays the rest.
+    """
+
+    url: str
+    headers: list[tuple[str, str]]
+
+
 class Handler(Protocol):
     """Answers a matched request. Raising is a 500 with a request id; the traceback is logged."""
 
-    async def __call__(self, ctx: RequestContext) -> http.Response: ...
+    async def __call__(self, ctx: RequestContext) -> http.Response | Forward: ...
 
 
 class Middleware(Protocol):

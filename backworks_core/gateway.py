@@ -15,7 +15,7 @@ from typing import Literal
 
 from mitmproxy import http
 
-from backworks_core.context import Handler, Middleware, RequestContext, json_error, request_id_for
+from backworks_core.context import Forward, Handler, Middleware, RequestContext, json_error, request_id_for
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
@@ -129,10 +129,16 @@ class Gateway:
         ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id_for(flow))
         ctx.notes["endpoint"] = f'"{endpoint.label}"'
         ctx.notes["handler"] = endpoint.spec.handler
-        flow.response = await self._run(ctx, path)
+        answer = await self._run(ctx, path)
+        if isinstance(answer, Forward):
+            request.url = answer.url
+            request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers])
+            ctx.notes["forwarded"] = "mitmproxy"
+        else:
+            flow.response = answer
         flow.comment = _join_comment(flow.comment, "backworks: " + " ".join(f"{k}={v}" for k, v in ctx.notes.items()))
 
-    async def _run(self, ctx: RequestContext, path: str) -> http.Response:
+    async def _run(self, ctx: RequestContext, path: str) -> http.Response | Forward:
         method = ctx.request.method
         applied: list[MiddlewarePlan] = []
         for middleware in self.middlewares_for(ctx.endpoint, method, path):
@@ -154,6 +160,8 @@ class Gateway:
             except Exception:
                 logger.exception("[%s] handler for %s failed", ctx.request_id, ctx.endpoint.label)
                 response = ctx.error(500, "the handler failed; see the gateway log for this request id")
+        if isinstance(response, Forward):
+            return response  # mitmproxy relays the upstream's answer; there is no response yet
         for middleware in reversed(applied):
             try:
                 await middleware.instance.on_response(ctx, response)
