@@ -28,7 +28,7 @@ from addons.transform import CompiledHeaderTransform, RequestTransform, Response
 from backworks_core.context import REQUEST_ID_HEADER, Forward, RequestContext, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
-from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel
+from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPath
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
@@ -44,15 +44,8 @@ class HealthCheckConfig(StrictModel):
     enabled: bool = True
     interval: PositiveDuration = Field(30.0)
     timeout: PositiveDuration = Field(5.0)
-    path: str = "/health"
+    path: UrlPath = "/health"
     expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
 
     @field_validator("expected_status")
     @classmethod
@@ -175,8 +168,8 @@ class EndpointProxyConfig(StrictModel):
     upstream: str | None = Field(None, description="a pool from `upstreams`; the default pool if absent")
     path: str | None = Field(None, description="upstream path template over the endpoint's parameters")
     method: str | None = None
-    strip_prefix: str | None = None
-    add_prefix: str | None = None
+    strip_prefix: UrlPath | None = None
+    add_prefix: UrlPath | None = None
     timeout: PositiveDuration | None = Field(None)
     retries: RetryConfig | None = None
     transform_request: RequestTransform | None = None
@@ -192,12 +185,6 @@ class EndpointProxyConfig(StrictModel):
             raise ValueError(f"unknown HTTP method {value!r} (expected one of {known})")
         return value.upper()
 
-    @field_validator("strip_prefix", "add_prefix")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
 
 
 # -- runtime ---------------------------------------------------------------------------------

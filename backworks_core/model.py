@@ -33,6 +33,16 @@ def _resolve_blueprint_path(value: str, info: ValidationInfo) -> str:
 
 
 BlueprintPath = Annotated[str, AfterValidator(_resolve_blueprint_path)]
+
+
+def _absolute_url_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    return value
+
+
+UrlPath = Annotated[str, AfterValidator(_absolute_url_path)]
+"""A URL path such as /health: always absolute."""
 """A file named in a blueprint: relative to the blueprint's folder, never to the current directory."""
 
 
@@ -66,15 +76,8 @@ class ServerSettings(StrictModel):
 
 class DashboardSettings(StrictModel):
     enabled: bool = True
-    path: str = Field("/__backworks", description="where the status page is served on the proxy listener")
+    path: UrlPath = Field("/__backworks", description="where the status page is served on the proxy listener")
     port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"must start with '/', got {value!r}")
-        return value
 
 
 class PluginEntry(StrictModel):
