@@ -17,6 +17,13 @@ alike; each round starts its mitmdump processes afresh, checks the answers, warm
 measures. The table reports the median over rounds of req/s and of wrk's latency p50/p99, and
 the ratios b/a and c/a. Every load generator targets 127.0.0.1 only; every loop is bounded in
 count and time; every child process is killed on exit, error or Ctrl-C.
+
+To make noise visible rather than silently part of the figures, each measurement also records
+the mitmdump process's CPU time per request (/proc), the CPU the rest of the machine used
+meanwhile ("other load"; a measurement above --max-other-load is taken again, at most
+--noise-retries times), and a fixed-loop calibration of the CPU mitmdump runs on. By default
+mitmdump is pinned to one CPU and the upstream and wrk to the others (--no-pin to turn off).
+--backworks DIR measures another checkout, e.g. one commit exported with `git archive`.
 """
 
 from __future__ import annotations
@@ -281,6 +288,7 @@ class Sample:
     proxy_cpu_util: float = 0.0  # its CPU time / wall time: 1.0 means one core saturated
     upstream_cpu_ms: float = 0.0  # CPU time of the upstream per request
     other_cores: float = 0.0  # CPU busy on the machine outside mitmdump, upstream and wrk (noise)
+    calibration_ms: float = 0.0  # a fixed CPU loop on mitmdump's CPU just before: the CPU's speed then
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -295,6 +303,26 @@ def system_busy_seconds() -> float:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user/nice
     return (sum(fields) - idle - guest) / CLOCK_TICKS
+
+
+def calibration_ms(cpus: set[int] | None) -> float:
+    """Best of 3 runs of a fixed pure-Python loop on `cpus`: a reading of how fast that CPU is now.
+    On shared (virtual) machines it changes by tens of percent from second to second."""
+    previous = os.sched_getaffinity(0) if cpus and hasattr(os, "sched_setaffinity") else None
+    if previous is not None:
+        os.sched_setaffinity(0, cpus)  # type: ignore[arg-type]
+    try:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            x = 0
+            for i in range(100_000):
+                x += i * i % 7
+            best = min(best, time.perf_counter() - started)
+        return best * 1e3
+    finally:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
 
 
 def children_cpu_seconds() -> float:
@@ -356,6 +384,26 @@ def mitmdump_path() -> str:
     return found
 
 
+def describe_checkout(directory: Path) -> str:
+    """Which Backworks is measured: the directory, its git commit, and whether its code is modified."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return f"{directory} (not a git checkout)"
+        status = subprocess.run(
+            ["git", "-C", str(directory), "status", "--porcelain", "--", "backworks.py", "addons", "backworks_core"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return f"{directory} (git unavailable)"
+    changed = len(status.stdout.splitlines())
+    return f"{directory} at {commit.stdout.strip()}" + (f" with {changed} uncommitted change(s) in its code" if changed else "")
+
+
 def environment() -> dict[str, str]:
     import aiohttp
     from mitmproxy.version import VERSION as MITMPROXY_VERSION
@@ -393,6 +441,7 @@ class Results:
 
 def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, upstream_pid: int) -> Sample:
     """One wrk run, with the CPU the proxy, the upstream, wrk and everything else used meanwhile."""
+    calibration = calibration_ms(args.proxy_cpus)
     cpu0, up0, wall0 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
     sys0, wrk0 = system_busy_seconds(), children_cpu_seconds()
     sample = run_wrk(url, args.duration, args.connections, args.threads, lua, args.load_cpus)
@@ -402,6 +451,7 @@ def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, u
     ours = (cpu1 - cpu0) + (up1 - up0) + (wrk1 - wrk0)
     sample.other_cores = max(0.0, (sys1 - sys0) - ours) / wall
     sample.proxy_cpu_util = (cpu1 - cpu0) / wall
+    sample.calibration_ms = calibration
     if sample.requests:
         sample.proxy_cpu_ms = (cpu1 - cpu0) * 1e3 / sample.requests
         sample.upstream_cpu_ms = (up1 - up0) * 1e3 / sample.requests
@@ -425,7 +475,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     def argv_for(process: str, port: int | str) -> list[str]:
         argv = [mitmdump, "--mode", mode, "-p", str(port), "--listen-host", HOST, "-q"]
         if process == "backworks":
-            argv += ["-s", str(REPO / "backworks.py"), "--set", f"blueprint={blueprint}", "--set", "connection_strategy=lazy"]
+            argv += ["-s", str(args.backworks / "backworks.py"), "--set", f"blueprint={blueprint}", "--set", "connection_strategy=lazy"]
         return argv
 
     commands = {
@@ -436,6 +486,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     }
     for name, argv in commands.items():
         print(f"{name}: {' '.join(argv)}", flush=True)
+    print(f"backworks code: {describe_checkout(args.backworks)}", flush=True)
     if args.proxy_cpus:
         print(
             f"pinned: mitmdump on CPU {','.join(map(str, sorted(args.proxy_cpus)))}; upstream and wrk on CPU "
@@ -454,7 +505,13 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                 wait_listening(procs, process, port)
                 for config in (c for c in CONFIGS if c.process == process):
                     url = f"http://{HOST}:{port}{config.path}"
-                    status, headers, body = fetch(url)
+                    try:
+                        status, headers, body = fetch(url)
+                    except OSError as exc:
+                        time.sleep(0.5)  # let a crashing process finish writing its log
+                        raise BenchError(
+                            f"{config.key} ({config.label}): GET {url} failed: {exc}\n{procs.log_tail(process)}"
+                        ) from None
                     problem = config.check(status, headers, body)
                     if problem:
                         raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
@@ -479,7 +536,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                         f"round {round_no}/{args.rounds}  {config.key}  {config.label:<30} "
                         f"{sample.rps:8.1f} req/s  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms  "
                         f"mitmdump CPU {sample.proxy_cpu_ms:5.3f} ms/req ({sample.proxy_cpu_util:4.0%} of a core)"
-                        + f"  other load {sample.other_cores:.2f} cores"
+                        + f"  other load {sample.other_cores:.2f} cores  calibration {sample.calibration_ms:.1f} ms"
                         + (f"  ERRORS {sample.errors}" if sample.errors else ""),
                         flush=True,
                     )
@@ -540,20 +597,31 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
         "mitmdump runs on one core, so req/s <= 1000 / CPU ms/req."
     )
     print()
-    verdicts = {}
+    verdicts: dict[str, bool] = {}
     for key, what in (("b", "proxy"), ("c", "static")):
         ratio = med[key]["rps"] / bare if bare else float("nan")
         per_round = ", ".join(f"{r:.2f}" for r in round_ratios[key])
         meets = ratio >= TARGET_RATIO
         verdicts[key] = meets
         print(
-            f"ratio {key}/a ({what:<6}) = {ratio:.2f}   per round: {per_round}   "
+            f"ratio {key}/a ({what:<6}) = {ratio:.2f}   per round: {per_round} (median {statistics.median(round_ratios[key]):.2f})   "
             f"target >= {TARGET_RATIO:.2f}: {'MET' if meets else 'NOT MET'}"
+        )
+    quiet = [
+        i
+        for i in range(len(results.samples["a"]))
+        if all(results.samples[c.key][i].other_cores <= args.max_other_load for c in CONFIGS)
+    ]
+    if quiet and len(quiet) < len(results.samples["a"]):
+        print(
+            f"quiet rounds only ({len(quiet)} of {len(results.samples['a'])}, other load <= {args.max_other_load:g} "
+            "cores in all three): median per-round ratio "
+            + ", ".join(f"{key}/a {statistics.median(round_ratios[key][i] for i in quiet):.2f}" for key in ("b", "c"))
         )
     cpu_ratios = {key: med["a"]["proxy_cpu_ms"] / med[key]["proxy_cpu_ms"] for key in ("b", "c") if med[key]["proxy_cpu_ms"]}
     if cpu_ratios:
         print(
-            "CPU view (noise-robust): bare mitmdump CPU per request / this one's = "
+            "CPU view: bare mitmdump CPU per request / this one's (the capacity ratio while mitmdump is CPU-bound) = "
             + ", ".join(f"{key}/a {ratio:.2f}" for key, ratio in cpu_ratios.items())
         )
     noisy = [s.other_cores for samples in results.samples.values() for s in samples]
@@ -568,17 +636,30 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
             else " (quiet)"
         )
     )
+    calibrations = [s.calibration_ms for samples in results.samples.values() for s in samples]
+    spread = max(calibrations) / min(calibrations) - 1 if min(calibrations) > 0 else 0.0
+    print(
+        f"CPU speed check (fixed loop on mitmdump's CPU before each measurement): {min(calibrations):.1f}..{max(calibrations):.1f} ms"
+        + (
+            f", a {spread:.0%} spread: the CPU itself ran at different speeds during the run (shared or virtual "
+            "machine); trust the median over more rounds (--rounds) rather than any single round"
+            if spread > 0.15
+            else " (steady)"
+        )
+    )
     if any(m["errors"] for m in med.values()):
         print("WARNING: some requests failed (socket errors or non-2xx/3xx answers); see the per-round lines")
     return {
         "environment": env,
         "commands": commands,
+        "backworks": describe_checkout(args.backworks),
         "parameters": {k: getattr(args, k) for k in ("duration", "warmup", "connections", "threads", "rounds", "max_other_load", "noise_retries", "pin")},
         "medians": med,
         "ratios": {"b/a": med["b"]["rps"] / bare if bare else None, "c/a": med["c"]["rps"] / bare if bare else None},
         "cpu_ratios": cpu_ratios,
         "round_ratios": round_ratios,
         "target_ratio": TARGET_RATIO,
+        "target_met": verdicts,
         "samples": {k: [asdict(s) for s in v] for k, v in results.samples.items()},
     }
 
@@ -608,6 +689,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pin mitmdump to one CPU and the upstream and wrk to the others, the same for every "
         "configuration (default: on when there are 2 or more CPUs)",
     )
+    parser.add_argument(
+        "--backworks",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="the checkout whose backworks.py mitmdump loads (default: this one), e.g. a `git worktree` of a commit",
+    )
     parser.add_argument("--print-blueprint", action="store_true", help="print the generated bench blueprint")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs and print where")
     args = parser.parse_args(argv)
@@ -617,6 +705,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("bounds: 0 <= --noise-retries <= 5, 0 <= --noise-pause <= 60")
     if not (1 <= args.threads <= args.connections <= 1000):
         parser.error("bounds: 1 <= --threads <= --connections <= 1000")
+    args.backworks = args.backworks.resolve()
+    if not (args.backworks / "backworks.py").is_file():
+        parser.error(f"--backworks {args.backworks}: no backworks.py there")
     args.proxy_cpus, args.load_cpus = cpu_layout(args.pin)
     return args
 
