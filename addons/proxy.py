@@ -1,9 +1,10 @@
 """The proxy plugin: `handler: proxy` endpoints answered by an upstream pool.
 
 Backworks owns the upstream exchange (see backworks_core.upstream) so that timeouts, retries
-and failover can be decided per request. This release sends each request to one target chosen
-round-robin from its pool; the pool, balancing, health, breaker and retry settings of the
-format are all validated now, and the ones not yet applied are reported as warnings at load.
+and failover are decided per request: a pool's balancer (addons.balancing) picks a target, and
+failed tries go to untried targets under the retry rules and budget of addons.retry. WebSocket
+upgrades are handed back to mitmproxy, pointed at the chosen target. Health checks, outlier
+detection and circuit breakers are validated but not applied yet (warned about at load).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import ssl
 from http import HTTPStatus
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from mitmproxy import http
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 RetryCondition = Literal["connect_failure", "timeout", "reset"]
+StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
 class HealthCheckConfig(StrictModel):
@@ -78,8 +81,14 @@ class TargetConfig(StrictModel):
     @field_validator("ca_file")
     @classmethod
     def _readable(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isfile(value):
+        if value is None:
+            return None
+        if not os.path.isfile(value):
             raise ValueError(f"CA file {value} not found")
+        try:
+            ssl.create_default_context(cafile=value)
+        except ssl.SSLError as exc:
+            raise ValueError(f"CA file {value} holds no usable PEM certificate ({exc.reason or exc})") from None
         return value
 
     @field_validator("url")
@@ -112,7 +121,7 @@ class CircuitBreakerConfig(StrictModel):
 
 class RetryConfig(StrictModel):
     attempts: int = Field(2, ge=0, description="extra tries after the first")
-    retry_on: list[RetryCondition | int] = Field(default_factory=lambda: ["connect_failure", "reset"])
+    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "reset"])
     per_try_timeout: PositiveDuration | None = None
     backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter")
     retry_non_idempotent: bool = False
@@ -257,9 +266,17 @@ class Pool:
             client_ip=ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else "",
             path=request.path.split("?", 1)[0],
             headers=request.headers,
-            cookies={k: v for k, v in request.cookies.items(multi=True)},
-            query={k: v for k, v in request.query.items(multi=True)},
+            cookies=_first_values(request.cookies.items(multi=True)),
+            query=_first_values(request.query.items(multi=True)),
         )
+
+
+def _first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A repeated name counts by its first value, as `{{query.NAME}}` templates read it."""
+    first: dict[str, str] = {}
+    for name, value in pairs:
+        first.setdefault(name, value)
+    return first
 
 
 def retry_policy(endpoint: RetryConfig | None, pool: RetryConfig | None, target_attempts: int | None, pool_size: int) -> RetryPolicy:
@@ -400,6 +417,7 @@ class ProxyHandler:
         tried: list[str] = []
         policy: RetryPolicy | None = None
         started = time.time()
+        holds_retry = False  # a retry counts against the budget from its backoff to its answer
         pool.budget.active_requests += 1
         try:
             while True:
@@ -426,6 +444,9 @@ class ProxyHandler:
                     reply, outcome, failure = None, exc.kind, exc
                 finally:
                     backend.in_flight -= 1
+                    if holds_retry:
+                        pool.budget.release()
+                        holds_retry = False
                 if outcome is None:
                     break
                 logger.info("[%s] %s: try %d on %s failed: %s", ctx.request_id, ctx.endpoint.label, len(tried), target.name, failure or outcome)
@@ -437,13 +458,13 @@ class ProxyHandler:
                     or not pool.budget.try_acquire()
                 ):
                     break
-                try:
-                    pause = min(policy.delay(retries_done + 1, self.rng), max(0.0, deadline - loop.time()))
-                    if pause:
-                        await self.sleep(pause)
-                finally:
-                    pool.budget.release()
+                holds_retry = True
+                pause = min(policy.delay(retries_done + 1, self.rng), max(0.0, deadline - loop.time()))
+                if pause:
+                    await self.sleep(pause)
         finally:
+            if holds_retry:
+                pool.budget.release()
             pool.budget.active_requests -= 1
         ctx.notes["target"] = tried[-1]
         ctx.notes["attempts"] = str(len(tried))
@@ -544,6 +565,17 @@ class ProxyPlugin(Plugin):
                 if target.weight != 1 and pool.load_balancing in ("round_robin", "ip_hash"):
                     notes.append((loc + ("targets", index, "weight"), f"{pool.load_balancing} ignores weights"))
         return notes
+
+    @classmethod
+    def lint_section(cls, section: str, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        retries = getattr(config, "retries", None)
+        if retries is None:
+            return []
+        return [
+            (("retries", key), f"{key} applies to a pool's retries; on an endpoint it has no effect")
+            for key in ("budget_percent", "min_retry_concurrency")
+            if key in retries.model_fields_set
+        ]
 
     def pools_for(self, config: ProxyPluginConfig | None) -> dict[str | None, Pool]:
         if config is None:

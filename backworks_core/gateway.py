@@ -92,6 +92,9 @@ class Gateway:
     middlewares: list[MiddlewarePlan]
     warnings: list[Diagnostic] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.uses_hosts = any(e.spec.settings.host for e in self.endpoints)
+
     def unmatched_policy(self, reverse_mode: bool) -> Unmatched:
         configured = self.blueprint.settings.server.unmatched
         if configured is not None:
@@ -109,7 +112,8 @@ class Gateway:
         """Answer the flow from the blueprint, or leave it alone to pass through."""
         request = flow.request
         path = request.path.split("?", 1)[0]
-        result = self.router.match(request.method, path, request.pretty_host)
+        # pretty_host is costly per request; only host globs need it.
+        result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
         if result is None:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from http import HTTPStatus
 from typing import Any
 
 from mitmproxy import http
@@ -51,6 +53,7 @@ class StaticHandler:
         self.body: CompiledValue | None = None if config.body is None else compile_value(config.body)
         self.content_type = "text/plain; charset=utf-8" if self.body_is_text else "application/json"
         self._constant_body = self._encode(self.body.render(TemplateContext())) if self.body and self.body.is_constant else None
+        self.needs_context = not (self.body is None or self.body.is_constant) or not all(t.is_constant for _, t in self.headers)
 
     def _encode(self, value: Any) -> bytes:
         if self.body_is_text:
@@ -60,19 +63,32 @@ class StaticHandler:
     async def __call__(self, ctx: RequestContext) -> http.Response:
         if self.delay:
             await asyncio.sleep(self.delay)
-        tctx = template_context(ctx)
+        tctx = template_context(ctx) if self.needs_context else None
         if self.body is None:
             content = b""
         elif self._constant_body is not None:
             content = self._constant_body
         else:
             content = self._encode(self.body.render(tctx))
-        response = http.Response.make(self.status, content)
+        fields: list[tuple[bytes, bytes]] = [(b"content-length", str(len(content)).encode())]
         if content:
-            response.headers["Content-Type"] = self.content_type
+            fields.append((b"Content-Type", self.content_type.encode()))
+        headers = http.Headers(fields)
         for name, template in self.headers:
-            value = template.render(tctx)
+            value = template.render(tctx or _EMPTY_CONTEXT)
             if has_crlf(value):
                 return ctx.error(400, f"the value for response header {name} would carry CR or LF")
-            response.headers[name] = value
-        return response
+            headers[name] = value
+        now = time.time()
+        # Built directly: Response.make re-validates and re-encodes what is already known here.
+        return http.Response(b"HTTP/1.1", self.status, _reason(self.status), headers, content, None, now, now)
+
+
+_EMPTY_CONTEXT = TemplateContext()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

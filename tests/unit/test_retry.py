@@ -75,3 +75,43 @@ def test_policy_resolution_order() -> None:
     default = retry_policy(None, None, None, 3)
     assert (default.attempts, default.conditions) == (2, frozenset({"connect_failure"}))
     assert retry_policy(None, None, None, 1).attempts == 0
+
+
+class ScriptedUpstream:
+    """Stands in for the network (not for the handler under test): fails the first try, records the budget."""
+
+    def __init__(self, pool) -> None:  # type: ignore[no-untyped-def]
+        self.pool = pool
+        self.budget_seen: list[int] = []
+
+    async def send(self, method, url, headers, body, *, timeout, ssl_context=None):  # type: ignore[no-untyped-def]
+        from backworks_core.upstream import UpstreamError, UpstreamReply
+
+        self.budget_seen.append(self.pool.budget.active_retries)
+        if len(self.budget_seen) == 1:
+            raise UpstreamError("reset", "connection lost")
+        return UpstreamReply(200, "OK", [(b"content-type", b"text/plain")], b"ok", 0.0)
+
+
+async def test_a_retry_holds_its_budget_slot_while_it_runs(project, compile_gateway, send) -> None:  # type: ignore[no-untyped-def]
+    path = project.blueprint(
+        """
+        name: budget
+        plugins:
+          proxy:
+            config:
+              targets: [{name: a, url: "http://127.0.0.1:1"}, {name: b, url: "http://127.0.0.1:2"}]
+              retries: {attempts: 1, retry_on: [reset], backoff: 0}
+        endpoints:
+          - {path: /x, handler: proxy}
+        """
+    )
+    gateway = compile_gateway(path)
+    handler = gateway.endpoints[0].handler
+    upstream = ScriptedUpstream(handler.pool)
+    handler.client = upstream
+    flow = await send(gateway, "GET", "/x")
+    assert flow.response.status_code == 200
+    assert upstream.budget_seen == [0, 1]  # the retry counted while it ran, even with no backoff
+    assert handler.pool.budget.active_retries == 0 and handler.pool.budget.active_requests == 0
+    assert "failover=a>b" in flow.comment
