@@ -193,6 +193,9 @@ class Proxy:
         if not self.expect_failure:
             try:
                 wait_for_port(self.port, process=self.process)
+                # mitmproxy 12 may accept connections before its scripts have loaded
+                if self.blueprint is not None:
+                    self.wait_for_log("backworks: loaded blueprint", timeout=20)
             except Exception:
                 raise RuntimeError(f"{self.tool} did not start:\n{self.log()}") from None
         return self
