@@ -33,6 +33,7 @@ from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPath
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
+from backworks_core.templates import TemplateContext
 from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
 from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
@@ -240,9 +241,8 @@ class Pool:
         self.name = name
         self.config = config
         self.targets = [Target.from_config(t) for t in config.targets]
-        self.backends = [Backend(t.name, t.weight) for t in config.targets]
+        self.backends = [Backend(t.name, t.weight) for t in self.targets]
         self.target_by_name = {t.name: t for t in self.targets}
-        self.retry_attempts = {t.name: t.retry_attempts for t in self.targets}
         self.balancer = make_balancer(config.load_balancing, self.backends, rng)
         retries = config.retries or RetryConfig()
         self.budget = RetryBudget(retries.budget_percent, retries.min_retry_concurrency)
@@ -424,7 +424,7 @@ class ProxyHandler:
                 backend = pool.balancer.choose(pool.candidates(set(tried)), key)
                 target = pool.target_by_name[backend.name]
                 if policy is None:  # the first target chosen decides `retry_attempts`
-                    policy = self.retries or retry_policy(None, pool.config.retries, pool.retry_attempts[target.name], len(pool.backends))
+                    policy = self.retries or retry_policy(None, pool.config.retries, target.retry_attempts, len(pool.backends))
                 tried.append(target.name)
                 remaining = deadline - loop.time()
                 per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)
@@ -471,7 +471,7 @@ class ProxyHandler:
         if len(tried) > 1:
             ctx.notes["failover"] = ">".join(tried)
         if reply is not None:
-            return self.build_response(ctx, reply, started, request.method == "HEAD")
+            return self.build_response(ctx, reply, started, request.method == "HEAD", tctx)
         assert failure is not None
         logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
         ctx.notes["upstream_error"] = failure.kind
@@ -491,17 +491,17 @@ class ProxyHandler:
             headers.insert(0, ("Host", target.origin.split("://", 1)[1]))
         ctx.notes["target"] = target.name
         ctx.notes["websocket"] = "yes"
-        scheme = "wss" if target.origin.startswith("https") else "ws"
-        logger.debug("[%s] websocket upgrade to %s (%s)", ctx.request_id, target.name, scheme)
+        logger.debug("[%s] websocket upgrade to %s", ctx.request_id, target.name)
         return Forward(target.origin + target.base_path + path, headers + upgrade)
 
-    def build_response(self, ctx: RequestContext, reply: Any, started: float, is_head: bool) -> http.Response:
+    def build_response(
+        self, ctx: RequestContext, reply: Any, started: float, is_head: bool, tctx: TemplateContext
+    ) -> http.Response:
         fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
         fields = end_to_end(fields)
         if not is_head and reply.status not in (204, 304):
             fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             fields.append(("content-length", str(len(reply.body))))
-        tctx = template_context(ctx)
         status = reply.status
         try:
             for transform in self.response_transforms:

@@ -103,6 +103,8 @@ class Gateway:
 
     def middlewares_for(self, endpoint: EndpointPlan, method: str, path: str) -> list[MiddlewarePlan]:
         """The union rule: listed by the endpoint, or selected by the middleware's own filter."""
+        if not self.middlewares:
+            return []
         normalized = normalize_path(path)
         return [
             m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, normalized)
