@@ -17,10 +17,14 @@ from pathlib import Path
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from mitmproxy.net.http.http1 import expected_http_body_size
+from mitmproxy.utils import human
+
 from backworks_core.context import json_error, request_id_for
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import Gateway, compile_blueprint
+from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
 from backworks_core.plugins import Plugin, PluginRegistry
+from backworks_core.relay import StreamRelay
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,15 @@ def files_signature(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(signature)
 
 
+def body_too_large(request: http.Request, limit: int) -> bool:
+    """A request body to stream rather than hold: larger than `limit`, or of unknown length."""
+    try:
+        size = expected_http_body_size(request)
+    except ValueError:
+        return False  # mitmproxy answers a malformed length itself
+    return size is None or size < 0 or size > limit
+
+
 def is_direct_request(flow: http.HTTPFlow) -> bool:
     """A client talking to the proxy's own address (gateway use) rather than through it."""
     sockname = flow.client_conn.sockname
@@ -48,6 +61,18 @@ def is_direct_request(flow: http.HTTPFlow) -> bool:
         return False
     host = flow.request.host.lower().strip("[]")
     return host in LOCAL_NAMES or host == str(sockname[0]) or host == socket.gethostname().lower()
+
+
+def buffer_limit(option: str, stream_large_bodies: str | None) -> int:
+    """Bytes: `backworks_buffer_limit`, or mitmproxy's `stream_large_bodies` when that is lower."""
+    try:
+        limit = human.parse_size(option)
+    except ValueError:
+        raise exceptions.OptionsError(f"backworks_buffer_limit: expected a size such as 512k or 1m, got {option!r}") from None
+    if limit is None:
+        raise exceptions.OptionsError("backworks_buffer_limit: expected a size such as 512k or 1m")
+    mitmproxy_limit = human.parse_size(stream_large_bodies) if stream_large_bodies else None
+    return min(limit, mitmproxy_limit) if mitmproxy_limit is not None else limit
 
 
 class Backworks:
@@ -60,6 +85,7 @@ class Backworks:
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._watched: set[Path] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self.relay = StreamRelay()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -80,12 +106,22 @@ class Backworks:
             1000,
             "Milliseconds between checks of the blueprint's files for changes.",
         )
+        loader.add_option(
+            "backworks_buffer_limit",
+            str,
+            "1m",
+            "The largest body Backworks holds in memory on its endpoints (e.g. 512k, 1m); larger "
+            "request and response bodies stream through. mitmproxy's stream_large_bodies, when "
+            "set lower, applies instead.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "mode" in updated and any(m.startswith("reverse:") for m in ctx.options.mode):
             # Reverse mode connects upstream eagerly; Backworks answers most requests itself.
             if ctx.options.connection_strategy == "eager":
                 ctx.options.connection_strategy = "lazy"
+        if {"backworks_buffer_limit", "stream_large_bodies"} & updated:
+            self.relay.buffer_limit = buffer_limit(ctx.options.backworks_buffer_limit, ctx.options.stream_large_bodies)
         if "blueprint" in updated:
             path = ctx.options.blueprint
             if not path:
@@ -100,10 +136,11 @@ class Backworks:
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
-    def done(self) -> None:
+    async def done(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        await self.relay.stop()
 
     def _swap(self, gateway: Gateway) -> None:
         previous = self.gateway
@@ -166,15 +203,40 @@ class Backworks:
             return []
         return [f"{e.label} -> {e.spec.handler}" for e in self.gateway.endpoints]
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A body too large to hold goes to the relay, streamed, before mitmproxy reads it."""
         if flow.response or flow.error or not flow.live:
+            return
+        gateway = self.gateway
+        if gateway is None or not body_too_large(flow.request, self.relay.buffer_limit):
+            return
+        reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        try:
+            await gateway.handle_streaming(
+                flow, reverse_mode=reverse, direct=not reverse and is_direct_request(flow), relay=self.relay
+            )
+        except Exception:
+            request_id = request_id_for(flow)
+            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
+            relayed = flow.metadata.pop(RELAYED, None)
+            if relayed is not None:
+                flow.request.url = relayed.url
+            flow.request.stream = False
+            flow.response = json_error(500, "internal gateway error; see the gateway log for this request id", request_id)
+            return
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        restore_relayed(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or RELAYED in flow.metadata:
             return
         gateway = self.gateway  # one version for the whole request, whatever reloads meanwhile
         if gateway is None:
             return
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
         try:
-            await gateway.handle(flow, reverse_mode=reverse, direct=not reverse and is_direct_request(flow))
+            await gateway.handle(flow, reverse_mode=reverse, direct=not reverse and is_direct_request(flow), relay=self.relay)
         except Exception:
             # mitmproxy would log and forward the flow: a bug here must deny instead.
             request_id = request_id_for(flow)

@@ -27,14 +27,14 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from addons.balancing import Backend, Policy, hash_key, make_balancer
 from addons.retry import RetryBudget, RetryPolicy
 from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
-from backworks_core.context import REQUEST_ID_HEADER, Forward, RequestContext, template_context
+from backworks_core.context import REQUEST_ID_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPath
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.templates import TemplateContext
-from backworks_core.upstream import UpstreamClient, UpstreamError, end_to_end
+from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end
 from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -363,6 +363,8 @@ class UpstreamPath:
 
 
 class ProxyHandler:
+    accepts_body_stream = True  # a request body too large to hold is sent upstream as it arrives
+
     def __init__(self, plugin: ProxyPlugin, pool: Pool, endpoint: EndpointSpec, config: EndpointProxyConfig) -> None:
         self.client = plugin.client
         self.pool = pool
@@ -395,7 +397,7 @@ class ProxyHandler:
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
         return headers
 
-    async def __call__(self, ctx: RequestContext) -> http.Response | Forward:
+    async def __call__(self, ctx: RequestContext) -> Answer:
         request = ctx.flow.request
         raw_path, _, query = request.path.partition("?")
         path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
@@ -407,7 +409,13 @@ class ProxyHandler:
         except ValueError as exc:  # a value from the request would carry CR or LF
             return ctx.error(400, f"request transform refused: {exc}")
         method = self.method or request.method
-        body = request.raw_content or b""
+        body: bytes | BodyStream
+        if ctx.body_stream is not None:
+            body = BodyStream(ctx.body_stream)
+            if "content-length" in request.headers:  # the upstream gets the length it would have had
+                headers.append(("Content-Length", request.headers["content-length"]))
+        else:
+            body = request.raw_content or b""
         pool = self.pool
         key = pool.key_for(ctx)
         if is_websocket_upgrade(request):
@@ -437,6 +445,7 @@ class ProxyHandler:
                         body,
                         timeout=max(per_try, 0.001),
                         ssl_context=target.ssl_context,
+                        buffer_limit=ctx.buffer_limit,
                     )
                     outcome: str | int | None = reply.status if reply.status in policy.statuses else None
                     failure: UpstreamError | None = None
@@ -454,6 +463,7 @@ class ProxyHandler:
                 if (
                     retries_done >= policy.attempts
                     or not policy.retryable(outcome, method)
+                    or (isinstance(body, BodyStream) and body.started)  # what was sent cannot be sent again
                     or deadline - loop.time() <= 0
                     or not pool.budget.try_acquire()
                 ):
@@ -471,6 +481,8 @@ class ProxyHandler:
         if len(tried) > 1:
             ctx.notes["failover"] = ">".join(tried)
         if reply is not None:
+            if isinstance(body, BodyStream):
+                ctx.notes["request_bytes"] = str(body.sent)
             return self.build_response(ctx, reply, started, request.method == "HEAD", tctx)
         assert failure is not None
         logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
@@ -495,11 +507,12 @@ class ProxyHandler:
         return Forward(target.origin + target.base_path + path, headers + upgrade)
 
     def build_response(
-        self, ctx: RequestContext, reply: Any, started: float, is_head: bool, tctx: TemplateContext
-    ) -> http.Response:
+        self, ctx: RequestContext, reply: UpstreamReply, started: float, is_head: bool, tctx: TemplateContext
+    ) -> http.Response | StreamedResponse:
+        """The client's answer; one larger than the buffer limit streams on (its length as sent)."""
         fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
         fields = end_to_end(fields)
-        if not is_head and reply.status not in (204, 304):
+        if not is_head and reply.status not in (204, 304) and not reply.streamed:
             fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             fields.append(("content-length", str(len(reply.body))))
         status = reply.status
@@ -508,18 +521,22 @@ class ProxyHandler:
                 fields = transform.apply_headers(fields, tctx)
                 status = transform.status_map.get(status, status)
         except ValueError as exc:
+            reply.close()
             return ctx.error(400, f"response transform refused: {exc}")
         reason = reply.reason if status == reply.status else _reason_phrase(status)
-        return http.Response(
+        response = http.Response(
             http_version=b"HTTP/1.1",
             status_code=status,
             reason=reason.encode("latin-1", "replace"),
             headers=http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]),
-            content=reply.body,
+            content=None if reply.streamed else reply.body,
             trailers=None,
             timestamp_start=started,
             timestamp_end=time.time(),
         )
+        if reply.streamed:
+            return StreamedResponse(response, reply.chunks(), reply.close)
+        return response
 
 
 def is_websocket_upgrade(request: http.Request) -> bool:

@@ -6,7 +6,8 @@ import json
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from mitmproxy import http
 
@@ -53,6 +54,11 @@ class RequestContext:
     notes: dict[str, str] = field(default_factory=dict)
     # Per-request scratch space for plugins, keyed by plugin name.
     state: dict[str, Any] = field(default_factory=dict)
+    # The request body as it arrives, when it is too large to hold (see backworks_core.relay);
+    # `flow.request.content` is then empty. Only handlers with `accepts_body_stream` see this.
+    body_stream: AsyncIterator[bytes] | None = None
+    # The most of an upstream answer a handler may hold; None: hold it whole (no relay to stream with).
+    buffer_limit: int | None = None
 
     @property
     def request(self) -> http.Request:
@@ -74,10 +80,26 @@ class Forward:
     headers: list[tuple[str, str]]
 
 
+@dataclass
+class StreamedResponse:
+    """A handler's answer whose body is too large to hold: the head now, the body as it comes.
+
+    Middlewares' `on_response` see `head` (an http.Response without content). `close` lets the
+    upstream go if the body is never read (the client went away).
+    """
+
+    head: http.Response
+    body: AsyncIterator[bytes]
+    close: Callable[[], None]
+
+
+Answer = Union[http.Response, Forward, StreamedResponse]
+
+
 class Handler(Protocol):
     """Answers a matched request. Raising is a 500 with a request id; the traceback is logged."""
 
-    async def __call__(self, ctx: RequestContext) -> http.Response | Forward: ...
+    async def __call__(self, ctx: RequestContext) -> Answer: ...
 
 
 class Middleware(Protocol):

@@ -9,18 +9,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mitmproxy import http
 
-from backworks_core.context import Forward, Handler, Middleware, RequestContext, json_error, request_id_for
+from aiohttp import web
+
+from backworks_core.context import Answer, Forward, Handler, Middleware, RequestContext, StreamedResponse, json_error, request_id_for
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
 from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
 from backworks_core.plugins import Plugin, PluginRegistry
+from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
 from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path
 
 logger = logging.getLogger(__name__)
@@ -110,8 +113,8 @@ class Gateway:
             m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, normalized)
         ]
 
-    async def handle(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool) -> None:
-        """Answer the flow from the blueprint, or leave it alone to pass through."""
+    def route(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool) -> RequestContext | http.Response | None:
+        """The endpoint context to run, Backworks' own 404/405, or None to let the flow pass."""
         request = flow.request
         path = request.path.split("?", 1)[0]
         # pretty_host is costly per request; only host globs need it.
@@ -119,34 +122,97 @@ class Gateway:
         if result is None:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
-                return
-            request_id = request_id_for(flow)
-            flow.response = json_error(404, f"no endpoint matches {request.method} {path}", request_id)
+                return None
             flow.comment = _join_comment(flow.comment, "backworks: no endpoint → 404")
-            return
+            return json_error(404, f"no endpoint matches {request.method} {path}", request_id_for(flow))
         if isinstance(result, MethodNotAllowed):
-            request_id = request_id_for(flow)
             allow = ", ".join(result.allow)
-            flow.response = json_error(405, f"method {request.method} is not allowed here (allowed: {allow})", request_id, {"Allow": allow})
             flow.comment = _join_comment(flow.comment, "backworks: method not allowed → 405")
-            return
+            return json_error(405, f"method {request.method} is not allowed here (allowed: {allow})", request_id_for(flow), {"Allow": allow})
         assert isinstance(result, Match)
         endpoint: EndpointPlan = result.route.payload
         ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id_for(flow))
         ctx.notes["endpoint"] = f'"{endpoint.label}"'
         ctx.notes["handler"] = endpoint.spec.handler
-        answer = await self._run(ctx, path)
+        return ctx
+
+    async def handle(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay | None = None) -> None:
+        """Answer the flow from the blueprint, or leave it alone to pass through.
+
+        Without a relay, a response too large to hold is held anyway (unit tests, tools).
+        """
+        routed = self.route(flow, reverse_mode=reverse_mode, direct=direct)
+        if routed is None:
+            return
+        if isinstance(routed, http.Response):
+            flow.response = routed
+            return
+        ctx = routed
+        ctx.buffer_limit = relay.buffer_limit if relay is not None else None
+        answer = await self.answer(ctx)
         if isinstance(answer, Forward):
-            request.url = answer.url
-            request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers])
+            point_at(flow.request, answer.url, answer.headers)
             ctx.notes["forwarded"] = "mitmproxy"
+        elif isinstance(answer, StreamedResponse):
+            if relay is None:
+                answer.head.content = b"".join([chunk async for chunk in answer.body])
+                flow.response = answer.head
+            else:
+                ctx.notes["streamed"] = "response"
+                await relay.start()
+                streamed = answer
+                point_at_relay(flow, relay, lambda _: _ready(relay_answer(flow, streamed)), on_expire=answer.close)
         else:
             flow.response = answer
-        flow.comment = _join_comment(flow.comment, "backworks: " + " ".join(f"{k}={v}" for k, v in ctx.notes.items()))
+        _comment(flow, ctx)
 
-    async def _run(self, ctx: RequestContext, path: str) -> http.Response | Forward:
+    async def handle_streaming(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay) -> bool:
+        """`requestheaders`, for a request body too large to hold (or of unknown length).
+
+        The flow is pointed at the relay and streamed into it; the relay's job runs the
+        endpoint with the body as it arrives. Handlers without `accepts_body_stream` get the
+        body read whole first, as mitmproxy would have. False: the flow passes through.
+        """
+        routed = self.route(flow, reverse_mode=reverse_mode, direct=direct)
+        if routed is None:
+            return False
+
+        async def job(web_request: web.BaseRequest) -> RelayAnswer:
+            relayed: Relayed = flow.metadata[RELAYED]
+            flow.request.url = relayed.url  # the handler sees the client's request, not the relay's
+            if isinstance(routed, http.Response):
+                await _drain(web_request)  # a 404/405 needs none of the body
+                return relay_answer(flow, routed)
+            ctx = routed
+            ctx.buffer_limit = relay.buffer_limit
+            try:
+                if getattr(ctx.endpoint.handler, "accepts_body_stream", False):
+                    ctx.body_stream = web_request.content.iter_chunked(RELAY_CHUNK)
+                    ctx.notes["streamed"] = "request"
+                else:
+                    flow.request.content = await web_request.read()
+                answer = await self.answer(ctx)
+                if isinstance(answer, Forward):  # nothing mitmproxy could still forward: the body is gone
+                    answer = ctx.error(502, "this endpoint cannot forward a streamed request body")
+            except Exception:
+                logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path)
+                answer = ctx.error(500, "internal gateway error; see the gateway log for this request id")
+            if isinstance(answer, StreamedResponse):
+                ctx.notes["streamed"] = "both" if "streamed" in ctx.notes else "response"
+            _comment(flow, ctx)
+            return relay_answer(flow, answer)
+
+        await relay.start()
+        point_at_relay(flow, relay, job)
+        flow.request.stream = True
+        return True
+
+    async def answer(self, ctx: RequestContext) -> Answer:
+        """Middlewares, then the handler, then the middlewares' `on_response` in reverse."""
         method = ctx.request.method
+        path = ctx.request.path.split("?", 1)[0]
         applied: list[MiddlewarePlan] = []
+        response: Answer
         for middleware in self.middlewares_for(ctx.endpoint, method, path):
             try:
                 early = await middleware.instance.on_request(ctx)
@@ -168,17 +234,89 @@ class Gateway:
                 response = ctx.error(500, "the handler failed; see the gateway log for this request id")
         if isinstance(response, Forward):
             return response  # mitmproxy relays the upstream's answer; there is no response yet
+        head = response.head if isinstance(response, StreamedResponse) else response
         for middleware in reversed(applied):
             try:
-                await middleware.instance.on_response(ctx, response)
+                await middleware.instance.on_response(ctx, head)
             except Exception:
                 logger.exception("[%s] middleware %r failed on the response", ctx.request_id, middleware.name)
+                if isinstance(response, StreamedResponse):
+                    response.close()
                 return ctx.error(500, f"middleware {middleware.name!r} failed on the response")
         return response
 
 
 def _join_comment(existing: str, addition: str) -> str:
     return f"{existing}\n{addition}" if existing else addition
+
+
+def _comment(flow: http.HTTPFlow, ctx: RequestContext) -> None:
+    flow.comment = _join_comment(flow.comment, "backworks: " + " ".join(f"{k}={v}" for k, v in ctx.notes.items()))
+
+
+def point_at(request: http.Request, url: str, headers: list[tuple[str, str]]) -> None:
+    request.url = url
+    request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
+
+
+RELAYED = "backworks.relayed"  # flow.metadata: the client's request as it was, and the head to answer with
+RELAY_CHUNK = 64 * 1024
+
+
+@dataclass
+class Relayed:
+    """What the core addon's `responseheaders` hook puts back on a flow answered through the relay."""
+
+    url: str
+    headers: http.Headers
+    head: http.Response | None = None
+    streamed: bool = False
+    restored: bool = False
+
+
+def point_at_relay(flow: http.HTTPFlow, relay: StreamRelay, job: RelayJob, on_expire: Callable[[], None] | None = None) -> None:
+    """Send the flow to the relay, where `job` answers it; mitmweb gets the client's request back."""
+    flow.metadata[RELAYED] = Relayed(flow.request.url, flow.request.headers.copy())
+    flow.request.url = relay.url(relay.register(job, on_expire))
+
+
+def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) -> RelayAnswer:
+    relayed: Relayed = flow.metadata[RELAYED]
+    if isinstance(answer, StreamedResponse):
+        relayed.head, relayed.streamed = answer.head, True
+        return RelayAnswer(answer.head.status_code, answer.body)
+    relayed.head = answer
+    return RelayAnswer(answer.status_code, answer.raw_content or b"")
+
+
+def restore_relayed(flow: http.HTTPFlow) -> None:
+    """`responseheaders` of a relayed flow: the answer's own head, and the client's request."""
+    relayed: Relayed | None = flow.metadata.get(RELAYED)
+    if relayed is None or relayed.restored or flow.response is None:
+        return
+    relayed.restored = True  # the marker stays: the `request` hook of a streamed request comes later
+    flow.request.url = relayed.url
+    flow.request.headers = relayed.headers
+    if relayed.head is None:  # the relay did not know the token (expired): its 404 stands
+        return
+    response = flow.response
+    response.status_code = relayed.head.status_code
+    response.reason = relayed.head.reason
+    response.headers = relayed.head.headers.copy()
+    if relayed.streamed:
+        response.stream = True
+        http1 = flow.request.http_version.startswith("HTTP/1")
+        if http1 and "content-length" not in response.headers and flow.request.method != "HEAD":
+            response.headers["transfer-encoding"] = "chunked"
+
+
+async def _ready(answer: RelayAnswer) -> RelayAnswer:
+    return answer
+
+
+async def _drain(request: web.BaseRequest) -> None:
+    async for _ in request.content.iter_chunked(RELAY_CHUNK):
+        pass
 
 
 def compile_blueprint(

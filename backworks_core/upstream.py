@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,13 +52,77 @@ class UpstreamError(Exception):
         self.kind = kind
 
 
+class BodyStream:
+    """A request body read from the client while it is sent upstream.
+
+    It can be sent once: `started` tells the retry logic whether any of it has gone (a try
+    that failed before reading it, e.g. on connect, may still go to another target).
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self.started = False
+        self.sent = 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        self.started = True
+        async for chunk in self._chunks:
+            self.sent += len(chunk)
+            yield chunk
+
+
 @dataclass
 class UpstreamReply:
+    """An upstream answer. `body` is whole unless `rest` is set: then it is the first part
+    and `rest` streams the remainder (the answer was larger than the buffer limit)."""
+
     status: int
     reason: str
     headers: list[tuple[bytes, bytes]]
     body: bytes
     elapsed: float
+    rest: aiohttp.ClientResponse | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.rest is not None
+
+    async def chunks(self, chunk_size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        """The whole body, a chunk at a time; the connection is released at the end."""
+        try:
+            if self.body:
+                yield self.body
+            if self.rest is not None:
+                async for chunk in self.rest.content.iter_chunked(chunk_size):
+                    yield chunk
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamError("timeout", "the upstream stopped sending its body") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("reset", f"connection lost while streaming: {exc}") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()  # an unfinished body cannot go back to the pool
+            self.rest = None
+
+
+async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether that was all of it."""
+    length = response.content_length
+    if response.method == "HEAD" or response.status in (204, 304) or (length is not None and length <= limit):
+        return await response.read(), True
+    if length is not None:
+        return b"", False
+    try:
+        prefix = await response.content.readexactly(limit + 1)
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial, True
+    return prefix, False
 
 
 class UpstreamClient:
@@ -86,39 +151,57 @@ class UpstreamClient:
         method: str,
         url: str,
         headers: list[tuple[str, str]],
-        body: bytes,
+        body: bytes | BodyStream,
         *,
         timeout: float,
         ssl_context: ssl.SSLContext | bool | None = None,
+        buffer_limit: int | None = None,
     ) -> UpstreamReply:
+        """One try. `timeout` covers the answer up to its head and buffered body; a streamed
+        request body, and a body streamed on past `buffer_limit`, are held to it as an idle
+        timeout instead (no progress for that long), so a large transfer is not cut short."""
         session = self._get_session()
         started = time.monotonic()
+        streaming_request = isinstance(body, BodyStream)
+        response: aiohttp.ClientResponse | None = None
         try:
-            async with session.request(
-                method,
-                url,
-                headers=CIMultiDict(headers),
-                data=body if body else None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                ssl=ssl_context if ssl_context is not None else True,
-            ) as response:
-                content = await response.read()
-                return UpstreamReply(
-                    status=response.status,
-                    reason=response.reason or "",
-                    headers=list(response.raw_headers),
-                    body=content,
-                    elapsed=time.monotonic() - started,
+            async with asyncio.timeout(None if streaming_request else timeout):
+                response = await session.request(
+                    method,
+                    url,
+                    headers=CIMultiDict(headers),
+                    data=body if body else None,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+                    ssl=ssl_context if ssl_context is not None else True,
                 )
-        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamError("timeout", f"no answer within {timeout:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("connect_failure", f"cannot connect: {exc.os_error or exc}") from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
-            raise UpstreamError("reset", f"connection lost: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("protocol", f"{type(exc).__name__}: {exc}") from exc
+                if buffer_limit is None:
+                    content, complete = await response.read(), True
+                else:
+                    content, complete = await read_up_to(response, buffer_limit)
+            reply = UpstreamReply(
+                status=response.status,
+                reason=response.reason or "",
+                headers=list(response.raw_headers),
+                body=content,
+                elapsed=time.monotonic() - started,
+                rest=None if complete else response,
+            )
+            if complete:
+                response.release()
+            return reply
+        except BaseException as exc:
+            if response is not None:
+                response.close()
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+                raise UpstreamError("timeout", f"no answer within {timeout:g}s") from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise UpstreamError("connect_failure", f"cannot connect: {exc.os_error or exc}") from exc
+            if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+                raise UpstreamError("reset", f"connection lost: {exc}") from exc
+            if isinstance(exc, aiohttp.ClientError):
+                raise UpstreamError("protocol", f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

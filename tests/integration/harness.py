@@ -101,6 +101,7 @@ class Upstream:
     name: str = "upstream"
     port: int = field(default_factory=free_port)
     routes: dict[str, Handler] = field(default_factory=dict)
+    raw_routes: dict[str, Handler] = field(default_factory=dict)  # read the body themselves; not recorded
     received: list[Recorded] = field(default_factory=list)
     delay: float = 0.0
     ssl_context: Any = None  # serve https with this ssl.SSLContext
@@ -113,6 +114,9 @@ class Upstream:
         return f"http://127.0.0.1:{self.port}"
 
     async def _default(self, req: web.Request) -> web.StreamResponse:
+        raw = self.raw_routes.get(req.path)
+        if raw is not None:
+            return await raw(req)
         body = await req.read()
         self.received.append(
             Recorded(req.method, req.path, req.query_string, dict(req.headers), [(k.decode(), v.decode()) for k, v in req.raw_headers], body)

@@ -200,7 +200,7 @@ async def test_405_through_the_hook(addon, good_blueprint):
 async def test_a_bug_in_the_gateway_still_answers_500(addon, good_blueprint, monkeypatch, caplog):
     caplog.set_level(logging.ERROR)
 
-    async def broken(self, flow, *, reverse_mode, direct):
+    async def broken(self, flow, *, reverse_mode, direct, relay=None):
         raise KeyError("gateway bug")
 
     with taddons.context(addon) as tctx:
@@ -263,11 +263,11 @@ async def test_a_request_keeps_the_gateway_it_started_with(addon, good_blueprint
         original = Gateway.handle
         seen: list[Gateway] = []
 
-        async def reload_midway(self, flow, *, reverse_mode, direct):
+        async def reload_midway(self, flow, *, reverse_mode, direct, relay=None):
             seen.append(self)
             good_blueprint.write_text(GOOD.replace("VERSION", "two").lstrip())
             assert addon.reload()
-            await original(self, flow, reverse_mode=reverse_mode, direct=direct)
+            await original(self, flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
 
         monkeypatch.setattr(Gateway, "handle", reload_midway)
         flow = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")

@@ -1,0 +1,127 @@
+"""A loopback HTTP endpoint through which mitmproxy streams the bodies Backworks exchanges itself.
+
+mitmproxy streams a body only between its own client and server connections, and an addon can
+hand it neither an async request body nor a response still arriving. So a flow whose body is
+too large to hold (either way) is pointed at this relay: mitmproxy streams the client's body in
+and streams the relay's answer out, while the job registered under the flow's one-time token
+does the work in between: the upstream exchange with Backworks' timeouts, retries and
+failover. Only flows with large or unknown-length bodies take this path; everything else is
+answered in the `request` hook as before.
+
+The relay listens on 127.0.0.1 on a random port; a token is 128 random bits and is good for
+one request within `claim_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayAnswer:
+    """What the relay sends back to mitmproxy: the body only matters, the head is put on the
+    flow by the core addon's `responseheaders` hook (so aiohttp's own headers never show)."""
+
+    status: int
+    body: bytes | AsyncIterator[bytes]
+
+
+RelayJob = Callable[[web.BaseRequest], Awaitable[RelayAnswer]]
+
+
+@dataclass
+class _Entry:
+    job: RelayJob
+    on_expire: Callable[[], None] | None
+    timer: asyncio.TimerHandle | None = field(default=None)
+
+
+class StreamRelay:
+    def __init__(self, *, buffer_limit: int = 1024 * 1024, claim_timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+        self.buffer_limit = buffer_limit  # bodies larger than this are streamed, not held
+        self.claim_timeout = claim_timeout
+        self.host = host
+        self.port: int | None = None
+        self._jobs: dict[str, _Entry] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._web: web.Server | None = None
+        self._starting: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        """Listen, once; later calls return at once."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._server is not None:
+                return
+            self._web = web.Server(self._handle, access_log=None)
+            self._server = await asyncio.get_running_loop().create_server(self._web, self.host, 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+            logger.debug("stream relay listening on %s:%d", self.host, self.port)
+
+    def register(self, job: RelayJob, on_expire: Callable[[], None] | None = None) -> str:
+        """A one-time token for `job`; `on_expire` runs if nobody claims it in time."""
+        token = secrets.token_urlsafe(16)
+        entry = _Entry(job, on_expire)
+        entry.timer = asyncio.get_running_loop().call_later(self.claim_timeout, self._expire, token)
+        self._jobs[token] = entry
+        return token
+
+    def url(self, token: str) -> str:
+        assert self.port is not None, "start() the relay first"
+        return f"http://{self.host}:{self.port}/{token}"
+
+    @property
+    def pending(self) -> int:
+        return len(self._jobs)
+
+    def _expire(self, token: str) -> None:
+        entry = self._jobs.pop(token, None)
+        if entry is not None and entry.on_expire is not None:
+            logger.debug("stream relay: token expired unclaimed")
+            entry.on_expire()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        entry = self._jobs.pop(request.path.lstrip("/"), None)
+        if entry is None:
+            return web.Response(status=404, text="unknown or expired relay token\n")
+        if entry.timer is not None:
+            entry.timer.cancel()
+        answer = await entry.job(request)
+        response = web.StreamResponse(status=answer.status)
+        if isinstance(answer.body, bytes):
+            response.content_length = len(answer.body)
+            await response.prepare(request)
+            if answer.body:
+                await response.write(answer.body)
+        else:
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            async for chunk in answer.body:
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def stop(self) -> None:
+        for token in list(self._jobs):
+            entry = self._jobs.pop(token)
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if entry.on_expire is not None:
+                entry.on_expire()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._web is not None:
+            await self._web.shutdown(1.0)
+            self._web = None
+        self.port = None
