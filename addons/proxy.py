@@ -10,21 +10,25 @@ detection and circuit breakers are validated but not applied yet (warned about a
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import ssl
 from http import HTTPStatus
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
-from mitmproxy import http
+from mitmproxy import command, exceptions, http
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from addons.balancing import Backend, Policy, hash_key, make_balancer
+from addons.breaker import Bulkhead, CircuitBreaker, CircuitBreakerConfig, Permit, is_failure
+from addons.health import HealthChecker, HealthCheckConfig, effective_config, http_probe
+from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
 from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
 from backworks_core.context import REQUEST_ID_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context
@@ -42,30 +46,6 @@ logger = logging.getLogger(__name__)
 
 RetryCondition = Literal["connect_failure", "timeout", "reset"]
 StatusCode = Annotated[int, Field(ge=100, le=599)]
-
-
-class HealthCheckConfig(StrictModel):
-    enabled: bool = True
-    interval: PositiveDuration = Field(30.0)
-    timeout: PositiveDuration = Field(5.0)
-    path: UrlPath = "/health"
-    expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'")
-
-    @field_validator("expected_status")
-    @classmethod
-    def _status_ranges(cls, value: str | int) -> str | int:
-        parts = [value] if isinstance(value, int) else [p.strip() for p in value.split(",")]
-        for part in parts:
-            bounds = [part] if isinstance(part, int) else part.split("-", 1)
-            try:
-                numbers = [int(b) for b in bounds]
-            except ValueError:
-                raise ValueError(f"expected status codes or ranges such as '200-299,304', got {value!r}") from None
-            if not all(100 <= n <= 599 for n in numbers) or numbers != sorted(numbers):
-                raise ValueError(f"expected status codes from 100 to 599 (ranges low-high), got {value!r}")
-        return value
-    healthy_threshold: int = Field(2, ge=1)
-    unhealthy_threshold: int = Field(3, ge=1)
 
 
 class TargetConfig(StrictModel):
@@ -101,23 +81,6 @@ class TargetConfig(StrictModel):
         if parts.query or parts.fragment:
             raise ValueError(f"a target URL takes no query or fragment, got {value!r}")
         return value
-
-
-class OutlierDetectionConfig(StrictModel):
-    consecutive_failures: int = Field(5, ge=1)
-    base_ejection_time: Duration = 30.0
-    max_ejection_time: Duration = 300.0
-    max_ejection_percent: float = Field(50.0, ge=0, le=100)
-
-
-class CircuitBreakerConfig(StrictModel):
-    failure_threshold: int = Field(5, ge=1)
-    failure_rate: float | None = Field(None, gt=0, le=1, description="fraction of failed requests in `window`")
-    window: PositiveDuration = 60.0
-    min_requests: int = Field(20, ge=1)
-    recovery_timeout: Duration = 30.0
-    half_open_max_calls: int = Field(1, ge=1)
-    max_concurrent_requests: int | None = Field(None, ge=1)
 
 
 class RetryConfig(StrictModel):
@@ -209,6 +172,7 @@ class Target:
     weight: float = 1.0
     retry_attempts: int | None = None
     ssl_context: ssl.SSLContext | None = None  # https targets only
+    health_check: HealthCheckConfig | None = None
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
@@ -221,6 +185,7 @@ class Target:
             weight=config.weight,
             retry_attempts=config.retry_attempts,
             ssl_context=target_ssl_context(config) if parts.scheme == "https" else None,
+            health_check=config.health_check,
         )
 
 
@@ -234,9 +199,20 @@ def target_ssl_context(config: TargetConfig) -> ssl.SSLContext:
 
 
 class Pool:
-    """The targets of one pool, its balancing policy and its retry budget."""
+    """The targets of one pool: balancing, retry budget, and what keeps failing targets out.
 
-    def __init__(self, name: str, config: PoolConfig, plugin_config: PoolConfig | None = None, rng: random.Random | None = None) -> None:
+    Health, ejection and breaker state outlive a reload for targets that stay (`adopt`); the
+    health checker's tasks run from `running` (or the reload) until the pool is retired.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        plugin_config: PoolConfig | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`plugin_config`: the plugin-level settings a named pool inherits transforms from."""
         self.name = name
         self.config = config
@@ -251,11 +227,99 @@ class Pool:
         # Requests: plugin level first; responses: the reverse (the pool's own is innermost).
         self.request_transforms = [CompiledHeaderTransform(c.transform_request) for c in levels]
         self.response_transforms = [CompiledHeaderTransform(c.transform_response) for c in reversed(levels)]
+        breaker = config.circuit_breaker
+        self.breakers = {t.name: CircuitBreaker(self.label(t.name), breaker, clock) for t in self.targets} if breaker else {}
+        self.bulkhead = Bulkhead(breaker.max_concurrent_requests if breaker else None)
+        self.outliers = (
+            OutlierDetector(config.outlier_detection, [t.name for t in self.targets], clock, pool=name)
+            if config.outlier_detection
+            else None
+        )
+        checked = config.health_check is not None or any(t.health_check is not None for t in config.targets)
+        self.health: HealthChecker | None = None
+        self._health_wanted = checked
+
+    def label(self, target: str) -> str:
+        """A target as logs and commands name it: `pool/target` for named pools."""
+        return target if self.name == "default" else f"{self.name}/{target}"
+
+    def start_health_checks(self, client: UpstreamClient) -> HealthChecker | None:
+        """Create (once) the checker of this pool; the caller starts it on the running loop."""
+        if self.health is None and self._health_wanted:
+            contexts = {t.origin: t.ssl_context for t in self.targets}
+            probe = http_probe(client.session(), lambda url: contexts.get(_origin(url)))
+            self.health = HealthChecker(self.config.targets, self.config.health_check, probe=probe, pool=None if self.name == "default" else self.name)
+        return self.health
+
+    def adopt(self, previous: Pool) -> None:
+        """Keep the state of targets that survive a reload (same name; same settings for breakers)."""
+        same_breaker = previous.config.circuit_breaker == self.config.circuit_breaker
+        for name in self.breakers:
+            if same_breaker and name in previous.breakers:
+                self.breakers[name] = previous.breakers[name]
+        if self.outliers is not None and previous.outliers is not None and previous.outliers.config == self.outliers.config:
+            previous.outliers.set_targets(t.name for t in self.targets)
+            self.outliers = previous.outliers
+        if self._health_wanted and previous.health is not None:
+            previous.health.update(self.config.targets, self.config.health_check)
+            self.health = previous.health
+            previous.health = None  # now ours: retiring the old pool must not stop it
+
+    def available(self, name: str) -> bool:
+        """Healthy, not ejected, and its breaker lets a request through."""
+        if self.health is not None and not self.health.is_healthy(name):
+            return False
+        if self.outliers is not None and self.outliers.is_ejected(name):
+            return False
+        breaker = self.breakers.get(name)
+        return breaker is None or breaker.available()
 
     def candidates(self, tried: set[str]) -> list[Backend]:
-        """Targets that can take this try: not tried yet while an untried one remains."""
-        fresh = [b for b in self.backends if b.name not in tried]
-        return fresh or list(self.backends)
+        """Targets that can take this try: untried ones while any remain; none if none can."""
+        usable = [b for b in self.backends if self.available(b.name)]
+        fresh = [b for b in usable if b.name not in tried]
+        return fresh or usable
+
+    def retry_after(self) -> int:
+        """Whole seconds until some target may take traffic again (at least 1)."""
+        waits: list[float] = []
+        for target in self.targets:
+            wait = 0.0
+            if self.health is not None and not self.health.is_healthy(target.name):
+                check = effective_config(target.health_check, self.config.health_check)
+                wait = max(wait, check.interval if check is not None else 1.0)  # the next probe, at the soonest
+            if self.outliers is not None:
+                wait = max(wait, self.outliers.retry_after(target.name))
+            breaker = self.breakers.get(target.name)
+            if breaker is not None:
+                wait = max(wait, breaker.retry_after())
+            waits.append(wait)
+        return max(1, math.ceil(min(waits, default=1.0)))
+
+    def record(self, target: str, outcome: str | int, permit: Permit | None) -> None:
+        """One try's outcome: a failure kind, or the status the target answered with."""
+        if permit is not None:
+            permit.record(outcome)
+        if self.outliers is not None:
+            self.outliers.record(target, is_failure(outcome), str(outcome))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per target: health, ejection, breaker state and in-flight requests."""
+        health = self.health.status() if self.health is not None else {}
+        rows = []
+        for backend in self.backends:
+            name = backend.name
+            breaker = self.breakers.get(name)
+            rows.append(
+                {
+                    "target": self.label(name),
+                    "health": ("healthy" if health[name]["healthy"] else "unhealthy") if health.get(name, {}).get("checked") else "unchecked",
+                    "ejected": (self.outliers.is_ejected(name) if self.outliers is not None else False),
+                    "breaker": breaker.state if breaker is not None else "none",
+                    "in_flight": backend.in_flight,
+                }
+            )
+        return rows
 
     def key_for(self, ctx: RequestContext) -> str | None:
         if not self.hashing:
@@ -269,6 +333,11 @@ class Pool:
             cookies=_first_values(request.cookies.items(multi=True)),
             query=_first_values(request.query.items(multi=True)),
         )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -420,17 +489,36 @@ class ProxyHandler:
         key = pool.key_for(ctx)
         if is_websocket_upgrade(request):
             return self.forward_websocket(ctx, path, headers, key)
+        if not pool.bulkhead.try_enter():
+            ctx.notes["refused"] = "max_concurrent_requests"
+            return ctx.error(
+                503, f"upstream pool {pool.name!r} is at max_concurrent_requests ({pool.bulkhead.limit})", {"Retry-After": "1"}
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         tried: list[str] = []
         policy: RetryPolicy | None = None
         started = time.time()
+        reply: UpstreamReply | None = None
+        failure: UpstreamError | None = None
         holds_retry = False  # a retry counts against the budget from its backoff to its answer
         pool.budget.active_requests += 1
         try:
             while True:
-                backend = pool.balancer.choose(pool.candidates(set(tried)), key)
+                candidates = pool.candidates(set(tried))
+                permit: Permit | None = None
+                backend = pool.balancer.choose(candidates, key) if candidates else None
+                if backend is not None and backend.name in pool.breakers:
+                    permit = pool.breakers[backend.name].try_acquire()
+                    if permit is None:
+                        backend = None
+                if backend is None:
+                    if not tried:  # nothing could take it: say so at once, never wait
+                        return self.unavailable(ctx)
+                    break  # the last try's answer stands
                 target = pool.target_by_name[backend.name]
+                if reply is not None:
+                    reply.close()  # retried instead of passed on
                 if policy is None:  # the first target chosen decides `retry_attempts`
                     policy = self.retries or retry_policy(None, pool.config.retries, target.retry_attempts, len(pool.backends))
                 tried.append(target.name)
@@ -447,12 +535,16 @@ class ProxyHandler:
                         ssl_context=target.ssl_context,
                         buffer_limit=ctx.buffer_limit,
                     )
+                    failure = None
+                    pool.record(target.name, reply.status, permit)
                     outcome: str | int | None = reply.status if reply.status in policy.statuses else None
-                    failure: UpstreamError | None = None
                 except UpstreamError as exc:
                     reply, outcome, failure = None, exc.kind, exc
+                    pool.record(target.name, exc.kind, permit)
                 finally:
                     backend.in_flight -= 1
+                    if permit is not None:
+                        permit.release()  # no-op once recorded; frees a trial slot if cancelled
                     if holds_retry:
                         pool.budget.release()
                         holds_retry = False
@@ -476,10 +568,13 @@ class ProxyHandler:
             if holds_retry:
                 pool.budget.release()
             pool.budget.active_requests -= 1
+            pool.bulkhead.leave()
         ctx.notes["target"] = tried[-1]
         ctx.notes["attempts"] = str(len(tried))
         if len(tried) > 1:
             ctx.notes["failover"] = ">".join(tried)
+        if tried[-1] in pool.breakers:
+            ctx.notes["cb"] = pool.breakers[tried[-1]].state
         if reply is not None:
             if isinstance(body, BodyStream):
                 ctx.notes["request_bytes"] = str(body.sent)
@@ -491,9 +586,24 @@ class ProxyHandler:
             return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)})")
         return ctx.error(502, f"upstream {tried[-1]} failed: {failure} (tries: {len(tried)})")
 
-    def forward_websocket(self, ctx: RequestContext, path: str, headers: list[tuple[str, str]], key: str | None) -> Forward:
+    def unavailable(self, ctx: RequestContext) -> http.Response:
+        """No target can take traffic (unhealthy, ejected or breaker open): 503 with Retry-After."""
+        pool = self.pool
+        retry_after = pool.retry_after()
+        ctx.notes["upstream_error"] = "unavailable"
+        states = ", ".join(
+            f"{row['target']}: " + ("unhealthy" if row["health"] == "unhealthy" else "ejected" if row["ejected"] else f"breaker {row['breaker']}")
+            for row in pool.describe()
+        )
+        logger.warning("[%s] %s: no target of pool %r can take traffic (%s)", ctx.request_id, ctx.endpoint.label, pool.name, states)
+        return ctx.error(503, f"no upstream target of pool {pool.name!r} can take traffic ({states})", {"Retry-After": str(retry_after)})
+
+    def forward_websocket(self, ctx: RequestContext, path: str, headers: list[tuple[str, str]], key: str | None) -> Forward | http.Response:
         """mitmproxy relays WebSocket frames itself: point the flow at the chosen target."""
-        backend = self.pool.balancer.choose(self.pool.candidates(set()), key)
+        candidates = self.pool.candidates(set())
+        if not candidates:
+            return self.unavailable(ctx)
+        backend = self.pool.balancer.choose(candidates, key)
         target = self.pool.target_by_name[backend.name]
         # The upgrade needs its hop-by-hop headers back (they were dropped for the HTTP exchange).
         request = ctx.flow.request
@@ -562,6 +672,9 @@ class ProxyPlugin(Plugin):
     def __init__(self) -> None:
         self.client = UpstreamClient()
         self._pools: dict[int, tuple[ProxyPluginConfig, dict[str | None, Pool]]] = {}
+        self._live: dict[str | None, Pool] = {}  # the pools of the blueprint being served
+        self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def lint(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
@@ -570,13 +683,13 @@ class ProxyPlugin(Plugin):
         pools: list[tuple[tuple[str | int, ...], PoolConfig]] = [((), config)]
         pools += [(("upstreams", name), pool) for name, pool in config.upstreams.items()]
         for loc, pool in pools:
-            for key in ("health_check", "outlier_detection", "circuit_breaker", "metrics"):
+            for key in ("metrics",):
                 if getattr(pool, key) is not None:
                     notes.append((loc + (key,), f"{key} is validated but not applied yet in this release"))
             if pool.hash_on != "ip" and pool.load_balancing not in ("ip_hash", "consistent_hash"):
                 notes.append((loc + ("hash_on",), f"hash_on is used by ip_hash and consistent_hash, not by {pool.load_balancing}"))
             for index, target in enumerate(pool.targets):
-                for key in ("health_check", "max_connections"):
+                for key in ("max_connections",):
                     if getattr(target, key) is not None:
                         notes.append((loc + ("targets", index, key), f"{key} is validated but not applied yet in this release"))
                 if target.weight != 1 and pool.load_balancing in ("round_robin", "ip_hash"):
@@ -633,8 +746,76 @@ class ProxyPlugin(Plugin):
         return ProxyHandler(self, pool, endpoint, endpoint_config)
 
     def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
+        """The new pools take over the state of the old ones' surviving targets; checks restart."""
+        assert config is None or isinstance(config, ProxyPluginConfig)
+        pools = self.pools_for(config)
+        previous = self._live
+        for name, pool in pools.items():
+            old = previous.get(name)
+            if old is not None and old is not pool:
+                pool.adopt(old)
+        for name, old in previous.items():
+            if old.health is not None and pools.get(name) is not old:
+                self._spawn(old.health.stop())  # not adopted: its targets are gone or unchecked now
+                old.health = None
+        self._live = pools
         # Keep only the pools of the blueprint now live.
         self._pools = {k: v for k, v in self._pools.items() if v[0] is config}
+        if self._running:
+            self._start_health_checks()
+
+    def running(self) -> None:
+        self._running = True
+        self._start_health_checks()
+
+    def _start_health_checks(self) -> None:
+        for pool in self._live.values():
+            checker = pool.start_health_checks(self.client)
+            if checker is not None and not checker.running:
+                self._spawn(checker.start())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def done(self) -> None:
+        self._running = False
+        for pool in self._live.values():
+            if pool.health is not None:
+                await pool.health.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+
+    @command.command("backworks.targets")
+    def targets_command(self) -> Sequence[str]:
+        """Each upstream target: health, ejection, circuit breaker state and requests in flight."""
+        lines = []
+        for pool in self._live.values():
+            for row in pool.describe():
+                lines.append(
+                    f"{row['target']}: health={row['health']} ejected={'yes' if row['ejected'] else 'no'} "
+                    f"breaker={row['breaker']} in_flight={row['in_flight']}"
+                )
+        return lines
+
+    @command.command("backworks.breaker.reset")
+    def breaker_reset_command(self, target: str) -> None:
+        """Close the circuit breaker of TARGET (`name`, or `pool/name` for a named pool)."""
+        found = [
+            pool.breakers[name]
+            for pool in self._live.values()
+            for name in pool.breakers
+            if target in (pool.label(name), name)
+        ]
+        if len(found) != 1:
+            known = [pool.label(name) for pool in self._live.values() for name in pool.breakers]
+            if not found:
+                hint = did_you_mean(target, known)
+                raise exceptions.CommandError(
+                    f"no circuit breaker for target {target!r}"
+                    + (f"; did you mean {hint!r}?" if hint else f" (targets with breakers: {', '.join(known) or 'none'})")
+                )
+            raise exceptions.CommandError(f"{target!r} names targets in several pools; use pool/target ({', '.join(known)})")
+        found[0].reset("reset by command backworks.breaker.reset")

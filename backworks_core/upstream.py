@@ -133,6 +133,10 @@ class UpstreamClient:
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
 
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session (health checks share its connections)."""
+        return self._get_session()
+
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
