@@ -69,8 +69,8 @@ def buffer_limit(option: str, stream_large_bodies: str | None) -> int:
         limit = human.parse_size(option)
     except ValueError:
         raise exceptions.OptionsError(f"backworks_buffer_limit: expected a size such as 512k or 1m, got {option!r}") from None
-    if limit is None:
-        raise exceptions.OptionsError("backworks_buffer_limit: expected a size such as 512k or 1m")
+    if limit is None or limit < 0:
+        raise exceptions.OptionsError(f"backworks_buffer_limit: expected a size such as 512k or 1m, got {option!r}")
     mitmproxy_limit = human.parse_size(stream_large_bodies) if stream_large_bodies else None
     return min(limit, mitmproxy_limit) if mitmproxy_limit is not None else limit
 

@@ -190,7 +190,7 @@ class Gateway:
                     ctx.body_stream = web_request.content.iter_chunked(RELAY_CHUNK)
                     ctx.notes["streamed"] = "request"
                 else:
-                    flow.request.content = await web_request.read()
+                    flow.request.content = await web_request.content.read()  # whole, as mitmproxy would hold it
                 answer = await self.answer(ctx)
                 if isinstance(answer, Forward):  # nothing mitmproxy could still forward: the body is gone
                     answer = ctx.error(502, "this endpoint cannot forward a streamed request body")
