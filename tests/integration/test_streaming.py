@@ -84,21 +84,21 @@ def big_blueprint(folder: Path, url: str, extra: str = "") -> Path:
     return path
 
 
-def peak_rss(proxy: Proxy) -> int:
-    """The mitmdump process's high-water mark of resident memory, in bytes."""
+def memory(proxy: Proxy, field: str) -> int:
+    """A memory figure of the mitmdump process from /proc, in bytes (VmHWM: the peak; VmRSS: now)."""
     assert proxy.process is not None
     for line in Path(f"/proc/{proxy.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
+    raise AssertionError(f"no {field} in /proc status")
+
+
+def peak_rss(proxy: Proxy) -> int:
+    return memory(proxy, "VmHWM")
 
 
 def current_rss(proxy: Proxy) -> int:
-    assert proxy.process is not None
-    for line in Path(f"/proc/{proxy.process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc status")
+    return memory(proxy, "VmRSS")
 
 
 @pytest.fixture
