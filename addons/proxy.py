@@ -237,6 +237,9 @@ class Pool:
         )
         checked = config.health_check is not None or any(t.health_check is not None for t in config.targets)
         self.health: HealthChecker | None = None
+        # An https target's ca_file/tls_verify for its probes; updated in place by `adopt`, since
+        # the checker (and the probe reading this) outlives the pool that created it.
+        self.tls_contexts = {t.origin: t.ssl_context for t in self.targets}
         self._health_wanted = checked
 
     def label(self, target: str) -> str:
@@ -246,8 +249,8 @@ class Pool:
     def start_health_checks(self, client: UpstreamClient) -> HealthChecker | None:
         """Create (once) the checker of this pool; the caller starts it on the running loop."""
         if self.health is None and self._health_wanted:
-            contexts = {t.origin: t.ssl_context for t in self.targets}
-            probe = http_probe(client.session(), lambda url: contexts.get(_origin(url)))
+            contexts = self.tls_contexts
+            probe = http_probe(client.probe_session(), lambda url: contexts.get(_origin(url)))
             self.health = HealthChecker(self.config.targets, self.config.health_check, probe=probe, pool=None if self.name == "default" else self.name)
         return self.health
 
@@ -261,6 +264,9 @@ class Pool:
             previous.outliers.set_targets(t.name for t in self.targets)
             self.outliers = previous.outliers
         if self._health_wanted and previous.health is not None:
+            previous.tls_contexts.clear()
+            previous.tls_contexts.update(self.tls_contexts)
+            self.tls_contexts = previous.tls_contexts
             previous.health.update(self.config.targets, self.config.health_check)
             self.health = previous.health
             previous.health = None  # now ours: retiring the old pool must not stop it
@@ -803,12 +809,12 @@ class ProxyPlugin(Plugin):
     @command.command("backworks.breaker.reset")
     def breaker_reset_command(self, target: str) -> None:
         """Close the circuit breaker of TARGET (`name`, or `pool/name` for a named pool)."""
-        found = [
-            pool.breakers[name]
-            for pool in self._live.values()
-            for name in pool.breakers
-            if target in (pool.label(name), name)
-        ]
+        breakers = [(pool, name) for pool in self._live.values() for name in pool.breakers]
+        # An exact label wins (`orders/api`, or `api` for the default pool, also `default/api`);
+        # a bare name reaches a named pool's target when no other pool has it.
+        found = [pool.breakers[name] for pool, name in breakers if target in (pool.label(name), f"{pool.name}/{name}")]
+        if not found:
+            found = [pool.breakers[name] for pool, name in breakers if target == name]
         if len(found) != 1:
             known = [pool.label(name) for pool in self._live.values() for name in pool.breakers]
             if not found:

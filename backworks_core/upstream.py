@@ -132,10 +132,18 @@ class UpstreamClient:
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled session (health checks share its connections)."""
-        return self._get_session()
+    def probe_session(self) -> aiohttp.ClientSession:
+        """Health checks get their own connections: a target busy with traffic up to the
+        per-host limit must not see its probes queue behind it and be marked unhealthy."""
+        if self._probe_session is None or self._probe_session.closed:
+            self._probe_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, limit_per_host=2),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._probe_session
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -208,6 +216,7 @@ class UpstreamClient:
             raise
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        for session in (self._session, self._probe_session):
+            if session is not None and not session.closed:
+                await session.close()
+        self._session = self._probe_session = None
