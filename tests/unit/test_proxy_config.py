@@ -157,7 +157,7 @@ def test_transform_header_values_cannot_carry_crlf():
     with pytest.raises(ValidationError, match="header 'X-A' carries CR or LF"):
         PoolConfig(transform_request={"headers": {"X-A": "a\r\nB: c"}})
     with pytest.raises(ValidationError, match="extra"):
-        PoolConfig(transform_request={"body": {"set": {"a": 1}}})
+        PoolConfig(transform_request={"bodies": {"set": {"a": 1}}})
 
 
 # -- endpoint config.proxy ------------------------------------------------------------------
