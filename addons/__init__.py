@@ -8,5 +8,6 @@ from backworks_core.plugins import Plugin
 def builtin_plugins() -> list[type[Plugin]]:
     """The plugins that ship with Backworks, in the order their addons are registered."""
     from addons.proxy import ProxyPlugin
+    from addons.transform import TransformPlugin
 
-    return [ProxyPlugin]
+    return [ProxyPlugin, TransformPlugin]

@@ -30,7 +30,7 @@ from addons.breaker import Bulkhead, CircuitBreaker, CircuitBreakerConfig, Permi
 from addons.health import HealthChecker, HealthCheckConfig, effective_config, http_probe
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
-from addons.transform import CompiledHeaderTransform, RequestTransform, ResponseTransform
+from backworks_core.transforms import CompiledTransform, RequestTransform, ResponseTransform, add_prefix, strip_prefix
 from backworks_core.context import REQUEST_ID_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
@@ -225,8 +225,8 @@ class Pool:
         self.hashing = config.load_balancing in ("ip_hash", "consistent_hash")
         levels = [c for c in (plugin_config, config) if c is not None]
         # Requests: plugin level first; responses: the reverse (the pool's own is innermost).
-        self.request_transforms = [CompiledHeaderTransform(c.transform_request) for c in levels]
-        self.response_transforms = [CompiledHeaderTransform(c.transform_response) for c in reversed(levels)]
+        self.request_transforms = [CompiledTransform(c.transform_request) for c in levels]
+        self.response_transforms = [CompiledTransform(c.transform_response) for c in reversed(levels)]
         breaker = config.circuit_breaker
         self.breakers = {t.name: CircuitBreaker(self.label(t.name), breaker, clock) for t in self.targets} if breaker else {}
         self.bulkhead = Bulkhead(breaker.max_concurrent_requests if breaker else None)
@@ -375,23 +375,6 @@ def retry_policy(endpoint: RetryConfig | None, pool: RetryConfig | None, target_
     )
 
 
-def strip_prefix(path: str, prefix: str) -> str:
-    """Strip on a segment boundary: /api strips /api/x and /api, never /apix."""
-    prefix = prefix.rstrip("/")
-    if not prefix:
-        return path
-    if path == prefix:
-        return "/"
-    if path.startswith(prefix + "/"):
-        return path[len(prefix):]
-    return path
-
-
-def add_prefix(path: str, prefix: str) -> str:
-    prefix = prefix.rstrip("/")
-    return prefix + path if path != "/" else (prefix or "/")
-
-
 class UpstreamPath:
     """The path sent upstream: a template over the endpoint's parameters, or the request's own."""
 
@@ -439,6 +422,9 @@ class UpstreamPath:
 
 class ProxyHandler:
     accepts_body_stream = True  # a request body too large to hold is sent upstream as it arrives
+    # The endpoint's `transform:` goes innermost in this handler's chain (after the plugin-level,
+    # pool and config.proxy ones for requests; first for responses), not around the handler.
+    applies_endpoint_transform = True
 
     def __init__(self, plugin: ProxyPlugin, pool: Pool, endpoint: EndpointSpec, config: EndpointProxyConfig) -> None:
         self.client = plugin.client
@@ -446,14 +432,43 @@ class ProxyHandler:
         self.path = UpstreamPath(endpoint, config)
         self.method = config.method
         self.timeout = config.timeout if config.timeout is not None else pool.config.timeout
-        self.request_transforms = [*pool.request_transforms, CompiledHeaderTransform(config.transform_request)]
-        self.response_transforms = [CompiledHeaderTransform(config.transform_response), *pool.response_transforms]
+        own = endpoint.transform
+        request_chain = [*pool.request_transforms, CompiledTransform(config.transform_request), CompiledTransform(own.request if own else None)]
+        response_chain = [CompiledTransform(own.response if own else None), CompiledTransform(config.transform_response), *pool.response_transforms]
+        self.request_transforms = [t for t in request_chain if not t.is_empty]
+        self.response_transforms = [t for t in response_chain if not t.is_empty]
+        # Headers-only chains work on the header list; path, query or body need a whole message.
+        self.reshapes_request = any(t.touches_path or t.touches_body for t in self.request_transforms)
+        self.reshapes_response = any(t.touches_body for t in self.response_transforms)
         self.forwarded = pool.config.forwarded_headers
         self.preserve_host = pool.config.preserve_host
         # Endpoint retries win; otherwise decided per request (the first target's retry_attempts).
         self.retries = retry_policy(config.retries, None, None, len(pool.backends)) if config.retries else None
         self.rng = random.Random()
         self.sleep = asyncio.sleep
+
+    def reshape_request(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, tctx: TemplateContext
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Run path, query and body transforms on the request as it will be sent upstream."""
+        upstream = http.Request(
+            host="upstream",
+            port=80,
+            method=method.encode(),
+            scheme=b"http",
+            authority=b"",
+            path=path.encode(),
+            http_version=b"HTTP/1.1",
+            headers=http.Headers([(_header_bytes(n), _header_bytes(v)) for n, v in headers]),
+            content=body,
+            trailers=None,
+            timestamp_start=0.0,
+            timestamp_end=0.0,
+        )
+        for transform in self.request_transforms:
+            transform.apply_request(upstream, tctx)
+        fields = [(n, v) for n, v in upstream.headers.items(multi=True) if n.lower() != "content-length"]
+        return upstream.path, fields, upstream.raw_content or b""
 
     def upstream_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.flow.request
@@ -478,19 +493,24 @@ class ProxyHandler:
         path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
         tctx = template_context(ctx)
         headers = self.upstream_headers(ctx)
+        method = self.method or request.method
+        body: bytes | BodyStream = request.raw_content or b""
         try:
-            for transform in self.request_transforms:
-                headers = transform.apply_headers(headers, tctx)
+            if self.reshapes_request and ctx.body_stream is None:
+                path, headers, body = self.reshape_request(method, path, headers, body, tctx)
+            else:
+                for transform in self.request_transforms:
+                    headers = transform.apply_headers(headers, tctx)
+                    if transform.touches_path:
+                        path = transform.apply_target(path, tctx)
         except ValueError as exc:  # a value from the request would carry CR or LF
             return ctx.error(400, f"request transform refused: {exc}")
-        method = self.method or request.method
-        body: bytes | BodyStream
         if ctx.body_stream is not None:
+            if self.reshapes_request:
+                logger.info("[%s] body transforms skipped: the request body streams (larger than the buffer limit)", ctx.request_id)
             body = BodyStream(ctx.body_stream)
             if "content-length" in request.headers:  # the upstream gets the length it would have had
                 headers.append(("Content-Length", request.headers["content-length"]))
-        else:
-            body = request.raw_content or b""
         pool = self.pool
         key = pool.key_for(ctx)
         if is_websocket_upgrade(request):
@@ -632,24 +652,35 @@ class ProxyHandler:
             fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             fields.append(("content-length", str(len(reply.body))))
         status = reply.status
+        reshape = self.reshapes_response
         try:
-            for transform in self.response_transforms:
-                fields = transform.apply_headers(fields, tctx)
-                status = transform.status_map.get(status, status)
+            if not reshape:
+                for transform in self.response_transforms:
+                    fields = transform.apply_headers(fields, tctx)
+                    status = transform.apply_status(status)
         except ValueError as exc:
             reply.close()
-            return ctx.error(400, f"response transform refused: {exc}")
+            return ctx.error(502, f"response transform refused: {exc}")
         reason = reply.reason if status == reply.status else _reason_phrase(status)
         response = http.Response(
             http_version=b"HTTP/1.1",
             status_code=status,
             reason=reason.encode("latin-1", "replace"),
-            headers=http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]),
+            headers=http.Headers([(_header_bytes(n), _header_bytes(v)) for n, v in fields]),
             content=None if reply.streamed else reply.body,
             trailers=None,
             timestamp_start=started,
             timestamp_end=time.time(),
         )
+        if reshape:
+            if reply.streamed:
+                logger.info("[%s] body transforms skipped: the response body streams (larger than the buffer limit)", ctx.request_id)
+            try:
+                for transform in self.response_transforms:
+                    transform.apply_response(response, tctx)
+            except ValueError as exc:
+                reply.close()
+                return ctx.error(502, f"response transform refused: {exc}")
         if reply.streamed:
             return StreamedResponse(response, reply.chunks(), reply.close)
         return response
@@ -657,6 +688,14 @@ class ProxyHandler:
 
 def is_websocket_upgrade(request: http.Request) -> bool:
     return request.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("connection", "").lower()
+
+
+def _header_bytes(value: str) -> bytes:
+    """Upstream fields round-trip through latin-1; a rendered value beyond it goes as UTF-8."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 def _reason_phrase(status: int) -> str:

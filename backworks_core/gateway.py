@@ -17,7 +17,17 @@ from mitmproxy import http
 
 from aiohttp import web
 
-from backworks_core.context import Answer, Forward, Handler, Middleware, RequestContext, StreamedResponse, json_error, request_id_for
+from backworks_core.context import (
+    Answer,
+    Forward,
+    Handler,
+    Middleware,
+    RequestContext,
+    StreamedResponse,
+    json_error,
+    request_id_for,
+    template_context,
+)
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
@@ -25,6 +35,7 @@ from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint,
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
 from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path
+from backworks_core.transforms import CompiledTransform
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +88,10 @@ class EndpointPlan:
     spec: EndpointSpec
     handler: Handler
     referenced: frozenset[str]  # middleware names the endpoint lists
+    # The endpoint's `transform:`, applied here around handlers that do not apply it themselves
+    # (the proxy puts it innermost in its own chain, after the plugin- and pool-level ones).
+    request_transform: CompiledTransform | None = None
+    response_transform: CompiledTransform | None = None
 
     @property
     def label(self) -> str:
@@ -227,11 +242,7 @@ class Gateway:
                 response = early
                 break
         else:
-            try:
-                response = await ctx.endpoint.handler(ctx)
-            except Exception:
-                logger.exception("[%s] handler for %s failed", ctx.request_id, ctx.endpoint.label)
-                response = ctx.error(500, "the handler failed; see the gateway log for this request id")
+            response = await call_handler(ctx)
         if isinstance(response, Forward):
             return response  # mitmproxy relays the upstream's answer; there is no response yet
         head = response.head if isinstance(response, StreamedResponse) else response
@@ -244,6 +255,30 @@ class Gateway:
                     response.close()
                 return ctx.error(500, f"middleware {middleware.name!r} failed on the response")
         return response
+
+
+async def call_handler(ctx: RequestContext) -> Answer:
+    """The handler, inside the endpoint's own transforms when it does not apply them itself."""
+    endpoint = ctx.endpoint
+    if endpoint.request_transform is not None:
+        try:
+            endpoint.request_transform.apply_request(ctx.flow.request, template_context(ctx))
+        except ValueError as exc:  # a value taken from the request would carry CR or LF
+            return ctx.error(400, f"request transform refused: {exc}")
+    try:
+        response = await endpoint.handler(ctx)
+    except Exception:
+        logger.exception("[%s] handler for %s failed", ctx.request_id, endpoint.label)
+        return ctx.error(500, "the handler failed; see the gateway log for this request id")
+    if endpoint.response_transform is not None and not isinstance(response, Forward):
+        head = response.head if isinstance(response, StreamedResponse) else response
+        try:
+            endpoint.response_transform.apply_response(head, template_context(ctx))
+        except ValueError as exc:
+            if isinstance(response, StreamedResponse):
+                response.close()
+            return ctx.error(502, f"response transform refused: {exc}")
+    return response
 
 
 def _join_comment(existing: str, addition: str) -> str:
@@ -365,7 +400,11 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> 
         except BuildError as exc:
             errors.append(blueprint.diagnostic(loc + exc.loc, str(exc)))
             continue
-        endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware)))
+        request_transform = response_transform = None
+        if spec.transform is not None and not getattr(handler, "applies_endpoint_transform", False):
+            request_transform = CompiledTransform(spec.transform.request) if spec.transform.request else None
+            response_transform = CompiledTransform(spec.transform.response) if spec.transform.response else None
+        endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform))
     if errors:
         raise BlueprintError(errors)
     router = Router([Route(e.template, e.spec.methods, e.spec.settings.host, e) for e in endpoints])

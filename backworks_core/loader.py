@@ -38,7 +38,7 @@ CORE_SECTIONS: Mapping[str, Section] = {
     "python": Section(PythonConfig, PYTHON_HANDLER),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
-PLANNED_PLUGINS = frozenset({"auth", "metrics", "capture", "rate_limit", "cors", "transform"})
+PLANNED_PLUGINS = frozenset({"auth", "metrics", "capture", "rate_limit", "cors"})
 PLANNED_HANDLERS = frozenset({"mock", "metrics", "auth.register", "auth.login", "auth.validate"})
 
 
@@ -53,6 +53,7 @@ class EndpointSpec:
     plugin: str | None  # the plugin that answers, for plugin handlers
     sections: dict[str, BaseModel]
     python_function: Any = None
+    transform: EndpointTransform | None = None  # the endpoint-level `transform:`
 
     @property
     def label(self) -> str:
@@ -365,13 +366,6 @@ class _Loader:
                         loc + ("middleware", position),
                         f"no middleware named {name!r}" + (f"; did you mean {hint!r}?" if hint else " is defined in `middlewares`"),
                     )
-            if endpoint.transform is not None:
-                self.error(
-                    loc + ("transform",),
-                    "endpoint-level `transform` is not available in this version of Backworks yet; on proxy "
-                    "endpoints use config.proxy.transform_request / transform_response",
-                    prefer_key=True,
-                )
             spec = self.load_endpoint(index, endpoint, loc, files)
             if spec is not None:
                 endpoints.append(spec)
@@ -455,6 +449,11 @@ class _Loader:
             return None
         if kind == PYTHON_HANDLER and "python" not in sections and "python" not in endpoint.config:
             sections["python"] = PythonConfig()
+        transform: EndpointTransform | None = None
+        if endpoint.transform is not None:
+            transform = self.validate(EndpointTransform, endpoint.transform, loc + ("transform",))  # type: ignore[assignment]
+            if transform is None:
+                return None
         if any(name in endpoint.config and name not in sections for name in endpoint.config):
             return None
         return EndpointSpec(
@@ -465,6 +464,7 @@ class _Loader:
             plugin=plugin_name,
             sections=sections,
             python_function=python_function,
+            transform=transform,
         )
 
     def check_routes(self, endpoints: list[tuple[int, EndpointSettings]]) -> None:

@@ -108,7 +108,7 @@ class EndpointSettings(StrictModel):
     handler: str = Field(min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
     middleware: list[str] = Field(default_factory=list)
-    transform: dict[str, Any] | None = Field(None, description="endpoint-level transforms (not available yet)")
+    transform: dict[str, Any] | None = Field(None, description="endpoint-level transforms: {request: …, response: …}")
 
     @field_validator("method", "methods")
     @classmethod

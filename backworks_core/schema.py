@@ -16,6 +16,7 @@ from pydantic_core import core_schema
 from backworks_core.loader import CORE_SECTIONS
 from backworks_core.model import BlueprintSettings
 from backworks_core.plugins import PluginRegistry
+from backworks_core.transforms import EndpointTransform
 from backworks_core.validation import parse_duration, parse_positive_duration
 
 SCHEMA_ID = "https://backworks.dev/schema/blueprint-v1.json"
@@ -99,7 +100,7 @@ def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     sections = dict(CORE_SECTIONS)
     sections.update({name: section for name, (_, section) in registry.sections.items()})
     endpoint_def = defs["EndpointSettings"]
-    endpoint_def["properties"].pop("transform", None)  # accepted only to say it is not available yet
+    endpoint_def["properties"]["transform"] = _inline(EndpointTransform, defs)
     endpoint_def["properties"]["config"] = {
         "type": "object",
         "description": "the handler's settings, under the handler's name",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from addons.jsonpath import (
+from backworks_core.jsonpath import (
     EACH,
     Index,
     Key,

@@ -405,7 +405,7 @@ def test_unknown_plugin_with_suggestion(project, load_errors):
     )
     assert diagnostic_lines(load_errors(path)) == [
         f"{path}:3:3: plugins.proxi: unknown plugin 'proxi'; did you mean 'proxy'?",
-        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: proxy)",
+        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: proxy, transform)",
     ]
 
 
@@ -552,7 +552,7 @@ def test_middleware_errors(project, discovered, load_errors):
     assert diagnostic_lines(load_errors(path, registry_=discovered)) == [
         f"{path}:3:57: middlewares[0].config.methods: unknown HTTP method 'FETCH'",
         f"{path}:4:12: middlewares[1].name: middleware name 'a' is already used by middlewares[0]",
-        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: tagger)",
+        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: tagger, transform)",
         f"{path}:6:39: middlewares[3].config.tag: required key 'tag' is missing",
         f"{path}:6:40: middlewares[3].config.tga: unknown key 'tga'; did you mean 'tag'?",
         f"{path}:8:56: endpoints[0].middleware[1]: no middleware named 'tt'; did you mean 't'?",

@@ -20,14 +20,14 @@ from .conftest import body_json, diagnostic_lines
 
 
 def test_without_third_party_packages_only_builtins(registry):
-    assert registry.names() == ["proxy"]
+    assert registry.names() == ["proxy", "transform"]
     assert registry.handler_owner == {"proxy": "proxy"}
     assert set(registry.sections) == {"proxy"}
     assert registry.broken == {}
 
 
 def test_discover_finds_the_installed_distribution(discovered):
-    assert discovered.names() == ["needs_proxy", "needy", "proxy", "tagger"]
+    assert discovered.names() == ["needs_proxy", "needy", "proxy", "tagger", "transform"]
     tagger = discovered.plugins["tagger"]
     assert issubclass(tagger, Plugin)
     assert tagger.__module__ == "bw_tagger"

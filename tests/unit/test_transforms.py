@@ -22,7 +22,7 @@ from mitmproxy import http
 from mitmproxy.test import tutils
 from pydantic import ValidationError
 
-from addons.transform import (
+from backworks_core.transforms import (
     CompiledHeaderTransform,
     CompiledTransform,
     HeaderTransform,
@@ -32,7 +32,7 @@ from addons.transform import (
 from backworks_core.diagnostics import Diagnostic
 from backworks_core.templates import TemplateContext
 
-LOGGER = "addons.transform"
+LOGGER = "backworks_core.transforms"
 FIXED = datetime.datetime(2026, 11, 22, 3, 4, 5, 123000, tzinfo=datetime.timezone.utc)
 
 

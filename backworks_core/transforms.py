@@ -1,0 +1,707 @@
+"""Request and response transforms (`transform_request` / `transform_response`).
+
+The models validate a blueprint's transform blocks; `CompiledTransform` is built from one
+when the blueprint loads (every regex, JSON path and template compiled there, so each
+mistake is a located blueprint error) and applied per message.
+
+Decisions, in one place (the blueprint format documents them):
+
+* Templates (`{{path.id}}`, `{{query.x}}`, `{{header.X}}`, `{{auth.sub}}`, `{{now}}`,
+  `{{uuid}}`, `{{env.X}}`) are allowed in header values, query `set` values and string
+  values of `body.set`; nowhere else (names, paths, regex replacements are literal).
+  Rendering is single-pass, so request data is never evaluated again. Every template of one
+  `apply_request`/`apply_response` renders before anything is changed: templates read the
+  message as it reached this transform, and a refused value leaves the message untouched.
+* A rendered header or query value holding CR, LF or NUL raises ValueError (the caller
+  answers 400 for a request, 502 for a response). Header names must be HTTP tokens.
+* Headers: remove, then rename (one after another, in the order written), then set (set
+  replaces every field of that name and appends it last). Names match case-insensitively.
+* Path (the part before `?`; a target such as `*` is left alone): strip_prefix, then
+  add_prefix, then each rewrite in order, each on the previous result. Prefixes work on
+  segment boundaries: `/api` strips `/api/x` and `/api`, never `/apix`. Rewrites are
+  Python `re.sub` over the raw (percent-encoded) path, replacing *every* match (as Envoy's
+  regex_rewrite does), groups as `\\1` or `\\g<name>`. A result that is empty becomes `/`,
+  one without a leading `/` gets one. A replacement cannot hold `?`, `#`, whitespace or
+  control characters.
+* Query: remove, then rename (in order), then set. Names match after percent-decoding (`+` is
+  a space), case-sensitively. Set replaces every value of the key with one value placed where
+  the key first appeared, or appends it. Repeated keys and the order and exact bytes of
+  every untouched parameter are kept; new names and values are percent-encoded.
+* Body: remove, then rename, then set (the JSON operations, each in the order written), then
+  replace (regexes over the text, in order, every match, `\\1` groups). JSON operations apply
+  when the body parses as JSON, whatever its Content-Type; a body that does not parse is
+  left as it is and one INFO line says why (never the body). `replace` applies to bodies
+  that decode as text (the Content-Type charset, else UTF-8); others are left alone (INFO).
+  An empty body is left alone (DEBUG). A body JSON operations changed is re-serialized
+  compactly as UTF-8 (or the declared charset); a body nothing changed keeps its exact bytes.
+* `body.set` values may be any YAML value; a template renders once per message and every
+  place `[*]` reaches gets its own copy. JSON path rules are in `backworks_core.jsonpath`: missing
+  or null intermediate objects are created, arrays never; an index out of range, or a value
+  of the wrong type in the way, skips that place with an INFO line.
+* Content-Encoding gzip (x-gzip), deflate, br and zstd, and lists of them, are decoded,
+  changed and encoded again with the same encodings; any other encoding, or a body that does
+  not decode, is left alone (INFO). After a body changes, Content-Length is set to the bytes
+  sent (unless Transfer-Encoding is present, where Content-Length must not be).
+* Order inside one `apply_*`: body (read with the Content-Encoding it arrived with), then
+  status_map (responses) or path and query (requests), then headers, then Content-Length.
+  A changed status gets the standard reason phrase.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Annotated, Any
+from urllib.parse import quote, unquote_plus
+
+from mitmproxy import http
+from mitmproxy.net import encoding as mitm_encoding
+from mitmproxy.net.http.headers import parse_content_type
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from backworks_core import jsonpath
+from backworks_core.model import StrictModel, UrlPath
+from backworks_core.templates import (
+    CompiledValue,
+    Template,
+    TemplateContext,
+    check_header_templates,
+    compile_template,
+    compile_value,
+    has_crlf,
+)
+
+__all__ = [
+    "BodyTransform",
+    "CompiledHeaderTransform",
+    "CompiledTransform",
+    "HeaderTransform",
+    "PathRewrite",
+    "PathTransform",
+    "QueryTransform",
+    "RegexReplace",
+    "RequestTransform",
+    "ResponseTransform",
+    "add_prefix",
+    "strip_prefix",
+]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_IN_PATH = re.compile(r"[\s?#\x00-\x1f\x7f]")
+
+
+# ------------------------------------------------------------------------ validators
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name")
+    return name
+
+
+def _compiled_regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        where = f" at position {err.pos}" if err.pos is not None else ""
+        raise ValueError(f"invalid regular expression {pattern!r}: {err.msg}{where}") from None
+
+
+def _check_replacement(replacement: str, pattern: str) -> None:
+    """Group references are checked now: re parses the replacement even without a match."""
+    try:
+        re.compile(pattern).sub(replacement, "")
+    except (re.error, IndexError) as err:
+        message = err.msg if isinstance(err, re.error) else str(err)
+        raise ValueError(f"invalid replacement {replacement!r} for {pattern!r}: {message}") from None
+
+
+def _check_json_path(text: str) -> str:
+    jsonpath.parse_path(text)
+    return text
+
+
+def _check_value_template(text: str) -> str:
+    if "\x00" in text or has_crlf(text):
+        raise ValueError(f"{text!r} carries CR, LF or NUL")
+    compile_template(text)
+    return text
+
+
+def _check_body_value(value: Any) -> Any:
+    compile_value(value)
+    return value
+
+
+def _check_url_prefix(value: str) -> str:
+    if _UNSAFE_IN_PATH.search(value):
+        raise ValueError(f"a path prefix cannot hold '?', '#', whitespace or control characters, got {value!r}")
+    return value
+
+
+JsonPathText = Annotated[str, AfterValidator(_check_json_path)]
+ValueTemplate = Annotated[str, AfterValidator(_check_value_template)]
+BodyValue = Annotated[Any, AfterValidator(_check_body_value)]
+PathPrefix = Annotated[UrlPath, AfterValidator(_check_url_prefix)]
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class RegexReplace(StrictModel):
+    """`re.sub(pattern, replacement, text)` over every match; `\\1` and `\\g<name>` groups."""
+
+    pattern: str
+    replacement: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str) -> str:
+        _compiled_regex(value)
+        return value
+
+    @field_validator("replacement")
+    @classmethod
+    def _valid_replacement(cls, value: str, info: ValidationInfo) -> str:
+        pattern = info.data.get("pattern")
+        if pattern is not None:  # a bad pattern is reported on its own key
+            _check_replacement(value, pattern)
+        return value
+
+
+class PathRewrite(RegexReplace):
+    """A rewrite of the path alone: its replacement cannot reach into the query string."""
+
+    @field_validator("replacement")
+    @classmethod
+    def _stays_a_path(cls, value: str) -> str:
+        if _UNSAFE_IN_PATH.search(value):
+            raise ValueError(
+                f"a path replacement cannot hold '?', '#', whitespace or control characters, got "
+                f"{value!r} (the query string is not part of the path: use query.set)"
+            )
+        return value
+
+
+class PathTransform(StrictModel):
+    """strip_prefix, then add_prefix, then each rewrite; the query string is not touched."""
+
+    strip_prefix: PathPrefix | None = Field(None, description="removed on a segment boundary")
+    add_prefix: PathPrefix | None = None
+    rewrite: list[PathRewrite] = Field(default_factory=list, description="after the prefixes, in order")
+
+
+class QueryTransform(StrictModel):
+    """remove, rename, then set; repeated keys and the order of the rest are kept."""
+
+    set: dict[str, ValueTemplate] = Field(default_factory=dict, description="one value per key (templates allowed)")
+    remove: list[str] = Field(default_factory=list)
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("set", "rename", "remove")
+    @classmethod
+    def _names(cls, value: dict[str, str] | list[str], info: ValidationInfo) -> dict[str, str] | list[str]:
+        # `set` maps names to templates (checked as templates); `rename` maps names to names.
+        names = [*value.keys(), *value.values()] if info.field_name == "rename" else list(value)
+        for name in names:
+            if not name or "\x00" in name or has_crlf(name):
+                raise ValueError(f"{name!r} is not a valid query parameter name")
+        return value
+
+
+class BodyTransform(StrictModel):
+    """JSON operations by dotted path (remove, rename, set), then regex replace on text."""
+
+    set: dict[JsonPathText, BodyValue] = Field(default_factory=dict, description="JSON path -> value (templates allowed)")
+    remove: list[JsonPathText] = Field(default_factory=list)
+    rename: dict[JsonPathText, JsonPathText] = Field(default_factory=dict)
+    replace: list[RegexReplace] = Field(default_factory=list, description="regexes over text bodies")
+
+    @field_validator("rename")
+    @classmethod
+    def _movable(cls, value: dict[str, str]) -> dict[str, str]:
+        for source, target in value.items():
+            jsonpath.check_rename(jsonpath.parse_path(source), jsonpath.parse_path(target))
+        return value
+
+
+class HeaderTransform(StrictModel):
+    """The header operations both directions share: remove, rename, then set."""
+
+    headers: dict[str, str] = Field(default_factory=dict, description="set these headers (templates allowed)")
+    remove_headers: list[str] = Field(default_factory=list)
+    rename_headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        check_header_templates(value)
+        for name, text in value.items():
+            _header_name(name)
+            if "\x00" in text:
+                raise ValueError(f"header {name!r} carries NUL")
+        return value
+
+    @field_validator("rename_headers", "remove_headers")
+    @classmethod
+    def _safe_names(cls, value: dict[str, str] | list[str]) -> dict[str, str] | list[str]:
+        names = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for name in names:
+            _header_name(name)
+        return value
+
+
+class RequestTransform(HeaderTransform):
+    """`transform_request`: headers, path, query and body."""
+
+    path: PathTransform | None = None
+    query: QueryTransform | None = None
+    body: BodyTransform | None = None
+
+
+class ResponseTransform(HeaderTransform):
+    """`transform_response`: headers, status_map and body."""
+
+    status_map: dict[Annotated[int, Field(ge=100, le=599)], Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=dict, description="replace one status code with another"
+    )
+    body: BodyTransform | None = None
+
+
+# ------------------------------------------------------------------------- path pieces
+
+
+def strip_prefix(path: str, prefix: str) -> str:
+    """Strip on a segment boundary: /api strips /api/x and /api, never /apix."""
+    prefix = prefix.rstrip("/")
+    if not prefix:
+        return path
+    if path == prefix:
+        return "/"
+    if path.startswith(prefix + "/"):
+        return path[len(prefix) :]
+    return path
+
+
+def add_prefix(path: str, prefix: str) -> str:
+    prefix = prefix.rstrip("/")
+    return prefix + path if path != "/" else (prefix or "/")
+
+
+def _refuse_unsafe(kind: str, name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError(f"{kind} {name} would carry CR, LF or NUL")
+
+
+class _CompiledQuery:
+    """Query operations over the raw query string, so untouched parameters keep their bytes."""
+
+    __slots__ = ("remove", "rename", "set")
+
+    def __init__(self, spec: QueryTransform) -> None:
+        self.remove = frozenset(spec.remove)
+        self.rename = [(old, new, quote(new, safe="")) for old, new in spec.rename.items()]
+        self.set = [(name, quote(name, safe=""), compile_template(text)) for name, text in spec.set.items()]
+
+    def render(self, tctx: TemplateContext) -> list[str]:
+        values = []
+        for name, _, template in self.set:
+            value = template.render(tctx)
+            _refuse_unsafe("query parameter", name, value)
+            values.append(quote(value, safe=""))
+        return values
+
+    def apply(self, query: str, values: list[str]) -> str:
+        parts: list[tuple[str, str, str | None]] = []  # (decoded name, raw name, raw value or None)
+        for part in query.split("&") if query else ():
+            raw_name, eq, raw_value = part.partition("=")
+            parts.append((unquote_plus(raw_name), raw_name, raw_value if eq else None))
+        if self.remove:
+            parts = [p for p in parts if p[0] not in self.remove]
+        for old, new, new_raw in self.rename:
+            parts = [(new, new_raw, v) if name == old else (name, raw, v) for name, raw, v in parts]
+        for (name, raw_name, _), value in zip(self.set, values):
+            first = next((i for i, p in enumerate(parts) if p[0] == name), None)
+            entry = (name, raw_name, value)
+            if first is None:
+                parts.append(entry)
+            else:
+                parts = [p for i, p in enumerate(parts) if p[0] != name or i == first]
+                parts[first] = entry
+        return "&".join(raw if value is None else f"{raw}={value}" for _, raw, value in parts)
+
+
+# --------------------------------------------------------------------------------- bodies
+
+_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def _codings(content_encoding: str | None) -> list[str] | None:
+    """The codings applied, in order; None when one is unknown. `x-gzip` is gzip (RFC 9110)."""
+    if not content_encoding:
+        return []
+    out = []
+    for item in content_encoding.split(","):
+        coding = item.strip().lower()
+        if coding in ("", "identity"):
+            continue
+        if coding == "x-gzip":
+            coding = "gzip"
+        if coding not in _CODINGS:
+            return None
+        out.append(coding)
+    return out
+
+
+def _charset(content_type: str | None) -> str | None:
+    """The declared charset, normalised; "" when it names no codec Python knows."""
+    if not content_type:
+        return None
+    parsed = parse_content_type(content_type)
+    if parsed is None:
+        return None
+    name = parsed[2].get("charset")
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().strip('"')).name
+    except LookupError:
+        return ""
+
+
+def _why_not_text(err: UnicodeDecodeError) -> str:
+    return f"{err.reason} at byte {err.start}"
+
+
+class _CompiledBody:
+    __slots__ = ("remove", "rename", "set", "replace", "has_json")
+
+    def __init__(self, spec: BodyTransform) -> None:
+        self.remove = [(text, jsonpath.parse_path(text)) for text in spec.remove]
+        self.rename = [
+            (f"{a} -> {b}", jsonpath.parse_path(a), jsonpath.parse_path(b)) for a, b in spec.rename.items()
+        ]
+        self.set: list[tuple[str, jsonpath.Path, CompiledValue]] = [
+            (text, jsonpath.parse_path(text), compile_value(value)) for text, value in spec.set.items()
+        ]
+        self.replace = [(re.compile(r.pattern), r.replacement) for r in spec.replace]
+        self.has_json = bool(self.remove or self.rename or self.set)
+
+    def render(self, tctx: TemplateContext) -> list[Any]:
+        return [value.render(tctx) for _, _, value in self.set]
+
+    def apply(
+        self,
+        raw: bytes,
+        content_encoding: str | None,
+        content_type: str | None,
+        tctx: TemplateContext,
+        values: list[Any] | None,
+        label: str,
+    ) -> bytes | None:
+        if not raw:
+            logger.debug("%s is empty: body transform skipped", label)
+            return None
+        codings = _codings(content_encoding)
+        if codings is None:
+            logger.info("%s left unchanged: unsupported Content-Encoding %r", label, content_encoding)
+            return None
+        body = raw
+        try:
+            for coding in reversed(codings):
+                body = mitm_encoding.decode(body, coding)  # type: ignore[assignment]
+        except ValueError as err:
+            logger.info("%s left unchanged: it does not decode as %s (%s)", label, content_encoding, type(err).__name__)
+            return None
+        charset = _charset(content_type)
+        if charset == "":
+            logger.info("%s left unchanged: unknown charset in Content-Type %r", label, content_type)
+            return None
+        changed = False
+        if self.has_json:
+            new = self._json(body, charset, tctx, values, label)
+            if new is not None:
+                body, changed = new, True
+        if self.replace:
+            new = self._replace(body, charset, label)
+            if new is not None:
+                body, changed = new, True
+        if not changed:
+            return None
+        for coding in codings:
+            body = mitm_encoding.encode(body, coding)
+        return body
+
+    def _json(
+        self, body: bytes, charset: str | None, tctx: TemplateContext, values: list[Any] | None, label: str
+    ) -> bytes | None:
+        try:
+            # Bytes let json detect UTF-8 (with or without a BOM), UTF-16 and UTF-32 itself.
+            doc = json.loads(body if charset in (None, "utf-8") else body.decode(charset))
+        except UnicodeDecodeError as err:
+            logger.info("%s left unchanged: body is not JSON: not %s text (%s)", label, charset or "UTF-8", _why_not_text(err))
+            return None
+        except json.JSONDecodeError as err:
+            logger.info("%s left unchanged: body is not JSON: %s at %d:%d", label, err.msg, err.lineno, err.colno)
+            return None
+        changed = 0
+        for text, path in self.remove:
+            changed += jsonpath.remove(doc, path)
+        for text, source, target in self.rename:
+            outcome = jsonpath.rename(doc, source, target)
+            changed += outcome.changed
+            if outcome.problems:
+                logger.info("%s: body.rename %s: %s", label, text, "; ".join(outcome.problems))
+        if self.set:
+            rendered = values if values is not None else self.render(tctx)
+            for (text, path, _), value in zip(self.set, rendered):
+                outcome = jsonpath.set_value(doc, path, value)
+                changed += outcome.changed
+                if outcome.problems:
+                    logger.info("%s: body.set %s: %s", label, text, "; ".join(outcome.problems))
+        if not changed:
+            return None
+        if charset is None or charset == "utf-8":
+            return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # ASCII-only JSON fits any declared charset.
+        return json.dumps(doc, separators=(",", ":")).encode(charset)
+
+    def _replace(self, body: bytes, charset: str | None, label: str) -> bytes | None:
+        try:
+            text = body.decode(charset or "utf-8")
+        except UnicodeDecodeError as err:
+            logger.info("%s: replace skipped: body is not %s text (%s)", label, charset or "UTF-8", _why_not_text(err))
+            return None
+        original = text
+        for pattern, replacement in self.replace:
+            text = pattern.sub(replacement, text)
+        if text == original:
+            return None
+        try:
+            return text.encode(charset or "utf-8")
+        except UnicodeEncodeError:
+            logger.info("%s: replace skipped: the result does not fit the charset %s", label, charset)
+            return None
+
+
+# ------------------------------------------------------------------------ compiled form
+
+
+def _set_length(message: http.Message, size: int) -> None:
+    """The body sent is `size` bytes; a chunked message carries no Content-Length at all."""
+    if "transfer-encoding" in message.headers:
+        message.headers.pop("content-length", None)
+    else:
+        message.headers["content-length"] = str(size)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class CompiledTransform:
+    """One transform block, compiled once at load; cheap to apply when it holds little."""
+
+    __slots__ = (
+        "remove",
+        "rename",
+        "set",
+        "_remove_b",
+        "_rename_b",
+        "_set_b",
+        "status_map",
+        "path",
+        "query",
+        "body",
+        "is_empty",
+        "touches_headers",
+        "touches_path",
+        "touches_body",
+    )
+
+    def __init__(self, spec: HeaderTransform | None) -> None:
+        spec = spec or HeaderTransform()
+        self.remove = frozenset(name.lower() for name in spec.remove_headers)
+        self.rename = [(old.lower(), new) for old, new in spec.rename_headers.items()]
+        self.set: list[tuple[str, Template]] = [(n, compile_template(v)) for n, v in spec.headers.items()]
+        self._remove_b = frozenset(name.encode() for name in self.remove)
+        self._rename_b = [(old.encode(), new.encode()) for old, new in self.rename]
+        self._set_b = [(name.encode(), name.lower().encode()) for name, _ in self.set]
+        self.status_map: dict[int, int] = dict(getattr(spec, "status_map", None) or {})
+        path_spec: PathTransform | None = getattr(spec, "path", None)
+        self.path = None
+        if path_spec is not None and (path_spec.strip_prefix or path_spec.add_prefix or path_spec.rewrite):
+            self.path = (
+                path_spec.strip_prefix,
+                path_spec.add_prefix,
+                [(re.compile(r.pattern), r.replacement) for r in path_spec.rewrite],
+            )
+        query_spec: QueryTransform | None = getattr(spec, "query", None)
+        self.query = (
+            _CompiledQuery(query_spec)
+            if query_spec is not None and (query_spec.set or query_spec.remove or query_spec.rename)
+            else None
+        )
+        body_spec: BodyTransform | None = getattr(spec, "body", None)
+        self.body = _CompiledBody(body_spec) if body_spec is not None else None
+        if self.body is not None and not (self.body.has_json or self.body.replace):
+            self.body = None
+        self.touches_headers = bool(self.remove or self.rename or self.set)
+        self.touches_path = self.path is not None or self.query is not None
+        self.touches_body = self.body is not None
+        self.is_empty = not (self.touches_headers or self.touches_path or self.touches_body or self.status_map)
+
+    # -- headers
+
+    def _render_headers(self, tctx: TemplateContext) -> list[str]:
+        values = []
+        for name, template in self.set:
+            value = template.render(tctx)
+            _refuse_unsafe("header", name, value)
+            values.append(value)
+        return values
+
+    def _headers(self, headers: Iterable[tuple[str, str]], values: list[str]) -> list[tuple[str, str]]:
+        out = [(n, v) for n, v in headers if n.lower() not in self.remove] if self.remove else list(headers)
+        for old, new in self.rename:
+            out = [(new if n.lower() == old else n, v) for n, v in out]
+        for (name, _), value in zip(self.set, values):
+            lowered = name.lower()
+            out = [(n, v) for n, v in out if n.lower() != lowered]
+            out.append((name, value))
+        return out
+
+    def apply_headers(self, headers: list[tuple[str, str]], tctx: TemplateContext) -> list[tuple[str, str]]:
+        """Remove, rename, set; ValueError when a rendered value would carry CR, LF or NUL."""
+        if not self.touches_headers:
+            return headers
+        return self._headers(headers, self._render_headers(tctx) if self.set else [])
+
+    def _apply_to_fields(self, message: http.Message, values: list[str]) -> None:
+        """The same operations on mitmproxy's byte fields; names are ASCII tokens, values UTF-8."""
+        fields: Iterable[tuple[bytes, bytes]] = message.headers.fields
+        if self.remove:
+            removed = self._remove_b
+            fields = [f for f in fields if f[0].lower() not in removed]
+        for old, new in self._rename_b:
+            fields = [(new if k.lower() == old else k, v) for k, v in fields]
+        for (name, lowered), value in zip(self._set_b, values):
+            fields = [f for f in fields if f[0].lower() != lowered]
+            fields.append((name, value.encode("utf-8", "surrogateescape")))
+        message.headers.fields = tuple(fields)
+
+    # -- status, path, query
+
+    def apply_status(self, status: int) -> int:
+        return self.status_map.get(status, status)
+
+    def apply_path(self, path: str) -> str:
+        """The path without its query: strip_prefix, add_prefix, then the rewrites."""
+        if self.path is None or not path.startswith("/"):
+            return path
+        strip, add, rewrites = self.path
+        if strip:
+            path = strip_prefix(path, strip)
+        if add:
+            path = add_prefix(path, add)
+        for pattern, replacement in rewrites:
+            path = pattern.sub(replacement, path)
+        if not path.startswith("/"):
+            path = "/" + path
+        return path
+
+    def apply_target(self, target: str, tctx: TemplateContext) -> str:
+        """A request target (`/path?query`) with the path and query operations applied."""
+        values = self.query.render(tctx) if self.query is not None else []
+        return self._target(target, values)
+
+    def _target(self, target: str, query_values: list[str]) -> str:
+        if not target.startswith("/"):  # `*`, or an authority: nothing to rewrite
+            return target
+        path, mark, query = target.partition("?")
+        path = self.apply_path(path)
+        if self.query is not None:
+            query = self.query.apply(query, query_values)
+            mark = "?" if query else ""
+        return f"{path}{mark}{query}"
+
+    # -- bodies
+
+    def body_transform(
+        self,
+        raw: bytes,
+        content_encoding: str | None,
+        content_type: str | None,
+        tctx: TemplateContext,
+        *,
+        label: str = "body",
+    ) -> bytes | None:
+        """The new wire bytes for `raw` (encoded as it was), or None when it stays as it is."""
+        if self.body is None:
+            return None
+        return self.body.apply(raw, content_encoding, content_type, tctx, None, label)
+
+    def _body(self, message: http.Message, tctx: TemplateContext, values: list[Any] | None, label: str) -> bool:
+        raw = message.raw_content
+        if self.body is None or raw is None:  # no body op, or a streamed body
+            return False
+        headers = message.headers
+        new = self.body.apply(raw, headers.get("content-encoding"), headers.get("content-type"), tctx, values, label)
+        if new is None:
+            return False
+        message.raw_content = new
+        return True
+
+    # -- whole messages
+
+    def apply_request(self, request: http.Request, tctx: TemplateContext) -> None:
+        """Body, path and query, headers, in place; ValueError (nothing changed) on CR/LF."""
+        if self.is_empty:
+            return
+        header_values = self._render_headers(tctx) if self.set else []
+        query_values = self.query.render(tctx) if self.query is not None else []
+        body_values = self.body.render(tctx) if self.body is not None and self.body.set else None
+        body_changed = self._body(request, tctx, body_values, "request body")
+        if self.touches_path:
+            request.path = self._target(request.path, query_values)
+        if self.touches_headers:
+            self._apply_to_fields(request, header_values)
+        if body_changed:
+            _set_length(request, len(request.raw_content or b""))
+
+    def apply_response(self, response: http.Response, tctx: TemplateContext) -> None:
+        """Body, status_map, headers, in place; ValueError (nothing changed) on CR/LF."""
+        if self.is_empty:
+            return
+        header_values = self._render_headers(tctx) if self.set else []
+        body_values = self.body.render(tctx) if self.body is not None and self.body.set else None
+        body_changed = self._body(response, tctx, body_values, "response body")
+        if self.status_map:
+            status = self.status_map.get(response.status_code)
+            if status is not None and status != response.status_code:
+                response.status_code = status
+                response.reason = _reason(status)
+        if self.touches_headers:
+            self._apply_to_fields(response, header_values)
+        if body_changed:
+            _set_length(response, len(response.raw_content or b""))
+
+
+CompiledHeaderTransform = CompiledTransform
+"""The name addons.proxy imports; the same class."""
+
+
+class EndpointTransform(StrictModel):
+    """An endpoint's own `transform:`, applied around its handler (innermost for a proxy)."""
+
+    request: RequestTransform | None = None
+    response: ResponseTransform | None = None
