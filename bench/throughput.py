@@ -3,26 +3,31 @@
 Run with ``.venv/bin/python bench/throughput.py [--duration 10] [--connections 8] [--rounds 3]``
 (``bench/run`` runs it after ``bench/setup.sh`` has installed ``wrk``).
 
-One upstream (``backworks demo-backend``, aiohttp) listens on a free 127.0.0.1 port. Three
-configurations are then measured with ``wrk``, one at a time, never side by side (they share
-the machine's cores):
+Three upstreams (``backworks demo-backend``, aiohttp) listen on free 127.0.0.1 ports, UP1..UP3.
+Four configurations are then measured with ``wrk``, one at a time, never side by side (they
+share the machine's cores):
 
-  a. bare   ``mitmdump --mode reverse:http://127.0.0.1:UP -p PORT -q``           GET /users
+  a. bare   ``mitmdump --mode reverse:http://127.0.0.1:UP1 -p PORT -q``          GET /users
   b. proxy  the same plus ``-s backworks.py --set blueprint=BENCH.yaml
-            --set connection_strategy=lazy``; a ``handler: proxy`` endpoint      GET /users
+            --set connection_strategy=lazy``; a ``handler: proxy`` endpoint whose
+            pool has one target, UP1                                             GET /users
   c. static the same Backworks process; a ``handler: static`` endpoint          GET /static
+  d. pool3  another Backworks process, same blueprint except that the pool has
+            three targets, UP1, UP2 and UP3, balanced round_robin               GET /users
 
-Rounds are interleaved (a, b, c, a, b, c, ...) so that drift of the machine affects all three
-alike; each round starts its mitmdump processes afresh, checks the answers, warms up, then
-measures. The table reports the median over rounds of req/s and of wrk's latency p50/p99, and
-the ratios b/a and c/a. Every load generator targets 127.0.0.1 only; every loop is bounded in
-count and time; every child process is killed on exit, error or Ctrl-C.
+Rounds are interleaved (a, b, c, d, a, b, c, d, ...) so that drift of the machine affects all
+alike; each round starts its mitmdump processes afresh, checks the answers (d must reach all
+three upstreams), warms up, then measures. The table reports the median over rounds of req/s and
+of wrk's latency p50/p99, and the ratios b/a, c/a and d/a. --configs picks a subset (a is always
+measured; UP2 and UP3 are started only for d). Every load generator targets 127.0.0.1 only; every
+loop is bounded in count and time; every child process is killed on exit, error or Ctrl-C.
 
 To make noise visible rather than silently part of the figures, each measurement also records
 the mitmdump process's CPU time per request (/proc), the CPU the rest of the machine used
-meanwhile ("other load"; a measurement above --max-other-load is taken again, at most
---noise-retries times), and a fixed-loop calibration of the CPU mitmdump runs on. By default
-mitmdump is pinned to one CPU and the upstream and wrk to the others (--no-pin to turn off).
+meanwhile ("other load": everything but mitmdump, the upstreams and wrk; a measurement above
+--max-other-load is taken again, at most --noise-retries times), the CPU the load side (the
+upstreams and wrk) used, and a fixed-loop calibration of the CPU mitmdump runs on. By default
+mitmdump is pinned to one CPU and the upstreams and wrk to the others (--no-pin to turn off).
 --backworks DIR measures another checkout, e.g. one commit exported with `git archive`.
 """
 
@@ -58,6 +63,7 @@ TARGET_RATIO = 0.90  # project target: Backworks with features on within 10% of 
 START_TIMEOUT = 30.0  # seconds a process gets to start listening
 NOISY_CORES = 0.15  # CPU busy outside the benchmark's own processes above which figures are suspect
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
+POOL_SIZE = 3  # targets (separate upstream processes) in configuration d's pool
 INSTALL_HINT = (
     "wrk (HTTP load generator) is not installed.\n"
     "  run:  bench/setup.sh      (does: apt-get update && apt-get install -y wrk)\n"
@@ -147,7 +153,7 @@ def pinner(cpus: set[int] | None) -> Callable[[], None] | None:
 
 
 def cpu_layout(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(CPUs for mitmdump, CPUs for the upstream and wrk): apart, so every configuration gets the
+    """(CPUs for mitmdump, CPUs for the upstreams and wrk): apart, so every configuration gets the
     same placement; mitmdump is single-threaded, one CPU is all it can use."""
     if not pin or not hasattr(os, "sched_getaffinity"):
         return None, None
@@ -165,6 +171,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all bound at once, so the OS cannot hand out one twice."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_listening(procs: Processes, name: str, port: int, timeout: float = START_TIMEOUT) -> None:
@@ -213,6 +231,18 @@ def _check_proxy(status: int, headers: dict[str, str], body: bytes) -> str | Non
     return None
 
 
+def _check_pool(answers: Sequence[tuple[int, dict[str, str], bytes]], names: Sequence[str]) -> str | None:
+    """Configuration d: every answer proxied, and round_robin reached every target of the pool."""
+    for answer in answers:
+        problem = _check_proxy(*answer)
+        if problem:
+            return problem
+    seen = {headers.get("x-backend") for _, headers, _ in answers}
+    if seen != set(names):
+        return f"expected answers from all of {sorted(names)} over {len(answers)} requests, got {sorted(map(str, seen))}"
+    return None
+
+
 def _check_static(status: int, headers: dict[str, str], body: bytes) -> str | None:
     if status != 200 or headers.get("x-bench") != "static" or b'"items"' not in body:
         return f"expected Backworks' static answer, got {status} {headers} {body[:200]!r}"
@@ -223,12 +253,21 @@ CONFIGS = (
     Config("a", "bare mitmdump --mode reverse", "bare", "/users", _check_bare),
     Config("b", "backworks handler: proxy", "backworks", "/users", _check_proxy),
     Config("c", "backworks handler: static", "backworks", "/static", _check_static),
+    Config("d", f"backworks proxy, {POOL_SIZE}-target pool", "backworks-pool", "/users", _check_proxy),
 )
+PROCESSES = ("bare", "backworks", "backworks-pool")  # mitmdump processes, started in this order each round
 
 
-def bench_blueprint(upstream_port: int) -> dict[str, object]:
+def upstream_name(index: int) -> str:
+    """The upstream's --name, its X-Backend header and its target name in the pool (index from 0)."""
+    return "bench-upstream" if index == 0 else f"bench-upstream-{index + 1}"
+
+
+def bench_blueprint(upstream_ports: Sequence[int]) -> dict[str, object]:
     """What a real blueprint looks like: a proxy pool with a header transform, a static endpoint
-    with a header, and some other endpoints so the router is not trivially one route."""
+    with a header, and some other endpoints so the router is not trivially one route. The pool
+    has one target per port in `upstream_ports`, balanced round_robin (the default; said outright
+    when there are several, so that the one-target blueprint stays as it always was)."""
     endpoints: list[dict[str, object]] = [
         {
             "path": "/users",
@@ -264,7 +303,10 @@ def bench_blueprint(upstream_port: int) -> dict[str, object]:
         "plugins": {
             "proxy": {
                 "config": {
-                    "targets": [{"name": "bench-upstream", "url": f"http://{HOST}:{upstream_port}"}],
+                    "targets": [
+                        {"name": upstream_name(i), "url": f"http://{HOST}:{port}"} for i, port in enumerate(upstream_ports)
+                    ],
+                    **({"load_balancing": "round_robin"} if len(upstream_ports) > 1 else {}),  # the default, said
                     "transform_response": {"headers": {"X-Proxied-By": "backworks"}},
                 }
             }
@@ -286,8 +328,10 @@ class Sample:
     errors: int  # socket errors plus non-2xx/3xx answers
     proxy_cpu_ms: float = 0.0  # CPU time of the mitmdump process per request
     proxy_cpu_util: float = 0.0  # its CPU time / wall time: 1.0 means one core saturated
-    upstream_cpu_ms: float = 0.0  # CPU time of the upstream per request
-    other_cores: float = 0.0  # CPU busy on the machine outside mitmdump, upstream and wrk (noise)
+    upstream_cpu_ms: float = 0.0  # CPU time of the upstreams (all of them) per request
+    upstream_shares: list[float] = field(default_factory=list)  # each upstream's part of that CPU time
+    load_cores: float = 0.0  # CPU busy in the upstreams and wrk (the load side), in cores
+    other_cores: float = 0.0  # CPU busy on the machine outside mitmdump, the upstreams and wrk (noise)
     calibration_ms: float = 0.0  # a fixed CPU loop on mitmdump's CPU just before: the CPU's speed then
 
 
@@ -439,22 +483,27 @@ class Results:
     samples: dict[str, list[Sample]] = field(default_factory=lambda: {c.key: [] for c in CONFIGS})
 
 
-def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, upstream_pid: int) -> Sample:
-    """One wrk run, with the CPU the proxy, the upstream, wrk and everything else used meanwhile."""
+def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, upstream_pids: Sequence[int]) -> Sample:
+    """One wrk run, with the CPU the proxy, the upstreams, wrk and everything else used meanwhile.
+    Every upstream that runs is the benchmark's own, busy or idle, so none of it counts as noise."""
     calibration = calibration_ms(args.proxy_cpus)
-    cpu0, up0, wall0 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
+    cpu0, ups0, wall0 = cpu_seconds(proxy_pid), [cpu_seconds(pid) for pid in upstream_pids], time.monotonic()
     sys0, wrk0 = system_busy_seconds(), children_cpu_seconds()
     sample = run_wrk(url, args.duration, args.connections, args.threads, lua, args.load_cpus)
-    cpu1, up1, wall1 = cpu_seconds(proxy_pid), cpu_seconds(upstream_pid), time.monotonic()
+    cpu1, ups1, wall1 = cpu_seconds(proxy_pid), [cpu_seconds(pid) for pid in upstream_pids], time.monotonic()
     sys1, wrk1 = system_busy_seconds(), children_cpu_seconds()
     wall = max(wall1 - wall0, 1e-9)
-    ours = (cpu1 - cpu0) + (up1 - up0) + (wrk1 - wrk0)
+    upstreams = [after - before for before, after in zip(ups0, ups1, strict=True)]
+    ours = (cpu1 - cpu0) + sum(upstreams) + (wrk1 - wrk0)
     sample.other_cores = max(0.0, (sys1 - sys0) - ours) / wall
+    sample.load_cores = (sum(upstreams) + (wrk1 - wrk0)) / wall
     sample.proxy_cpu_util = (cpu1 - cpu0) / wall
     sample.calibration_ms = calibration
+    if sum(upstreams) > 0:
+        sample.upstream_shares = [u / sum(upstreams) for u in upstreams]
     if sample.requests:
         sample.proxy_cpu_ms = (cpu1 - cpu0) * 1e3 / sample.requests
-        sample.upstream_cpu_ms = (up1 - up0) * 1e3 / sample.requests
+        sample.upstream_cpu_ms = sum(upstreams) * 1e3 / sample.requests
     return sample
 
 
@@ -462,62 +511,80 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     mitmdump = mitmdump_path()
     lua = work / "report.lua"
     lua.write_text(WRK_LUA)
+    configs = selected(args)
+    processes = [p for p in PROCESSES if any(c.process == p for c in configs)]
 
-    upstream_port = free_port()
-    upstream_argv = [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", "bench-upstream"]
-    procs.start("upstream", upstream_argv, args.load_cpus)
-    wait_listening(procs, "upstream", upstream_port)
+    # UP1 serves a, b and d; UP2.. only d's pool. All are started once, before the first round,
+    # and all stay up (idle or not) until the end: every one is counted as the benchmark's own.
+    upstream_count = POOL_SIZE if "backworks-pool" in processes else 1
+    upstream_ports = free_ports(upstream_count)
+    upstream_argvs = []
+    for index, port in enumerate(upstream_ports):
+        argv = [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(port), "--name", upstream_name(index)]
+        upstream_argvs.append(argv)
+        procs.start(upstream_name(index), argv, args.load_cpus)
+    for index, port in enumerate(upstream_ports):
+        wait_listening(procs, upstream_name(index), port)
+    upstream_pids = [procs.running[upstream_name(i)].pid for i in range(upstream_count)]
 
-    blueprint = work / "bench-blueprint.yaml"
-    blueprint.write_text(yaml.safe_dump(bench_blueprint(upstream_port), sort_keys=False))
-    mode = f"reverse:http://{HOST}:{upstream_port}"
+    blueprints = {"backworks": work / "bench-blueprint.yaml", "backworks-pool": work / f"bench-blueprint-pool{POOL_SIZE}.yaml"}
+    blueprints["backworks"].write_text(yaml.safe_dump(bench_blueprint(upstream_ports[:1]), sort_keys=False))
+    if "backworks-pool" in processes:
+        blueprints["backworks-pool"].write_text(yaml.safe_dump(bench_blueprint(upstream_ports), sort_keys=False))
+    mode = f"reverse:http://{HOST}:{upstream_ports[0]}"
 
     def argv_for(process: str, port: int | str) -> list[str]:
         argv = [mitmdump, "--mode", mode, "-p", str(port), "--listen-host", HOST, "-q"]
-        if process == "backworks":
-            argv += ["-s", str(args.backworks / "backworks.py"), "--set", f"blueprint={blueprint}", "--set", "connection_strategy=lazy"]
+        if process in blueprints:
+            argv += ["-s", str(args.backworks / "backworks.py"), "--set", f"blueprint={blueprints[process]}", "--set", "connection_strategy=lazy"]
         return argv
 
-    commands = {
-        "upstream": upstream_argv,
-        "bare": argv_for("bare", "PORT"),
-        "backworks": argv_for("backworks", "PORT"),
-        "wrk": ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{round(args.duration)}s", "--timeout", "5s", "-s", "report.lua", "URL"],
-    }
+    commands: dict[str, list[str]] = {upstream_name(i): argv for i, argv in enumerate(upstream_argvs)}
+    commands.update({process: argv_for(process, "PORT") for process in processes})
+    commands["wrk"] = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{round(args.duration)}s", "--timeout", "5s", "-s", "report.lua", "URL"]
     for name, argv in commands.items():
         print(f"{name}: {' '.join(argv)}", flush=True)
     print(f"backworks code: {describe_checkout(args.backworks)}", flush=True)
     if args.proxy_cpus:
         print(
-            f"pinned: mitmdump on CPU {','.join(map(str, sorted(args.proxy_cpus)))}; upstream and wrk on CPU "
-            f"{','.join(map(str, sorted(args.load_cpus or ())))} (--no-pin to let the scheduler place them)",
+            f"pinned: mitmdump on CPU {','.join(map(str, sorted(args.proxy_cpus)))}; the {upstream_count} upstream(s) and wrk "
+            f"on CPU {','.join(map(str, sorted(args.load_cpus or ())))} (--no-pin to let the scheduler place them)",
             flush=True,
         )
     if args.print_blueprint:
-        print(f"\n# {blueprint}\n{blueprint.read_text()}", flush=True)
+        for process in processes:
+            if process in blueprints:
+                print(f"\n# {blueprints[process]}\n{blueprints[process].read_text()}", flush=True)
     print(flush=True)
 
+    def check(config: Config, process: str, url: str) -> None:
+        tries = 1 if config.key != "d" else 2 * POOL_SIZE  # round_robin: every target within POOL_SIZE
+        answers = []
+        for _ in range(tries):
+            try:
+                answers.append(fetch(url))
+            except OSError as exc:
+                time.sleep(0.5)  # let a crashing process finish writing its log
+                raise BenchError(f"{config.key} ({config.label}): GET {url} failed: {exc}\n{procs.log_tail(process)}") from None
+        if config.key == "d":
+            problem = _check_pool(answers, [upstream_name(i) for i in range(upstream_count)])
+        else:
+            problem = config.check(*answers[0])
+        if problem:
+            raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
+
     for round_no in range(1, args.rounds + 1):
-        for process in ("bare", "backworks"):
+        for process in processes:
             port = free_port()
             procs.start(process, argv_for(process, port), args.proxy_cpus)
             try:
                 wait_listening(procs, process, port)
-                for config in (c for c in CONFIGS if c.process == process):
+                for config in (c for c in configs if c.process == process):
                     url = f"http://{HOST}:{port}{config.path}"
-                    try:
-                        status, headers, body = fetch(url)
-                    except OSError as exc:
-                        time.sleep(0.5)  # let a crashing process finish writing its log
-                        raise BenchError(
-                            f"{config.key} ({config.label}): GET {url} failed: {exc}\n{procs.log_tail(process)}"
-                        ) from None
-                    problem = config.check(status, headers, body)
-                    if problem:
-                        raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
+                    check(config, process, url)
                     if args.warmup > 0:
                         run_wrk(url, args.warmup, args.connections, args.threads, lua, args.load_cpus)
-                    sample = measure_one(url, args, lua, procs.running[process].pid, procs.running["upstream"].pid)
+                    sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids)
                     for retry in range(1, args.noise_retries + 1):
                         if sample.other_cores <= args.max_other_load:
                             break
@@ -528,15 +595,23 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                             flush=True,
                         )
                         time.sleep(args.noise_pause)
-                        sample = measure_one(url, args, lua, procs.running[process].pid, procs.running["upstream"].pid)
-                    if procs.running[process].poll() is not None:
-                        raise BenchError(f"{process} died during the run:\n{procs.log_tail(process)}")
+                        sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids)
+                    for name in (process, *(upstream_name(i) for i in range(upstream_count))):
+                        if procs.running[name].poll() is not None:
+                            raise BenchError(f"{name} died during the run:\n{procs.log_tail(name)}")
                     results.samples[config.key].append(sample)
+                    split = (
+                        "  upstream CPU split " + "/".join(f"{share:.0%}" for share in sample.upstream_shares)
+                        if config.key == "d" and sample.upstream_shares
+                        else ""
+                    )
                     print(
                         f"round {round_no}/{args.rounds}  {config.key}  {config.label:<30} "
                         f"{sample.rps:8.1f} req/s  p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms  "
                         f"mitmdump CPU {sample.proxy_cpu_ms:5.3f} ms/req ({sample.proxy_cpu_util:4.0%} of a core)"
-                        + f"  other load {sample.other_cores:.2f} cores  calibration {sample.calibration_ms:.1f} ms"
+                        + f"  upstreams+wrk {sample.load_cores:.2f} cores  other load {sample.other_cores:.2f} cores"
+                        + f"  calibration {sample.calibration_ms:.1f} ms"
+                        + split
                         + (f"  ERRORS {sample.errors}" if sample.errors else ""),
                         flush=True,
                     )
@@ -546,9 +621,15 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     return commands
 
 
+def selected(args: argparse.Namespace) -> list[Config]:
+    return [c for c in CONFIGS if c.key in args.configs]
+
+
 def report(args: argparse.Namespace, env: dict[str, str], results: Results, commands: dict[str, list[str]]) -> dict[str, object]:
+    configs = selected(args)
+    others = [c.key for c in configs if c.key != "a"]
     med: dict[str, dict[str, float]] = {}
-    for config in CONFIGS:
+    for config in configs:
         samples = results.samples[config.key]
         med[config.key] = {
             "rps": statistics.median(s.rps for s in samples),
@@ -560,10 +641,11 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
             "proxy_cpu_ms": statistics.median(s.proxy_cpu_ms for s in samples),
             "proxy_cpu_util": statistics.median(s.proxy_cpu_util for s in samples),
             "upstream_cpu_ms": statistics.median(s.upstream_cpu_ms for s in samples),
+            "load_cores": statistics.median(s.load_cores for s in samples),
         }
     bare = med["a"]["rps"]
     round_ratios = {
-        key: [b.rps / a.rps for a, b in zip(results.samples["a"], results.samples[key], strict=True)] for key in ("b", "c")
+        key: [b.rps / a.rps for a, b in zip(results.samples["a"], results.samples[key], strict=True)] for key in others
     }
 
     print()
@@ -578,53 +660,75 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
     print()
     header = (
         f"{'':1} | {'configuration':<30} | {'req/s':>8} | {'min..max req/s':>15} | "
-        f"{'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'CPU ms/req':>10} | {'vs bare':>7}"
+        f"{'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'CPU ms/req':>10} | {'load cores':>10} | {'vs bare':>7}"
     )
     print(header)
     print("-" * len(header))
-    for config in CONFIGS:
+    for config in configs:
         m = med[config.key]
         ratio = m["rps"] / bare if bare else float("nan")
         span = f"{m['rps_min']:.0f}..{m['rps_max']:.0f}"
         print(
             f"{config.key:1} | {config.label:<30} | {m['rps']:>8.1f} | {span:>15} | "
             f"{m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f} | {int(m['errors']):>6} | "
-            f"{m['proxy_cpu_ms']:>10.3f} | {ratio:>7.2f}"
+            f"{m['proxy_cpu_ms']:>10.3f} | {m['load_cores']:>10.2f} | {ratio:>7.2f}"
         )
     print()
     print(
         "CPU ms/req: CPU time (user+system) of the mitmdump process per request, median over rounds; "
         "mitmdump runs on one core, so req/s <= 1000 / CPU ms/req."
     )
+    load_cpus = len(args.load_cpus) if args.load_cpus else None
+    print(
+        "load cores: CPU busy in the upstreams and wrk together, median over rounds"
+        + (
+            f"; they are pinned to {load_cpus} CPU(s), so a figure near {load_cpus} means the load side, "
+            "not mitmdump, limited the rate"
+            if load_cpus
+            else ""
+        )
+        + "."
+    )
     print()
+    what = {"b": "proxy", "c": "static", "d": "pool3"}
     verdicts: dict[str, bool] = {}
-    for key, what in (("b", "proxy"), ("c", "static")):
+    for key in others:
         ratio = med[key]["rps"] / bare if bare else float("nan")
         per_round = ", ".join(f"{r:.2f}" for r in round_ratios[key])
         meets = ratio >= TARGET_RATIO
         verdicts[key] = meets
         print(
-            f"ratio {key}/a ({what:<6}) = {ratio:.2f}   per round: {per_round} (median {statistics.median(round_ratios[key]):.2f})   "
+            f"ratio {key}/a ({what[key]:<6}) = {ratio:.2f}   per round: {per_round} (median {statistics.median(round_ratios[key]):.2f})   "
             f"target >= {TARGET_RATIO:.2f}: {'MET' if meets else 'NOT MET'}"
         )
+    pool_vs_single: list[float] = []
+    if "b" in med and "d" in med:
+        pool_vs_single = [d.rps / b.rps for b, d in zip(results.samples["b"], results.samples["d"], strict=True)]
+        print(
+            f"ratio d/b (pool of {POOL_SIZE} / pool of 1, both Backworks) = {med['d']['rps'] / med['b']['rps']:.2f}   "
+            f"per round: {', '.join(f'{r:.2f}' for r in pool_vs_single)} (median {statistics.median(pool_vs_single):.2f})"
+        )
+    if "d" in results.samples and results.samples["d"] and results.samples["d"][0].upstream_shares:
+        shares = [statistics.median(s.upstream_shares[i] for s in results.samples["d"]) for i in range(POOL_SIZE)]
+        print(f"d: each upstream's share of the upstreams' CPU, median over rounds: {' / '.join(f'{x:.0%}' for x in shares)}")
     quiet = [
         i
         for i in range(len(results.samples["a"]))
-        if all(results.samples[c.key][i].other_cores <= args.max_other_load for c in CONFIGS)
+        if all(results.samples[c.key][i].other_cores <= args.max_other_load for c in configs)
     ]
-    if quiet and len(quiet) < len(results.samples["a"]):
+    if quiet and len(quiet) < len(results.samples["a"]) and others:
         print(
             f"quiet rounds only ({len(quiet)} of {len(results.samples['a'])}, other load <= {args.max_other_load:g} "
-            "cores in all three): median per-round ratio "
-            + ", ".join(f"{key}/a {statistics.median(round_ratios[key][i] for i in quiet):.2f}" for key in ("b", "c"))
+            f"cores in all {len(configs)}): median per-round ratio "
+            + ", ".join(f"{key}/a {statistics.median(round_ratios[key][i] for i in quiet):.2f}" for key in others)
         )
-    cpu_ratios = {key: med["a"]["proxy_cpu_ms"] / med[key]["proxy_cpu_ms"] for key in ("b", "c") if med[key]["proxy_cpu_ms"]}
+    cpu_ratios = {key: med["a"]["proxy_cpu_ms"] / med[key]["proxy_cpu_ms"] for key in others if med[key]["proxy_cpu_ms"]}
     if cpu_ratios:
         print(
             "CPU view: bare mitmdump CPU per request / this one's (the capacity ratio while mitmdump is CPU-bound) = "
             + ", ".join(f"{key}/a {ratio:.2f}" for key, ratio in cpu_ratios.items())
         )
-    noisy = [s.other_cores for samples in results.samples.values() for s in samples]
+    noisy = [s.other_cores for c in configs for s in results.samples[c.key]]
     over = sum(1 for n in noisy if n > args.max_other_load)
     print(
         f"other load on the machine during the kept measurements: median {statistics.median(noisy):.2f}, "
@@ -636,7 +740,7 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
             else " (quiet)"
         )
     )
-    calibrations = [s.calibration_ms for samples in results.samples.values() for s in samples]
+    calibrations = [s.calibration_ms for c in configs for s in results.samples[c.key]]
     spread = max(calibrations) / min(calibrations) - 1 if min(calibrations) > 0 else 0.0
     print(
         f"CPU speed check (fixed loop on mitmdump's CPU before each measurement): {min(calibrations):.1f}..{max(calibrations):.1f} ms"
@@ -649,18 +753,24 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
     )
     if any(m["errors"] for m in med.values()):
         print("WARNING: some requests failed (socket errors or non-2xx/3xx answers); see the per-round lines")
+    ratios: dict[str, float | None] = {f"{key}/a": med[key]["rps"] / bare if bare else None for key in others}
+    if pool_vs_single:
+        ratios["d/b"] = med["d"]["rps"] / med["b"]["rps"]
     return {
         "environment": env,
         "commands": commands,
         "backworks": describe_checkout(args.backworks),
-        "parameters": {k: getattr(args, k) for k in ("duration", "warmup", "connections", "threads", "rounds", "max_other_load", "noise_retries", "pin")},
+        "parameters": {
+            k: getattr(args, k)
+            for k in ("duration", "warmup", "connections", "threads", "rounds", "max_other_load", "noise_retries", "pin", "configs")
+        },
         "medians": med,
-        "ratios": {"b/a": med["b"]["rps"] / bare if bare else None, "c/a": med["c"]["rps"] / bare if bare else None},
+        "ratios": ratios,
         "cpu_ratios": cpu_ratios,
-        "round_ratios": round_ratios,
+        "round_ratios": {**round_ratios, **({"d/b": pool_vs_single} if pool_vs_single else {})},
         "target_ratio": TARGET_RATIO,
         "target_met": verdicts,
-        "samples": {k: [asdict(s) for s in v] for k, v in results.samples.items()},
+        "samples": {c.key: [asdict(s) for s in results.samples[c.key]] for c in configs},
     }
 
 
@@ -670,7 +780,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2, help="seconds of discarded load first (default 2; 0: none)")
     parser.add_argument("--connections", type=int, default=8, help="wrk keep-alive connections (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leave the cores to the proxy)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds a,b,c (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds a,b,c,d (default 3)")
+    parser.add_argument(
+        "--configs",
+        default="abcd",
+        help="which configurations to measure, e.g. abc to leave out the pool of 3 (default abcd; a is always measured)",
+    )
     parser.add_argument(
         "--max-other-load",
         type=float,
@@ -686,7 +801,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="pin mitmdump to one CPU and the upstream and wrk to the others, the same for every "
+        help="pin mitmdump to one CPU and the upstreams and wrk to the others, the same for every "
         "configuration (default: on when there are 2 or more CPUs)",
     )
     parser.add_argument(
@@ -705,6 +820,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("bounds: 0 <= --noise-retries <= 5, 0 <= --noise-pause <= 60")
     if not (1 <= args.threads <= args.connections <= 1000):
         parser.error("bounds: 1 <= --threads <= --connections <= 1000")
+    unknown = set(args.configs) - {c.key for c in CONFIGS}
+    if unknown:
+        parser.error(f"--configs: unknown configuration(s) {''.join(sorted(unknown))} (choose from {''.join(c.key for c in CONFIGS)})")
+    args.configs = "a" + "".join(c.key for c in CONFIGS if c.key in args.configs and c.key != "a")
     args.backworks = args.backworks.resolve()
     if not (args.backworks / "backworks.py").is_file():
         parser.error(f"--backworks {args.backworks}: no backworks.py there")
