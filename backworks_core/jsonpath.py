@@ -391,24 +391,34 @@ def rename(doc: Any, source: Path, target: Path) -> Outcome:
     else:
         containers = find(doc, source[: last_each + 1])
     src, tgt = source[last_each + 1 :], target[last_each + 1 :]
+    same_parent = src[:-1] == tgt[:-1]  # decided once: `[*]` may run this per array element
     for container in containers:
-        _move(container, src, tgt, outcome)
+        _move(container, src, tgt, same_parent, outcome)
     return outcome
 
 
-def _move(doc: Any, source: Path, target: Path, outcome: Outcome) -> None:
-    parents = find(doc, source[:-1])
-    if not parents:
-        return
-    parent, key = parents[0], source[-1].name  # type: ignore[union-attr]
+def _move(doc: Any, source: Path, target: Path, same_parent: bool, outcome: Outcome) -> None:
+    if len(source) == 1:
+        parent = doc
+    else:
+        parents = find(doc, source[:-1])
+        if not parents:
+            return
+        parent = parents[0]
+    key = source[-1].name  # type: ignore[union-attr]
     if not isinstance(parent, dict) or key not in parent:
         return
     new_key = target[-1].name  # type: ignore[union-attr]
-    if source[:-1] == target[:-1]:
-        # A plain key rename: rebuild the object so the member keeps its position.
-        items = [(new_key if k == key else k, v) for k, v in parent.items() if k != new_key]
-        parent.clear()
-        parent.update(items)
+    if same_parent:
+        if key == new_key:
+            return
+        if next(reversed(parent)) == key:  # the last member: no rebuild needed to keep its place
+            parent.pop(new_key, None)
+            parent[new_key] = parent.pop(key)
+        else:  # rebuild the object so the member keeps its position
+            items = [(new_key if k == key else k, v) for k, v in parent.items() if k != new_key]
+            parent.clear()
+            parent.update(items)
         outcome.changed += 1
         return
     result = set_value(doc, target, parent[key])
