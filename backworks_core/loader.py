@@ -29,6 +29,7 @@ from backworks_core.model import (
 from backworks_core.plugins import PluginRegistry, Section
 from backworks_core.router import Route, check_routes, parse_template
 from backworks_core.source import SourceDocument, load_file
+from backworks_core.transforms import EndpointTransform
 from backworks_core.validation import did_you_mean, validate_section
 
 PYTHON_HANDLER = "python"

@@ -9,9 +9,12 @@ Decisions, in one place (the blueprint format documents them):
 * Templates (`{{path.id}}`, `{{query.x}}`, `{{header.X}}`, `{{auth.sub}}`, `{{now}}`,
   `{{uuid}}`, `{{env.X}}`) are allowed in header values, query `set` values and string
   values of `body.set`; nowhere else (names, paths, regex replacements are literal).
-  Rendering is single-pass, so request data is never evaluated again. Every template of one
-  `apply_request`/`apply_response` renders before anything is changed: templates read the
-  message as it reached this transform, and a refused value leaves the message untouched.
+  Rendering is single-pass, so request data is never evaluated again. Templates read the
+  request as the handler received it (the client's, after middlewares), whatever an earlier
+  transform in a chain changed. Every template of one `apply_request`/`apply_response` renders
+  before anything is changed, so a refused value leaves the message untouched.
+* `Content-Length` and `Transfer-Encoding` cannot be named in header operations: Backworks
+  keeps them true to the body it sends.
 * A rendered header or query value holding CR, LF or NUL raises ValueError (the caller
   answers 400 for a request, 502 for a response). Header names must be HTTP tokens.
 * Headers: remove, then rename (one after another, in the order written), then set (set
@@ -99,9 +102,14 @@ _UNSAFE_IN_PATH = re.compile(r"[\s?#\x00-\x1f\x7f]")
 # ------------------------------------------------------------------------ validators
 
 
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
 def _header_name(name: str) -> str:
     if not _TOKEN_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not a valid header name")
+    if name.lower() in FRAMING_HEADERS:
+        raise ValueError(f"{name} is kept true to the body by Backworks and cannot be set, removed or renamed")
     return name
 
 

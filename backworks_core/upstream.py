@@ -16,6 +16,7 @@ from typing import Literal
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 FailureKind = Literal["connect_failure", "timeout", "reset", "protocol"]
 
@@ -180,7 +181,7 @@ class UpstreamClient:
             async with asyncio.timeout(None if streaming_request else timeout):
                 response = await session.request(
                     method,
-                    url,
+                    URL(url, encoded=True),  # the path and query go as they are, not re-normalised
                     headers=CIMultiDict(headers),
                     data=body if body else None,
                     allow_redirects=False,

@@ -214,3 +214,15 @@ def test_retry_on_status_and_the_flow_comment(tmp_path: Path, make_upstream, sta
     flows = json.loads(request("GET", "/flows", port=web_port, headers=headers).body)
     comment = flows[-1]["comment"]
     assert "target=good" in comment and "attempts=2" in comment and "failover=busy>good" in comment, comment
+
+
+def test_the_path_and_query_reach_the_upstream_byte_for_byte(tmp_path: Path, make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    async def raw(req: web.Request) -> web.StreamResponse:
+        return web.json_response({"raw": req.raw_path})
+
+    upstream = make_upstream("raw", raw_routes={"/raw/a/b": raw})
+    proxy = start_proxy(pool_blueprint(tmp_path, [(upstream.name, upstream.url, 1)]))
+    # Escapes that need none, an encoded slash and an encoded `/` in the query are not re-normalised.
+    reply = proxy.get("/r%61w/a%2Fb?q=%2F&x=%41+b")
+    assert reply.status == 200, reply.body
+    assert reply.json == {"raw": "/r%61w/a%2Fb?q=%2F&x=%41+b"}
