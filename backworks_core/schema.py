@@ -100,7 +100,10 @@ def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     sections = dict(CORE_SECTIONS)
     sections.update({name: section for name, (_, section) in registry.sections.items()})
     endpoint_def = defs["EndpointSettings"]
-    endpoint_def["properties"]["transform"] = _inline(EndpointTransform, defs)
+    endpoint_def["properties"]["transform"] = {
+        "description": "endpoint-level transforms: {request: …, response: …}",
+        "anyOf": [_inline(EndpointTransform, defs), {"type": "null"}],
+    }
     endpoint_def["properties"]["config"] = {
         "type": "object",
         "description": "the handler's settings, under the handler's name",
