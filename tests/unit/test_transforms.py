@@ -17,7 +17,6 @@ from typing import Any
 
 import brotli
 import pytest
-import zstandard
 from mitmproxy import http
 from mitmproxy.test import tutils
 from pydantic import ValidationError
@@ -544,12 +543,32 @@ def test_replace_in_a_declared_charset() -> None:
 # -- compressed bodies and Content-Length ---------------------------------------------------
 
 
+def _zstd_module():  # type: ignore[no-untyped-def]
+    """mitmproxy 11 depends on `zstandard`, mitmproxy 12 on `backports.zstd` (Python 3.14's `compression.zstd`)."""
+    try:
+        import zstandard
+
+        return zstandard
+    except ImportError:
+        try:
+            from compression import zstd  # type: ignore[import-not-found]
+        except ImportError:
+            from backports import zstd  # type: ignore[no-redef]
+        return zstd
+
+
 def _zstd(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor().compress(data)
+    module = _zstd_module()
+    if module.__name__ == "zstandard":
+        return module.ZstdCompressor().compress(data)
+    return module.compress(data)
 
 
 def _unzstd(data: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().stream_reader(data).read()
+    module = _zstd_module()
+    if module.__name__ == "zstandard":
+        return module.ZstdDecompressor().stream_reader(data).read()
+    return module.decompress(data)
 
 
 CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
