@@ -39,8 +39,8 @@ CORE_SECTIONS: Mapping[str, Section] = {
     "python": Section(PythonConfig, PYTHON_HANDLER),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
-PLANNED_PLUGINS = frozenset({"auth", "metrics", "capture", "rate_limit", "cors"})
-PLANNED_HANDLERS = frozenset({"mock", "metrics", "auth.register", "auth.login", "auth.validate"})
+PLANNED_PLUGINS = frozenset({"metrics", "capture", "rate_limit", "cors"})
+PLANNED_HANDLERS = frozenset({"mock", "metrics"})
 
 
 @dataclass(frozen=True)

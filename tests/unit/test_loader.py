@@ -405,7 +405,7 @@ def test_unknown_plugin_with_suggestion(project, load_errors):
     )
     assert diagnostic_lines(load_errors(path)) == [
         f"{path}:3:3: plugins.proxi: unknown plugin 'proxi'; did you mean 'proxy'?",
-        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: proxy, transform)",
+        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, proxy, transform)",
     ]
 
 
@@ -414,8 +414,8 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
         name: x
         plugins:
-          - type: auth
-            config: {jwt_secret: s}
+          - type: metrics
+            config: {}
         middlewares:
           - {name: rl, plugin: rate_limit, config: {requests: 5}}
         endpoints:
@@ -423,7 +423,7 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
     )
     assert diagnostic_lines(load_errors(path)) == [
-        f"{path}:3:5: plugins[0].type: plugin 'auth' is not available in this version of Backworks yet",
+        f"{path}:3:5: plugins[0].type: plugin 'metrics' is not available in this version of Backworks yet",
         f"{path}:6:16: middlewares[0].plugin: plugin 'rate_limit' is not available in this version of Backworks yet",
     ]
 
@@ -438,7 +438,7 @@ def test_unknown_handler_with_suggestion(project, load_errors):
     )
     (error,) = load_errors(path)
     assert (error.line, error.col, error.key_path) == (3, 25, "endpoints[0].handler")
-    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of proxy, static, ")
+    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of auth.login, auth.register, auth.validate, proxy, static, ")
 
 
 def test_config_section_for_the_wrong_handler(project, load_errors):
@@ -552,7 +552,7 @@ def test_middleware_errors(project, discovered, load_errors):
     assert diagnostic_lines(load_errors(path, registry_=discovered)) == [
         f"{path}:3:57: middlewares[0].config.methods: unknown HTTP method 'FETCH'",
         f"{path}:4:12: middlewares[1].name: middleware name 'a' is already used by middlewares[0]",
-        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: tagger, transform)",
+        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: auth, tagger, transform)",
         f"{path}:6:39: middlewares[3].config.tag: required key 'tag' is missing",
         f"{path}:6:40: middlewares[3].config.tga: unknown key 'tga'; did you mean 'tag'?",
         f"{path}:8:56: endpoints[0].middleware[1]: no middleware named 'tt'; did you mean 't'?",
