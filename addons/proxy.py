@@ -583,10 +583,15 @@ class ProxyHandler:
                     or not policy.retryable(outcome, method)
                     or (isinstance(body, BodyStream) and body.started)  # what was sent cannot be sent again
                     or deadline - loop.time() <= 0
-                    or not pool.budget.try_acquire()
                 ):
                     break
-                holds_retry = True
+                # The budget keeps retries from multiplying the load on struggling upstreams. A
+                # refused connection put no load anywhere, so failing over from it is not counted.
+                if outcome != "connect_failure":
+                    if not pool.budget.try_acquire():
+                        logger.info("[%s] %s: no retry after try %d: the pool's retry budget is spent", ctx.request_id, ctx.endpoint.label, len(tried))
+                        break
+                    holds_retry = True
                 pause = min(policy.delay(retries_done + 1, self.rng), max(0.0, deadline - loop.time()))
                 if pause:
                     await self.sleep(pause)

@@ -80,8 +80,9 @@ def test_policy_resolution_order() -> None:
 class ScriptedUpstream:
     """Stands in for the network (not for the handler under test): fails the first try, records the budget."""
 
-    def __init__(self, pool) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pool, first_failure: str = "reset") -> None:  # type: ignore[no-untyped-def]
         self.pool = pool
+        self.first_failure = first_failure
         self.budget_seen: list[int] = []
 
     async def send(self, method, url, headers, body, *, timeout, ssl_context=None, buffer_limit=None):  # type: ignore[no-untyped-def]
@@ -89,7 +90,7 @@ class ScriptedUpstream:
 
         self.budget_seen.append(self.pool.budget.active_retries)
         if len(self.budget_seen) == 1:
-            raise UpstreamError("reset", "connection lost")
+            raise UpstreamError(self.first_failure, "connection lost")  # type: ignore[arg-type]
         return UpstreamReply(200, "OK", [(b"content-type", b"text/plain")], b"ok", 0.0)
 
 
@@ -115,3 +116,30 @@ async def test_a_retry_holds_its_budget_slot_while_it_runs(project, compile_gate
     assert upstream.budget_seen == [0, 1]  # the retry counted while it ran, even with no backoff
     assert handler.pool.budget.active_retries == 0 and handler.pool.budget.active_requests == 0
     assert "failover=a>b" in flow.comment
+
+
+async def test_failing_over_from_a_refused_connection_is_not_held_to_the_budget(project, compile_gateway, send) -> None:  # type: ignore[no-untyped-def]
+    path = project.blueprint(
+        """
+        name: budget
+        plugins:
+          proxy:
+            config:
+              targets: [{name: a, url: "http://127.0.0.1:1"}, {name: b, url: "http://127.0.0.1:2"}]
+              retries: {attempts: 1, retry_on: [connect_failure, reset], backoff: 0, min_retry_concurrency: 0}
+        endpoints:
+          - {path: /x, handler: proxy}
+        """
+    )
+    gateway = compile_gateway(path)
+    handler = gateway.endpoints[0].handler
+    # A budget with no room: a reset is not retried, a refused connection still fails over.
+    upstream = ScriptedUpstream(handler.pool, first_failure="reset")
+    handler.client = upstream
+    flow = await send(gateway, "GET", "/x")
+    assert flow.response.status_code == 502 and upstream.budget_seen == [0]
+    upstream = ScriptedUpstream(handler.pool, first_failure="connect_failure")
+    handler.client = upstream
+    flow = await send(gateway, "GET", "/x")
+    assert flow.response.status_code == 200 and upstream.budget_seen == [0, 0]
+    assert handler.pool.budget.active_retries == 0
