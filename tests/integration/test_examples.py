@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT
+from tests.integration.harness import ROOT, Reply
 
 pytestmark = pytest.mark.integration
 
@@ -26,3 +30,70 @@ def test_proxy_advanced_balances_one_two_one_and_fails_over(make_upstream, start
     after = Counter(proxy.get("/api/products").json["upstream"] for _ in range(8))
     assert set(after) == {"backend-1", "backend-3"} and sum(after.values()) == 8
     assert proxy.get("/health").json["status"] == "healthy"
+
+
+def test_auth_api_register_login_roles_and_validate(tmp_path: Path, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    """The README's walk-through: a registered user reads but may not write; the seeded admin writes."""
+    example = ROOT / "blueprints" / "auth-api"
+    env = {"JWT_SECRET": "integration-test-secret-of-at-least-32-bytes", "AUTH_USERS_FILE": str(tmp_path / "users.json")}
+    proxy = start_proxy(example / "blueprint.yaml", env=env)
+
+    def call(method: str, path: str, token: str | None = None, body: object = None) -> Reply:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return proxy.send(method, path, body=None if body is None else json.dumps(body), headers=headers)
+
+    alice = {"username": "alice", "password": "alice-password", "email": "alice@example.com"}
+    registered = call("POST", "/api/auth/register", body=alice)
+    assert registered.status == 201, registered.body
+    assert registered.json["message"] == "User registered successfully"
+    assert registered.json["user"]["roles"] == ["user"] and registered.json["token"].startswith("eyJ")
+    assert "password_hash" not in registered.json["user"]
+
+    login = call("POST", "/api/auth/login", body={"username": "alice", "password": "alice-password"})
+    assert login.status == 200 and login.json["message"] == "Login successful"
+    user_token = login.json["token"]
+
+    listed = call("GET", "/api/resources", user_token)
+    assert listed.status == 200
+    assert listed.json["count"] == 2 and [r["id"] for r in listed.json["resources"]] == [1, 2]
+
+    roadmap = {"name": "Roadmap", "description": "What comes next"}
+    refused = call("POST", "/api/resources", user_token, roadmap)
+    assert refused.status == 403
+    assert refused.json["error"] == "insufficient permissions: requires one of the roles admin"
+    assert (refused.header("WWW-Authenticate") or "").startswith('Bearer error="insufficient_scope"')
+
+    seeded = subprocess.run(
+        [sys.executable, str(example / "seed_admin.py")],
+        env={**os.environ, **env, "ADMIN_PASSWORD": "admin-demo-password"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    admin_login = call("POST", "/api/auth/login", body={"username": "admin", "password": "admin-demo-password"})
+    assert admin_login.status == 200 and admin_login.json["user"]["roles"] == ["user", "admin"]
+    admin_token = admin_login.json["token"]
+
+    created = call("POST", "/api/resources", admin_token, roadmap)
+    assert created.status == 201, created.body
+    assert created.json["resource"] | roadmap == created.json["resource"]
+    assert (created.json["resource"]["id"], created.json["resource"]["created_by"]) == (3, "admin")
+    assert call("GET", "/api/resources/3", user_token).json["resource"]["name"] == "Roadmap"
+
+    valid = call("GET", "/api/auth/validate", user_token)
+    assert valid.status == 200 and valid.json["message"] == "Token is valid"
+    assert (valid.json["user"]["username"], valid.json["user"]["roles"]) == ("alice", ["user"])
+    assert call("GET", "/api/auth/validate", admin_token).json["user"]["roles"] == ["user", "admin"]
+
+    # the rest of the README: invalid or missing tokens are 401; writes on one resource are admin-only too
+    assert call("GET", "/api/auth/validate", "not-a-token").status == 401
+    assert call("GET", "/api/resources").status == 401
+    assert call("DELETE", "/api/resources/3", user_token).status == 403
+    updated = call("PUT", "/api/resources/3", admin_token, {"description": "Plans for the next quarter"})
+    assert updated.status == 200 and updated.json["resource"]["description"] == "Plans for the next quarter"
+    assert call("DELETE", "/api/resources/3", admin_token).status == 200
+    assert call("GET", "/api/resources/3", user_token).status == 404
+    # the users file holds hashes only, never the passwords
+    stored = (tmp_path / "users.json").read_text()
+    assert "alice-password" not in stored and "admin-demo-password" not in stored
