@@ -67,6 +67,7 @@ import os
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
@@ -304,6 +305,10 @@ class AuthConfig(StrictModel):
     issuer: str | None = Field(None, min_length=1, description="`iss` issued and required")
     audience: str | list[str] | None = Field(None, description="`aud` issued and required (any one of a list)")
     leeway: Duration = Field(0.0, description="clock skew allowed on exp, nbf and iat")
+    verified_cache_size: int = Field(1024, ge=0, description="verified tokens remembered (LRU), so a repeated token skips verification; 0 = off")
+    verified_cache_ttl: PositiveDuration = Field(
+        60.0, description="a verified token is remembered at most this long (and never past its exp + leeway)"
+    )
     required_claims: list[ClaimName] = Field(default_factory=list, description="claims a token must carry (exp and sub always)")
     roles_claim: ClaimName = "roles"
     permissions_claim: ClaimName = "permissions"
@@ -1088,7 +1093,20 @@ STATE_KEY = "auth"  # ctx.state: the identity this plugin verified for the reque
 
 
 class Authenticator:
-    """A config's verifier with its keys: what the middleware and the auth.* handlers use."""
+    """A config's verifier with its keys: what the middleware and the auth.* handlers use.
+
+    Verified tokens are cached (`verified_cache_size` entries, LRU; 0 turns the cache off),
+    because checking an RS*/ES* signature costs 100–200 microseconds and a client sends
+    the same token with every request. The key is the sha256 of the whole token string, so any
+    change to a token (a tampered byte, another signature) is a miss and is verified in full;
+    only successful verifications are cached, never rejections. An entry is good until
+    min(exp + leeway, time cached + `verified_cache_ttl`) on this Authenticator's clock; a
+    lookup at or after that time is a miss and drops the entry. The TTL bounds how long a
+    token keeps working after its key is removed from the JWKS (or the key file replaced): a
+    cache hit does not look at the keys again. A hit returns a fresh copy of the claims (parsed
+    again from the compact JSON kept in the cache, cheaper than copy.deepcopy), so a caller
+    changing them cannot change what later requests see.
+    """
 
     def __init__(
         self,
@@ -1112,13 +1130,38 @@ class Authenticator:
             else None
         )
         self.verifier = Verifier(config, KeyRing(config, self.jwks), clock)
+        self.clock = clock
+        # sha256(token) -> (compact JSON of the claims, valid until); oldest use first
+        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """Claims of a genuine token; the JWKS is fetched first when the token needs it."""
+        """Claims of a genuine token; the JWKS is fetched first when the token needs it.
+
+        A token verified before, and still in the cache, is not verified again (see the class).
+        """
+        size = self.config.verified_cache_size
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest() if size and isinstance(token, str) else None
+        if digest is not None:
+            entry = self._verified.get(digest)
+            if entry is not None:
+                if self.clock() < entry[1]:
+                    self._verified.move_to_end(digest)
+                    return json.loads(entry[0])  # type: ignore[no-any-return]
+                del self._verified[digest]
         parsed = self.verifier.parse(token)
         if self.jwks is not None and parsed.algorithm in ASYMMETRIC_ALGORITHMS:
             await self.jwks.ensure(parsed.kid)
-        return self.verifier.check(parsed)
+        claims = self.verifier.check(parsed)
+        if digest is not None:
+            now, leeway = self.clock(), self.config.leeway
+            valid_until = now + self.config.verified_cache_ttl
+            if claims["exp"] < valid_until - leeway:  # compared, never added: exp may be a huge int
+                valid_until = claims["exp"] + leeway
+            self._verified[digest] = (json.dumps(claims, separators=(",", ":")), valid_until)
+            self._verified.move_to_end(digest)
+            while len(self._verified) > size:
+                self._verified.popitem(last=False)
+        return claims
 
     async def authenticate(self, token: str) -> Identity:
         return self.verifier.identity(await self.verify(token))

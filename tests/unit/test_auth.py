@@ -802,7 +802,10 @@ def test_parse_jwks_keeps_only_public_signing_keys(keys: Keys, caplog: pytest.Lo
 async def test_jwks_refresh_is_bounded(keys: Keys) -> None:
     clock = Clock(0.0)
     issuer = FakeIssuer(jwks_document(("k1", keys.private["rsa"])))
-    config = make_config(keys, jwks_url="https://issuer.example/jwks", algorithms=["RS256"], jwks_min_interval=30, jwks_max_age=600)
+    # verified_cache_size=0: every verify looks at the keys (a cache hit would skip the JWKS)
+    config = make_config(
+        keys, jwks_url="https://issuer.example/jwks", algorithms=["RS256"], jwks_min_interval=30, jwks_max_age=600, verified_cache_size=0
+    )
     authenticator = Authenticator(config, clock=Clock(NOW), monotonic=clock, fetch=issuer)
     token_k1 = encode(claims(), keys.private["rsa"], "RS256", {"kid": "k1"})
     assert (await authenticator.verify(token_k1))["sub"] == "alice"
@@ -1117,3 +1120,160 @@ def test_interop_jwks_written_by_jwcrypto(keys: Keys) -> None:
         key_set.add(jose_jwk.JWK(**{**exported, "kid": kid}))
     parsed = parse_jwks(key_set.export(private_keys=False).encode())
     assert sorted((k.kid, describe_key(k.key)) for k in parsed) == [("e1", "EC P-256"), ("o1", "Ed25519"), ("r1", "RSA 2048")]
+
+
+# -- the cache of verified tokens --------------------------------------------------------------
+
+
+class CountingVerifier:
+    """Wraps an Authenticator's verifier.check and counts the full verifications."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.calls = 0
+        check = authenticator.verifier.check
+
+        def counted(parsed: Any) -> dict[str, Any]:
+            self.calls += 1
+            return check(parsed)
+
+        authenticator.verifier.check = counted  # type: ignore[method-assign]
+
+
+def cached_authenticator(keys: Keys, clock: Clock, **settings: Any) -> tuple[Authenticator, CountingVerifier]:
+    config = make_config(keys, jwt_secret=SECRET, **settings)
+    authenticator = Authenticator(config, clock=clock)
+    return authenticator, CountingVerifier(authenticator)
+
+
+def test_verified_cache_settings(keys: Keys) -> None:
+    config = make_config(keys, jwt_secret=SECRET)
+    assert (config.verified_cache_size, config.verified_cache_ttl) == (1024, 60.0)
+    assert make_config(keys, jwt_secret=SECRET, verified_cache_ttl="5m").verified_cache_ttl == 300.0
+    for bad in ({"verified_cache_size": -1}, {"verified_cache_ttl": 0}, {"verified_cache_ttl": -5}):
+        with pytest.raises(ValueError):
+            make_config(keys, jwt_secret=SECRET, **bad)
+
+
+async def test_verified_cache_hit(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock)
+    token = encode(claims(), SECRET, "HS256")
+    first = await authenticator.verify(token)
+    clock.now += 30
+    second = await authenticator.verify(token)
+    assert first == second and second["sub"] == "alice" and counter.calls == 1
+    assert (await authenticator.authenticate(token)).username == "alice" and counter.calls == 1
+
+
+async def test_verified_cache_miss_after_exp(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock, leeway=5)
+    token = encode(claims(exp=int(NOW) + 20), SECRET, "HS256")  # exp before the TTL runs out
+    await authenticator.verify(token)
+    clock.now = NOW + 24.9  # inside exp + leeway: a hit
+    await authenticator.verify(token)
+    assert counter.calls == 1
+    clock.now = NOW + 25  # exp + leeway: a miss, verified again, and rejected
+    with pytest.raises(TokenRejected) as info:
+        await authenticator.verify(token)
+    assert info.value.reason == "expired" and counter.calls == 2
+    assert not authenticator._verified  # the stale entry is dropped, the rejection not cached
+
+
+async def test_verified_cache_miss_after_ttl(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock, verified_cache_ttl=10)
+    token = encode(claims(), SECRET, "HS256")  # exp NOW + 600: the TTL is the bound
+    await authenticator.verify(token)
+    clock.now = NOW + 9.9
+    await authenticator.verify(token)
+    assert counter.calls == 1
+    clock.now = NOW + 10
+    assert (await authenticator.verify(token))["sub"] == "alice"
+    assert counter.calls == 2  # verified in full again, and cached anew
+    clock.now = NOW + 19.9
+    await authenticator.verify(token)
+    assert counter.calls == 2
+
+
+async def test_verified_cache_ttl_bounds_a_removed_key(keys: Keys) -> None:
+    """After a key leaves the JWKS, a cached token keeps working at most verified_cache_ttl."""
+    monotonic = Clock(0.0)
+    clock = Clock()
+    issuer = FakeIssuer(jwks_document(("k1", keys.private["rsa"])))
+    config = make_config(
+        keys, jwks_url="https://issuer.example/jwks", algorithms=["RS256"], jwks_min_interval=0, jwks_max_age=1, verified_cache_ttl=60
+    )
+    authenticator = Authenticator(config, clock=clock, monotonic=monotonic, fetch=issuer)
+    token = encode(claims(), keys.private["rsa"], "RS256", {"kid": "k1"})
+    await authenticator.verify(token)
+    issuer.body = jwks_document(("k2", keys.private["rsa2"]))  # k1 removed
+    monotonic.now = 30.0  # the JWKS is stale (max age 1 s), the cache entry is not
+    clock.now = NOW + 30
+    assert (await authenticator.verify(token))["sub"] == "alice"
+    assert issuer.calls == 1
+    clock.now = NOW + 60
+    with pytest.raises(TokenRejected) as info:
+        await authenticator.verify(token)
+    assert info.value.reason == "unknown_kid" and issuer.calls == 2
+
+
+async def test_verified_cache_evicts_least_recently_used(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock, verified_cache_size=2)
+    a, b, c = (encode(claims(sub=name), SECRET, "HS256") for name in ("a", "b", "c"))
+    await authenticator.verify(a)
+    await authenticator.verify(b)
+    await authenticator.verify(a)  # a is now the most recently used
+    assert counter.calls == 2
+    await authenticator.verify(c)  # evicts b
+    assert counter.calls == 3 and len(authenticator._verified) == 2
+    await authenticator.verify(a)
+    await authenticator.verify(c)
+    assert counter.calls == 3
+    await authenticator.verify(b)  # evicted: verified again (and evicts a)
+    assert counter.calls == 4 and len(authenticator._verified) == 2
+
+
+async def test_verified_cache_size_zero_disables(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock, verified_cache_size=0)
+    token = encode(claims(), SECRET, "HS256")
+    for _ in range(3):
+        assert (await authenticator.verify(token))["sub"] == "alice"
+    assert counter.calls == 3 and not authenticator._verified
+
+
+async def test_verified_cache_tampered_copy_is_rejected(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock)
+    token = encode(claims(), SECRET, "HS256")
+    await authenticator.verify(token)
+    header, payload, signature = token.split(".")
+    forged_payload = b64(json.dumps({**claims(), "roles": ["admin"]}).encode())
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    for tampered in (f"{header}.{forged_payload}.{signature}", f"{header}.{payload}.{flipped}", token + " "):
+        with pytest.raises(TokenRejected):
+            await authenticator.verify(tampered)
+    with pytest.raises(TokenRejected):  # rejections are never cached: rejected again in full
+        await authenticator.verify(f"{header}.{forged_payload}.{signature}")
+    assert counter.calls == 4 and len(authenticator._verified) == 1
+    assert (await authenticator.verify(token))["roles"] == ["user"] and counter.calls == 4
+
+
+async def test_verified_cache_returns_copies(keys: Keys) -> None:
+    clock = Clock()
+    authenticator, counter = cached_authenticator(keys, clock)
+    token = encode(claims(realm_access={"roles": ["user"]}), SECRET, "HS256")
+    first = await authenticator.verify(token)  # the miss's own dict
+    first["sub"] = "mallory"
+    first["roles"].append("admin")
+    first["realm_access"]["roles"].append("admin")
+    second = await authenticator.verify(token)  # a hit
+    assert counter.calls == 1
+    assert (second["sub"], second["roles"], second["realm_access"]) == ("alice", ["user"], {"roles": ["user"]})
+    second["roles"].append("admin")
+    second["realm_access"]["roles"].clear()
+    third = await authenticator.verify(token)
+    assert (third["roles"], third["realm_access"]) == (["user"], {"roles": ["user"]}) and third is not second
+    assert counter.calls == 1
