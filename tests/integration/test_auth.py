@@ -336,3 +336,47 @@ def test_jwks_keys_by_kid_rotation_and_bounded_refresh(tmp_path: Path, start_pro
     # the EC key cannot verify an RS256 token that names it, whatever the kid says
     assert_invalid_token(me(encode(claims(), RSA_KEY, "RS256", {"kid": "k2"})), "RS256 under an EC kid")
     assert fetches() == 3
+
+
+def test_tokens_and_a_jwks_from_an_independent_jose_library(tmp_path: Path, start_proxy, make_upstream) -> None:  # type: ignore[no-untyped-def]
+    """jwcrypto makes the keys, publishes the JWKS (served over HTTP) and signs the tokens; the
+    gateway accepts them by kid, also after the issuer rotates to a new key."""
+    pytest.importorskip("jwcrypto")
+    from jwcrypto import jwk as jose_jwk
+    from jwcrypto import jwt as jose_jwt
+
+    first = jose_jwk.JWK.generate(kty="RSA", size=2048, kid="jc-rsa")
+    second = jose_jwk.JWK.generate(kty="EC", crv="P-256", kid="jc-ec")
+    published = jose_jwk.JWKSet()
+    published.add(first)
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.Response(text=published.export(private_keys=False), content_type="application/json")
+
+    issuer = make_upstream("jose-issuer")
+    issuer.routes["/.well-known/jwks.json"] = jwks
+    path = tmp_path / "blueprint.yaml"
+    path.write_text(textwrap.dedent(JWKS_BLUEPRINT).replace("<issuer>", issuer.url))
+    proxy = start_proxy(path)
+
+    def minted(key: Any, algorithm: str, **changes: Any) -> str:
+        with warnings.catch_warnings():  # jwcrypto's own deprecation notices about its defaults
+            warnings.simplefilter("ignore", DeprecationWarning)
+            token = jose_jwt.JWT(header={"alg": algorithm, "kid": key.key_id}, claims=claims(**changes))
+            token.make_signed_token(key)
+        return token.serialize()
+
+    def me(token: str) -> Reply:
+        return send(proxy, "/me", [("Authorization", f"Bearer {token}")])
+
+    reply = me(minted(first, "RS256"))
+    assert reply.status == 200 and reply.json == {"sub": "alice", "roles": "user"}
+    # rotation: the issuer now publishes both keys; a token under the new kid is accepted once
+    # the refresh interval (2 s in the blueprint) allows a fetch
+    published.add(second)
+    time.sleep(2.2)
+    reply = me(minted(second, "ES256", sub="erin", roles=["admin"]))
+    assert reply.status == 200 and reply.json == {"sub": "erin", "roles": "admin"}
+    # a jwcrypto token signed by a key the issuer never published is refused
+    stranger = jose_jwk.JWK.generate(kty="RSA", size=2048, kid="jc-rsa")
+    assert_invalid_token(me(minted(stranger, "RS256")), "a key not in the JWKS under a published kid")
