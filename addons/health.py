@@ -72,15 +72,7 @@ class HealthCheckConfig(StrictModel):
     @field_validator("expected_status")
     @classmethod
     def _status_ranges(cls, value: str | int) -> str | int:
-        parts = [value] if isinstance(value, int) else [p.strip() for p in value.split(",")]
-        for part in parts:
-            bounds = [part] if isinstance(part, int) else part.split("-", 1)
-            try:
-                numbers = [int(b) for b in bounds]
-            except ValueError:
-                raise ValueError(f"expected status codes or ranges such as '200-299,304', got {value!r}") from None
-            if not all(100 <= n <= 599 for n in numbers) or numbers != sorted(numbers):
-                raise ValueError(f"expected status codes from 100 to 599 (ranges low-high), got {value!r}")
+        parse_status_ranges(value)  # the checker's own parser: what loads is what runs
         return value
     healthy_threshold: int = Field(2, ge=1)
     unhealthy_threshold: int = Field(3, ge=1)

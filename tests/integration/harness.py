@@ -237,6 +237,56 @@ class Proxy:
             self.process.wait(5)
 
 
+class ResettingServer:
+    """Accepts a connection, reads at least `read_at_least` bytes of the request (or until the
+    client stops), then resets the connection (RST, not FIN) without answering."""
+
+    def __init__(self, read_at_least: int = 1) -> None:
+        self.read_at_least = read_at_least
+        self.port = free_port()
+        self.accepted = 0
+        self.read: list[int] = []
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            got = 0
+            try:
+                conn.settimeout(5)
+                while got < self.read_at_least:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    got += len(data)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+            finally:
+                self.read.append(got)
+                conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Editors save by rename; the watcher must never see a half-written file."""
     temporary = path.with_suffix(path.suffix + ".tmp")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import textwrap
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.integration.harness import Proxy, Upstream, free_port
+from tests.integration.harness import Proxy, ResettingServer, Upstream, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -106,44 +104,6 @@ def test_consistent_hash_moves_only_the_removed_targets_keys(tmp_path: Path, mak
     moved = [u for u in users if before[u] != after[u]]
     assert all(before[u] == "b3" for u in moved)  # only the removed target's keys move
     assert abs(len(moved) / len(users) - 1 / 5) < 0.08
-
-
-class ResettingServer:
-    """Accepts a connection, reads the request, and closes it without answering."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.accepted = 0
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            try:
-                conn.recv(65536)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            finally:
-                conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
 
 @pytest.fixture

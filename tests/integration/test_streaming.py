@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import socket
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.integration.harness import Proxy, Upstream, free_port
+from tests.integration.harness import Proxy, ResettingServer, Upstream, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -217,58 +215,9 @@ class Uploads:
         return web.json_response(record)
 
 
-class PartialReader:
-    """Accepts a connection, reads part of the request body, then resets the connection."""
-
-    def __init__(self, read_at_least: int) -> None:
-        self.read_at_least = read_at_least
-        self.port = free_port()
-        self.accepted = 0
-        self.read: list[int] = []
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._sock.listen(16)
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            got = 0
-            try:
-                conn.settimeout(5)
-                while got < self.read_at_least:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    got += len(data)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            except OSError:
-                pass
-            finally:
-                self.read.append(got)
-                conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-
-
 @pytest.fixture
-def partial_reader() -> Iterator[PartialReader]:
-    server = PartialReader(256 * 1024)
+def partial_reader() -> Iterator[ResettingServer]:
+    server = ResettingServer(256 * 1024)
     yield server
     server.stop()
 
@@ -292,7 +241,7 @@ def test_a_streamed_upload_fails_over_from_a_refusing_target(chunked: bool, tmp_
     proxy.wait_for_log("on refused failed: cannot connect", timeout=5)  # and the refusing one was tried
 
 
-def test_a_streamed_upload_is_not_sent_again_after_a_reset(tmp_path: Path, make_upstream, partial_reader: PartialReader, start_proxy) -> None:  # type: ignore[no-untyped-def]
+def test_a_streamed_upload_is_not_sent_again_after_a_reset(tmp_path: Path, make_upstream, partial_reader: ResettingServer, start_proxy) -> None:  # type: ignore[no-untyped-def]
     uploads = Uploads()
     good = make_upstream("good", raw_routes={"/upload": uploads})
     retries = "{attempts: 2, retry_on: [connect_failure, reset], retry_non_idempotent: true}"
