@@ -658,32 +658,24 @@ class LoginHandler:
 
 def token_reader(sources: list[str] | None = None) -> TokenReader:
     """Where `auth.validate` looks for a token when no middleware authenticated the request:
-    `header` (`Authorization: Bearer ...`), `cookie:NAME`, `query:NAME`; the first found wins."""
-    readers: list[TokenReader] = []
-    for source in sources or ["header"]:
+    `header` (`Authorization: Bearer ...`), `cookie:NAME`, `query:NAME`; the first found wins.
+
+    The auth middleware's own reader does the reading, so both refuse the same things (two
+    Authorization headers, a repeated cookie, `Bearer` without a token): it raises then.
+    """
+    from addons.auth import extract_token  # imported here: addons.auth imports this module lazily too
+
+    chosen = list(sources or ["header"])
+    for source in chosen:
         kind, _, name = source.partition(":")
-        if kind == "header":
-            readers.append(_bearer_token)
-        elif kind == "cookie" and name:
-            readers.append(lambda ctx, name=name: ctx.request.cookies.get(name) or None)
-        elif kind == "query" and name:
-            readers.append(lambda ctx, name=name: ctx.request.query.get(name) or None)
-        else:
+        if not (source == "header" or (kind in ("cookie", "query") and name)):
             raise ValueError(f"unknown token source {source!r} (header, cookie:NAME or query:NAME)")
 
     def read(ctx: RequestContext) -> str | None:
-        for reader in readers:
-            if token := reader(ctx):
-                return token
-        return None
+        found = extract_token(ctx.request, chosen)
+        return found.token if found is not None else None
 
     return read
-
-
-def _bearer_token(ctx: RequestContext) -> str | None:
-    scheme, _, token = ctx.request.headers.get("Authorization", "").strip().partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 class ValidateHandler:
@@ -725,7 +717,11 @@ class ValidateHandler:
     async def __call__(self, ctx: RequestContext) -> http.Response:
         identity = ctx.user
         if identity is None:
-            token = self.token_from(ctx)
+            try:
+                token = self.token_from(ctx)
+            except Exception as exc:  # a credential that is there but unusable (TokenRejected)
+                logger.warning("[%s] auth.validate: token refused (%s)", ctx.request_id, type(exc).__name__)
+                return ctx.error(401, INVALID_TOKEN, {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE})
             if not token:
                 logger.warning("[%s] auth.validate: no token", ctx.request_id)
                 return ctx.error(401, NOT_AUTHENTICATED, {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE})

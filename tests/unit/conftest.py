@@ -269,3 +269,17 @@ def tagger_events(discovered: PluginRegistry) -> list[str]:
     module = sys.modules[discovered.plugins["tagger"].__module__]
     module.EVENTS.clear()
     return module.EVENTS
+
+
+class FakeClock:
+    """An injectable clock for breakers, outlier detection and health checks: moves only when told."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+

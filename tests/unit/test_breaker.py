@@ -14,17 +14,7 @@ from addons.breaker import (
     Permit,
     is_failure,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .conftest import FakeClock
 
 
 @pytest.fixture

@@ -7,22 +7,12 @@ import logging
 import pytest
 
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
-
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from .conftest import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 def detector(clock: FakeClock, targets: list[str] | None = None, **settings: object) -> OutlierDetector:
@@ -79,6 +69,7 @@ def test_failures_of_other_targets_do_not_add_up(clock: FakeClock) -> None:
 def test_returns_automatically_when_its_time_is_up_logged_once(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+
     d = detector(clock)
     fail(d, "c", 3)
     caplog.set_level(logging.INFO, logger="addons.outlier")

@@ -29,20 +29,11 @@ from addons.proxy import Pool, PoolConfig, ProxyPlugin
 from backworks_core.plugins import PluginRegistry
 from backworks_core.upstream import UpstreamClient
 
-from .conftest import body_json, make_flow
+from .conftest import FakeClock, body_json, make_flow
 
 HEALTH_UA = "backworks-health-check"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Backend:
