@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from addons import builtin_plugins
 from addons.core import Backworks
+from addons.dashboard import Dashboard
 from backworks_core.plugins import PluginRegistry
 
 registry = PluginRegistry.discover(builtin_plugins())
 plugins = [plugin() for plugin in registry.plugins.values()]
+core = Backworks(registry, plugins)
+dashboard = Dashboard(core)
+core.extensions.append(dashboard)
 
-addons = [Backworks(registry, plugins), *plugins]
+addons = [core, dashboard, *plugins]

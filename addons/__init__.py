@@ -8,7 +8,8 @@ from backworks_core.plugins import Plugin
 def builtin_plugins() -> list[type[Plugin]]:
     """The plugins that ship with Backworks, in the order their addons are registered."""
     from addons.auth import AuthPlugin
+    from addons.metrics import MetricsPlugin
     from addons.proxy import ProxyPlugin
     from addons.transform import TransformPlugin
 
-    return [ProxyPlugin, TransformPlugin, AuthPlugin]
+    return [ProxyPlugin, TransformPlugin, AuthPlugin, MetricsPlugin]

@@ -1283,6 +1283,7 @@ class AuthMiddleware:
             logger.exception("[%s] auth middleware %r failed; request denied", ctx.request_id, self.name)
             self._audit(ctx, False, "internal_error", 500)
             ctx.notes["auth"] = "error"
+            self._count_denial(ctx, "internal_error", 500)
             return ctx.error(500, f"authentication failed in middleware {self.name!r}; the request was denied")
 
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None:
@@ -1293,6 +1294,7 @@ class AuthMiddleware:
             identity = await self.authenticator.identify(ctx)
         except TokenRejected as rejected:
             ctx.notes["auth"] = f"denied:{rejected.reason}"
+            self._count_denial(ctx, rejected.reason, 401)
             self._audit(ctx, False, f"{rejected.reason} ({rejected.detail})", 401)
             return ctx.error(
                 401,
@@ -1304,6 +1306,7 @@ class AuthMiddleware:
         denial = authorize(identity, self.roles, self.permissions)
         if denial is not None:
             ctx.notes["auth"] += ":forbidden"
+            self._count_denial(ctx, "forbidden", 403)
             self._audit(ctx, False, f"forbidden ({denial.detail})", 403, identity)
             return ctx.error(
                 403,
@@ -1318,6 +1321,12 @@ class AuthMiddleware:
             strip_tokens(request, self.plugin_config.token_sources)
         self._audit(ctx, True, "", 200, identity)
         return None
+
+    @staticmethod
+    def _count_denial(ctx: RequestContext, reason: str, status: int) -> None:
+        """For the metrics: a reason code from this module's fixed set, never request input."""
+        if ctx.record is not None:
+            ctx.record.auth_denied, ctx.record.auth_status = reason, status
 
     def _audit(self, ctx: RequestContext, allowed: bool, why: str, status: int, identity: Identity | None = None) -> None:
         request = ctx.flow.request

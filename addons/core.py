@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ReverseMode
@@ -20,13 +21,27 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from mitmproxy.net.http.http1 import expected_http_body_size
 from mitmproxy.utils import human
 
-from backworks_core.context import json_error, request_id_for
+from backworks_core.context import json_error, request_id_for, stamp_response
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
 from backworks_core.plugins import Plugin, PluginRegistry
+from backworks_core.loader import LoadedBlueprint
+from backworks_core.pages import InternalEndpoint
 from backworks_core.relay import StreamRelay
+from backworks_core.telemetry import ensure_record, record_for
 
 logger = logging.getLogger(__name__)
+
+IN_FLIGHT = "backworks.in_flight"  # flow.metadata: counted in Backworks.in_flight until it ends
+
+
+class CoreExtension(Protocol):
+    """An addon beside the core that serves pages and follows reloads (the status page)."""
+
+    def internal_endpoints(self, blueprint: LoadedBlueprint) -> list[InternalEndpoint]: ...
+
+    def apply_gateway(self, gateway: Gateway) -> None: ...
+
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 
@@ -63,6 +78,24 @@ def is_direct_request(flow: http.HTTPFlow) -> bool:
     return host in LOCAL_NAMES or host == str(sockname[0]) or host == socket.gethostname().lower()
 
 
+def internal_error(flow: http.HTTPFlow, request_id: str) -> http.Response:
+    message = "internal gateway error; see the gateway log for this request id"
+    ensure_record(flow, request_id).error = message
+    return json_error(500, message, request_id)
+
+
+def mark_error(flow: http.HTTPFlow) -> None:
+    """Flows Backworks answered with an error of its own stand out in mitmweb's list.
+
+    ⚠ for a refusal (4xx: no route, auth, limits), ❌ for a failure (5xx: upstream, handler).
+    A mark the user set stays.
+    """
+    record = record_for(flow)
+    if record is None or record.error is None or flow.marked or flow.response is None:
+        return
+    flow.marked = ":x:" if flow.response.status_code >= 500 else ":warning:"
+
+
 def buffer_limit(option: str, stream_large_bodies: str | None) -> int:
     """Bytes: `backworks_buffer_limit`, or mitmproxy's `stream_large_bodies` when that is lower."""
     try:
@@ -78,9 +111,13 @@ def buffer_limit(option: str, stream_large_bodies: str | None) -> int:
 class Backworks:
     """mitmproxy addon: option `blueprint`, command `backworks.reload`, and the request hook."""
 
-    def __init__(self, registry: PluginRegistry, plugins: Iterable[Plugin]) -> None:
+    def __init__(self, registry: PluginRegistry, plugins: Iterable[Plugin], extensions: Sequence[CoreExtension] = ()) -> None:
         self.registry = registry
         self.plugins: dict[str, Plugin] = {p.name: p for p in plugins}
+        for plugin in self.plugins.values():
+            plugin.core = self
+        self.extensions = list(extensions)
+        self.in_flight = 0  # requests between their head arriving and their end (for metrics, the status page)
         self.gateway: Gateway | None = None
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._watched: set[Path] = set()
@@ -128,7 +165,7 @@ class Backworks:
                 self.gateway = None
                 return
             try:
-                self._swap(compile_blueprint(path, self.registry, self.plugins))
+                self._swap(compile_blueprint(path, self.registry, self.plugins, pages=[e.internal_endpoints for e in self.extensions]))
             except BlueprintError as exc:
                 raise exceptions.OptionsError(f"{path}: {exc.render()}") from None
 
@@ -151,6 +188,8 @@ class Backworks:
         settings = gateway.blueprint.settings
         for name, plugin in self.plugins.items():
             plugin.apply_blueprint(gateway.blueprint.plugin_configs.get(name), gateway.blueprint)
+        for extension in self.extensions:
+            extension.apply_gateway(gateway)
         verb = "reloaded" if previous is not None else "loaded"
         logger.info(
             "backworks: %s blueprint %r (%s) with %d endpoint(s)",
@@ -166,7 +205,7 @@ class Backworks:
         if not path:
             return False
         try:
-            gateway = compile_blueprint(path, self.registry, self.plugins)
+            gateway = compile_blueprint(path, self.registry, self.plugins, pages=[e.internal_endpoints for e in self.extensions])
         except BlueprintError as exc:
             # Also watch the folders: the fix may be a file that does not exist yet.
             files = self.gateway.blueprint.files if self.gateway else {Path(path).resolve()}
@@ -207,6 +246,9 @@ class Backworks:
         """A body too large to hold goes to the relay, streamed, before mitmproxy reads it."""
         if flow.response or flow.error or not flow.live:
             return
+        if IN_FLIGHT not in flow.metadata:
+            flow.metadata[IN_FLIGHT] = True
+            self.in_flight += 1
         gateway = self.gateway
         if gateway is None or not body_too_large(flow.request, self.relay.buffer_limit):
             return
@@ -222,11 +264,25 @@ class Backworks:
             if relayed is not None:
                 flow.request.url = relayed.url
             flow.request.stream = False
-            flow.response = json_error(500, "internal gateway error; see the gateway log for this request id", request_id)
+            flow.response = internal_error(flow, request_id)
             return
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         restore_relayed(flow)
+        stamp_response(flow)  # a streamed head goes out before the `response` hook
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        stamp_response(flow)
+        mark_error(flow)
+        self._finished(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finished(flow)
+
+    def _finished(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(IN_FLIGHT):
+            flow.metadata[IN_FLIGHT] = False  # once, whichever of response and error comes first
+            self.in_flight -= 1
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or RELAYED in flow.metadata:
@@ -241,4 +297,4 @@ class Backworks:
             # mitmproxy would log and forward the flow: a bug here must deny instead.
             request_id = request_id_for(flow)
             logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
-            flow.response = json_error(500, "internal gateway error; see the gateway log for this request id", request_id)
+            flow.response = internal_error(flow, request_id)

@@ -31,7 +31,8 @@ from addons.health import HealthChecker, HealthCheckConfig, effective_config, ht
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
 from backworks_core.transforms import CompiledTransform, RequestTransform, ResponseTransform, add_prefix, strip_prefix
-from backworks_core.context import REQUEST_ID_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context
+from backworks_core.telemetry import Attempt, outcome_of
+from backworks_core.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context, traceparent_for
 from backworks_core.gateway import BuildError
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPath
@@ -316,9 +317,12 @@ class Pool:
         for backend in self.backends:
             name = backend.name
             breaker = self.breakers.get(name)
+            target = self.target_by_name[name]
             rows.append(
                 {
                     "target": self.label(name),
+                    "name": name,
+                    "url": target.origin + target.base_path,
                     "health": ("healthy" if health[name]["healthy"] else "unhealthy") if health.get(name, {}).get("checked") else "unchecked",
                     "ejected": (self.outliers.is_ejected(name) if self.outliers is not None else False),
                     "breaker": breaker.state if breaker is not None else "none",
@@ -483,8 +487,9 @@ class ProxyHandler:
             headers.append(("X-Forwarded-Proto", "https" if ctx.flow.client_conn.tls_established else "http"))
             headers.append(("X-Forwarded-Host", request.host_header or request.pretty_host))
         # The id Backworks logs and answers with, so upstream logs line up with ours.
-        headers = [(n, v) for n, v in headers if n.lower() != REQUEST_ID_HEADER.lower()]
+        headers = [(n, v) for n, v in headers if n.lower() not in (REQUEST_ID_HEADER.lower(), TRACEPARENT_HEADER)]
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
+        headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id)))
         return headers
 
     async def __call__(self, ctx: RequestContext) -> Answer:
@@ -512,6 +517,10 @@ class ProxyHandler:
             if "content-length" in request.headers:  # the upstream gets the length it would have had
                 headers.append(("Content-Length", request.headers["content-length"]))
         pool = self.pool
+        if ctx.record is not None:
+            ctx.record.pool = pool.name
+        if self.request_transforms or self.response_transforms:
+            ctx.notes["transforms"] = f"request:{len(self.request_transforms)}+response:{len(self.response_transforms)}"
         key = pool.key_for(ctx)
         if is_websocket_upgrade(request):
             return self.forward_websocket(ctx, path, headers, key)
@@ -551,6 +560,7 @@ class ProxyHandler:
                 remaining = deadline - loop.time()
                 per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)
                 backend.in_flight += 1
+                try_started = loop.time()
                 try:
                     reply = await self.client.send(
                         method,
@@ -568,6 +578,11 @@ class ProxyHandler:
                     reply, outcome, failure = None, exc.kind, exc
                     pool.record(target.name, exc.kind, permit)
                 finally:
+                    if ctx.record is not None:
+                        status = reply.status if reply is not None else None
+                        ctx.record.attempts.append(
+                            Attempt(pool.name, target.name, outcome_of(status, failure.kind if failure else None), loop.time() - try_started, status)
+                        )
                     backend.in_flight -= 1
                     if permit is not None:
                         permit.release()  # no-op once recorded; frees a trial slot if cancelled
@@ -733,9 +748,8 @@ class ProxyPlugin(Plugin):
         pools: list[tuple[tuple[str | int, ...], PoolConfig]] = [((), config)]
         pools += [(("upstreams", name), pool) for name, pool in config.upstreams.items()]
         for loc, pool in pools:
-            for key in ("metrics",):
-                if getattr(pool, key) is not None:
-                    notes.append((loc + (key,), f"{key} is validated but not applied yet in this release"))
+            if pool.metrics is not None and "detailed" in pool.metrics.model_fields_set:
+                notes.append((loc + ("metrics", "detailed"), "detailed is validated but not applied yet in this release (targets always have their own series)"))
             if pool.hash_on != "ip" and pool.load_balancing not in ("ip_hash", "consistent_hash"):
                 notes.append((loc + ("hash_on",), f"hash_on is used by ip_hash and consistent_hash, not by {pool.load_balancing}"))
             for index, target in enumerate(pool.targets):
@@ -837,6 +851,10 @@ class ProxyPlugin(Plugin):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+
+    def live_pools(self) -> list[Pool]:
+        """The pools of the blueprint being served (for the metrics and the status page)."""
+        return list(self._live.values())
 
     @command.command("backworks.targets")
     def targets_command(self) -> Sequence[str]:

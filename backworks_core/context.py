@@ -11,24 +11,77 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from mitmproxy import http
 
+from backworks_core.telemetry import RequestRecord
 from backworks_core.templates import TemplateContext
 
 if TYPE_CHECKING:
     from backworks_core.gateway import EndpointPlan
 
 REQUEST_ID_HEADER = "X-Request-ID"
+TRACEPARENT_HEADER = "traceparent"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# W3C Trace Context, version 00: version-traceid-parentid-flags, lower-case hex, ids not all zero.
+_TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def parse_traceparent(value: str) -> str | None:
+    """The trace id of a valid version-00 `traceparent`, else None (an invalid one is restarted)."""
+    match = _TRACEPARENT.match(value.strip())
+    return match.group(1) if match else None
 
 
 def request_id_for(flow: http.HTTPFlow) -> str:
-    """The client's X-Request-ID when it is a sane token, else a new one (kept on the flow)."""
+    """The request's id, decided once and kept on the flow.
+
+    The client's X-Request-ID when it is a sane token; else the trace id of a valid incoming
+    `traceparent`, so the two line up in logs; else a new 32-hex id (a valid trace id too).
+    """
     existing = flow.metadata.get("backworks.request_id")
     if existing:
         return existing
     offered = flow.request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = offered if _VALID_REQUEST_ID.match(offered) else secrets.token_hex(16)
+    if _VALID_REQUEST_ID.match(offered):
+        request_id = offered
+    else:
+        request_id = parse_traceparent(flow.request.headers.get(TRACEPARENT_HEADER, "")) or secrets.token_hex(16)
     flow.metadata["backworks.request_id"] = request_id
     return request_id
+
+
+def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
+    """The `traceparent` sent upstream.
+
+    A valid incoming one goes on unchanged: Backworks reports no spans, so a parent id of its
+    own would point the upstream's span at one no tracing backend ever sees. Without one (or
+    with a malformed one) a trace starts here, its id the request id when that is 32 hex digits,
+    not sampled: sampling is the tracer's decision, not the gateway's.
+    """
+    decided = flow.metadata.get("backworks.traceparent")
+    if decided:
+        return decided
+    incoming = flow.request.headers.get(TRACEPARENT_HEADER, "")
+    if parse_traceparent(incoming):
+        traceparent = incoming.strip()
+    else:
+        own = re.fullmatch(r"[0-9a-fA-F]{32}", request_id) and request_id.strip("0")
+        trace_id = request_id.lower() if own else secrets.token_hex(16)
+        traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-00"
+    flow.metadata["backworks.traceparent"] = traceparent
+    return traceparent
+
+
+def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
+    """The request as mitmproxy forwards it: carrying the request id and a trace context."""
+    headers = flow.request.headers
+    headers[REQUEST_ID_HEADER] = request_id
+    headers[TRACEPARENT_HEADER] = traceparent_for(flow, request_id)
+
+
+def stamp_response(flow: http.HTTPFlow) -> None:
+    """Every answer to a request Backworks saw carries its id back to the client."""
+    request_id = flow.metadata.get("backworks.request_id")
+    if request_id and flow.response is not None and REQUEST_ID_HEADER not in flow.response.headers:
+        flow.response.headers[REQUEST_ID_HEADER] = request_id
 
 
 @dataclass
@@ -59,12 +112,17 @@ class RequestContext:
     body_stream: AsyncIterator[bytes] | None = None
     # The most of an upstream answer a handler may hold; None: hold it whole (no relay to stream with).
     buffer_limit: int | None = None
+    # What the metrics and the status page learn of this request (see backworks_core.telemetry).
+    record: RequestRecord | None = None
 
     @property
     def request(self) -> http.Request:
         return self.flow.request
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
+        """An error Backworks answers itself (mitmweb marks the flow, the status page lists it)."""
+        if self.record is not None:
+            self.record.error = message
         return json_error(status, message, self.request_id, headers)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +26,7 @@ from backworks_core.context import (
     StreamedResponse,
     json_error,
     request_id_for,
+    stamp_request,
     template_context,
 )
 from backworks_core.diagnostics import BlueprintError, Diagnostic
@@ -34,7 +35,10 @@ from backworks_core.handlers.static import StaticConfig, StaticHandler
 from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
-from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path
+from backworks_core.model import EndpointSettings
+from backworks_core.pages import InternalEndpoint, PageHandler
+from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path, parse_template, template_shape
+from backworks_core.telemetry import PASSTHROUGH, RECORD, RequestRecord, ensure_record, method_label
 from backworks_core.transforms import CompiledTransform
 
 logger = logging.getLogger(__name__)
@@ -92,6 +96,8 @@ class EndpointPlan:
     # (the proxy puts it innermost in its own chain, after the plugin- and pool-level ones).
     request_transform: CompiledTransform | None = None
     response_transform: CompiledTransform | None = None
+    # Backworks' own endpoints (the status page, metrics): served on the gateway's address only.
+    internal: bool = False
 
     @property
     def label(self) -> str:
@@ -134,22 +140,39 @@ class Gateway:
         path = request.path.split("?", 1)[0]
         # pretty_host is costly per request; only host globs need it.
         result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
+        if isinstance(result, Match) and result.route.payload.internal and not (reverse_mode or direct):
+            result = None  # the status page and metrics answer on the gateway's own address only
         if result is None:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
+                if reverse_mode:  # Backworks' own upstream: the request carries its id there
+                    request_id = request_id_for(flow)
+                    ensure_record(flow, request_id).endpoint = PASSTHROUGH
+                    stamp_request(flow, request_id)
+                else:  # someone else's traffic through a debugging proxy: counted, left unchanged
+                    flow.metadata[RECORD] = RequestRecord(request_id="", method=method_label(request.method), endpoint=PASSTHROUGH)
                 return None
             flow.comment = _join_comment(flow.comment, "backworks: no endpoint → 404")
-            return json_error(404, f"no endpoint matches {request.method} {path}", request_id_for(flow))
+            return self._error(flow, 404, f"no endpoint matches {request.method} {path}")
         if isinstance(result, MethodNotAllowed):
             allow = ", ".join(result.allow)
             flow.comment = _join_comment(flow.comment, "backworks: method not allowed → 405")
-            return json_error(405, f"method {request.method} is not allowed here (allowed: {allow})", request_id_for(flow), {"Allow": allow})
+            return self._error(flow, 405, f"method {request.method} is not allowed here (allowed: {allow})", {"Allow": allow})
         assert isinstance(result, Match)
         endpoint: EndpointPlan = result.route.payload
-        ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id_for(flow))
+        request_id = request_id_for(flow)
+        record = ensure_record(flow, request_id)
+        record.endpoint, record.endpoint_label, record.internal = endpoint.template, endpoint.label, endpoint.internal
+        ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id, record=record)
         ctx.notes["endpoint"] = f'"{endpoint.label}"'
         ctx.notes["handler"] = endpoint.spec.handler
         return ctx
+
+    @staticmethod
+    def _error(flow: http.HTTPFlow, status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
+        request_id = request_id_for(flow)
+        ensure_record(flow, request_id).error = message
+        return json_error(status, message, request_id, headers)
 
     async def handle(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay | None = None) -> None:
         """Answer the flow from the blueprint, or leave it alone to pass through.
@@ -260,6 +283,10 @@ class Gateway:
 async def call_handler(ctx: RequestContext) -> Answer:
     """The handler, inside the endpoint's own transforms when it does not apply them itself."""
     endpoint = ctx.endpoint
+    if endpoint.request_transform is not None or endpoint.response_transform is not None:
+        ctx.notes["transforms"] = "+".join(
+            side for side, t in (("request", endpoint.request_transform), ("response", endpoint.response_transform)) if t is not None
+        )
     if endpoint.request_transform is not None:
         try:
             endpoint.request_transform.apply_request(ctx.flow.request, template_context(ctx))
@@ -354,17 +381,24 @@ async def _drain(request: web.BaseRequest) -> None:
         pass
 
 
+PageProvider = Callable[[LoadedBlueprint], list[InternalEndpoint]]
+
+
 def compile_blueprint(
     path: str | os.PathLike[str],
     registry: PluginRegistry,
     plugins: Mapping[str, Plugin],
     env: Mapping[str, str] | None = None,
+    pages: Sequence[PageProvider] = (),
 ) -> Gateway:
-    """Load, validate and compile; raises BlueprintError with every error of both steps at once."""
+    """Load, validate and compile; raises BlueprintError with every error of both steps at once.
+
+    `pages` add Backworks' own pages (the status page) besides the plugins' ones (metrics).
+    """
     blueprint, errors = collect_blueprint(path, registry, env)
     if blueprint is not None:
         try:
-            gateway = build_gateway(blueprint, plugins)
+            gateway = build_gateway(blueprint, plugins, pages)
         except BlueprintError as exc:
             errors = errors + exc.diagnostics
         else:
@@ -373,7 +407,7 @@ def compile_blueprint(
     raise BlueprintError(errors)
 
 
-def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> Gateway:
+def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pages: Sequence[PageProvider] = ()) -> Gateway:
     """Compile handlers and middlewares; every failure is collected as a located error."""
     errors: list[Diagnostic] = []
     middlewares: list[MiddlewarePlan] = []
@@ -405,10 +439,41 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> 
             request_transform = CompiledTransform(spec.transform.request) if spec.transform.request else None
             response_transform = CompiledTransform(spec.transform.response) if spec.transform.response else None
         endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform))
+    internal = [page for name, plugin in plugins.items() for page in plugin.internal_endpoints(blueprint.plugin_configs.get(name), blueprint)]
+    internal += [page for provider in pages for page in provider(blueprint)]
+    seen: dict[str, InternalEndpoint] = {}
+    for page in internal:
+        clash = _same_route(page.path, endpoints)
+        if clash is not None:
+            errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of endpoints[{clash.spec.index}] ({clash.label}); choose another path for one of them"))
+        elif page.path in seen:
+            other = ".".join(str(part) for part in seen[page.path].loc)
+            errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of {other} ({seen[page.path].description}); choose another path for one of them"))
+        seen.setdefault(page.path, page)
     if errors:
         raise BlueprintError(errors)
+    endpoints += _internal_plans(internal)
     router = Router([Route(e.template, e.spec.methods, e.spec.settings.host, e) for e in endpoints])
     return Gateway(blueprint, router, endpoints, middlewares, list(blueprint.warnings))
+
+
+def _same_route(path: str, endpoints: Sequence[EndpointPlan]) -> EndpointPlan | None:
+    """A blueprint endpoint that answers GET on exactly this path (no host filter)."""
+    shape = template_shape(parse_template(path))
+    for endpoint in endpoints:
+        methods = endpoint.spec.methods
+        if endpoint.spec.settings.host is None and ({"GET", "ANY"} & methods) and template_shape(parse_template(endpoint.template)) == shape:
+            return endpoint
+    return None
+
+
+def _internal_plans(pages: Sequence[InternalEndpoint]) -> list[EndpointPlan]:
+    plans = []
+    for page in pages:
+        settings = EndpointSettings(path=page.path, method=["GET", "HEAD"], handler=page.handler_name, description=page.description)
+        spec = EndpointSpec(index=-1, settings=settings, methods=frozenset({"GET", "HEAD"}), handler=page.handler_name, plugin=None, sections={})
+        plans.append(EndpointPlan(spec, PageHandler(page.page), frozenset(), internal=True))
+    return plans
 
 
 def _build_handler(spec: EndpointSpec, blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> Handler:

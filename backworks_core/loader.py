@@ -39,8 +39,8 @@ CORE_SECTIONS: Mapping[str, Section] = {
     "python": Section(PythonConfig, PYTHON_HANDLER),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
-PLANNED_PLUGINS = frozenset({"metrics", "capture", "rate_limit", "cors"})
-PLANNED_HANDLERS = frozenset({"mock", "metrics"})
+PLANNED_PLUGINS = frozenset({"capture", "rate_limit", "cors"})
+PLANNED_HANDLERS = frozenset({"mock"})
 
 
 @dataclass(frozen=True)
@@ -226,8 +226,6 @@ class _Loader:
         middlewares = items("middlewares", MiddlewareSettings)
         endpoints = items("endpoints", EndpointSettings)
         had_endpoints = isinstance(data.get("endpoints"), list) and bool(data["endpoints"])
-        if isinstance(data.get("dashboard"), dict) and data["dashboard"].get("enabled", True) is not False:
-            self.warn(("dashboard",), "the dashboard is validated but not served yet in this release")
         settings, diagnostics = validate_section(BlueprintSettings, replaced, self.doc, (), context=self.context)
         for diagnostic in diagnostics:
             if had_endpoints and diagnostic.key_path == "endpoints" and not replaced.get("endpoints"):

@@ -78,6 +78,7 @@ class DashboardSettings(StrictModel):
     enabled: bool = True
     path: UrlPath = Field("/__backworks", description="where the status page is served on the proxy listener")
     port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead")
+    host: str = Field("127.0.0.1", description="the address `port` listens on")
 
 
 class PluginEntry(StrictModel):

@@ -21,6 +21,7 @@ from backworks_core.model import MiddlewareFilter, StrictModel
 if TYPE_CHECKING:
     from backworks_core.context import Handler, Middleware
     from backworks_core.loader import EndpointSpec, LoadedBlueprint, MiddlewareSpec
+    from backworks_core.pages import InternalEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Plugin:
     sections: ClassVar[Mapping[str, Section]] = {}
     # Plugins that must be installed (and not disabled) for this one to work.
     requires: ClassVar[tuple[str, ...]] = ()
+    # The core addon, set when the core takes the plugin on (None in tools such as `validate`).
+    core: Any = None
 
     @classmethod
     def lint(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
@@ -81,6 +84,11 @@ class Plugin:
 
     def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
         """Called after a blueprint went live; `config` is None when the plugin is not in use."""
+
+    def internal_endpoints(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> list[InternalEndpoint]:
+        """Pages this plugin serves on the proxy listener (metrics), routed before a blueprint
+        goes live; `config` is None when the plugin is not in use."""
+        return []
 
 
 @dataclass(frozen=True)

@@ -405,7 +405,7 @@ def test_unknown_plugin_with_suggestion(project, load_errors):
     )
     assert diagnostic_lines(load_errors(path)) == [
         f"{path}:3:3: plugins.proxi: unknown plugin 'proxi'; did you mean 'proxy'?",
-        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, proxy, transform)",
+        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, metrics, proxy, transform)",
     ]
 
 
@@ -414,7 +414,7 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
         name: x
         plugins:
-          - type: metrics
+          - type: capture
             config: {}
         middlewares:
           - {name: rl, plugin: rate_limit, config: {requests: 5}}
@@ -423,7 +423,7 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
     )
     assert diagnostic_lines(load_errors(path)) == [
-        f"{path}:3:5: plugins[0].type: plugin 'metrics' is not available in this version of Backworks yet",
+        f"{path}:3:5: plugins[0].type: plugin 'capture' is not available in this version of Backworks yet",
         f"{path}:6:16: middlewares[0].plugin: plugin 'rate_limit' is not available in this version of Backworks yet",
     ]
 
@@ -438,7 +438,7 @@ def test_unknown_handler_with_suggestion(project, load_errors):
     )
     (error,) = load_errors(path)
     assert (error.line, error.col, error.key_path) == (3, 25, "endpoints[0].handler")
-    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of auth.login, auth.register, auth.validate, proxy, static, ")
+    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of auth.login, auth.register, auth.validate, metrics, proxy, static, ")
 
 
 def test_config_section_for_the_wrong_handler(project, load_errors):

@@ -1,0 +1,307 @@
+"""The metrics plugin: Prometheus metrics of the gateway, its upstreams and its decisions.
+
+Every collector lives on a registry of this addon instance, never on prometheus_client's global
+one: mitmproxy re-executes backworks.py on a hot reload without re-importing this module, and
+module-level collectors would clash ("Duplicated timeseries"). Label values come from the
+blueprint (endpoint templates, pools, targets) or from fixed sets of codes, never from the
+request, so the number of series is bounded by the blueprint whatever clients send.
+
+Exposed at `config.path` on the proxy listener or on `config.port`; a blueprint endpoint with
+`handler: metrics` serves the same data, in Prometheus text or JSON, as the original did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from mitmproxy import http
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field, field_validator
+
+from backworks_core.context import Answer, RequestContext
+from backworks_core.loader import EndpointSpec, LoadedBlueprint
+from backworks_core.model import StrictModel, UrlPath
+from backworks_core.pages import InternalEndpoint, Page, SidePort
+from backworks_core.plugins import Plugin, Section
+from backworks_core.telemetry import PASSTHROUGH, RequestRecord, record_for, status_class
+
+if TYPE_CHECKING:
+    from addons.proxy import Pool
+
+logger = logging.getLogger(__name__)
+
+OBSERVED = "backworks.observed.metrics"  # flow.metadata: counted once, whichever hook comes first
+# Seconds; Prometheus' defaults, plus 25 ms and 50 ms where gateway latencies sit.
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0)
+BREAKER_STATES = ("closed", "open", "half_open")
+
+# What the `include_*` flags of `handler: metrics` leave out, by metric family name.
+PROXY_FAMILIES = ("backworks_upstream_",)
+BREAKER_FAMILIES = ("backworks_circuit_breaker_",)
+HEALTH_FAMILIES = ("backworks_target_healthy", "backworks_target_ejected")
+
+
+class MetricsConfig(StrictModel):
+    path: UrlPath = Field("/metrics", description="where Prometheus scrapes, on the proxy listener")
+    port: int | None = Field(None, ge=1, le=65535, description="serve the metrics on their own port instead")
+    host: str = Field("127.0.0.1", description="the address `port` listens on")
+    buckets: list[float] | None = Field(None, description="latency histogram buckets, in seconds")
+
+    @field_validator("buckets")
+    @classmethod
+    def _ascending(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or any(b <= 0 for b in value) or sorted(set(value)) != value):
+            raise ValueError("expected positive numbers of seconds in ascending order, each once")
+        return value
+
+
+class MetricsEndpointConfig(StrictModel):
+    """`config.metrics` of an endpoint with `handler: metrics` (the original's flags)."""
+
+    format: Literal["prometheus", "json"] = "prometheus"
+    include_proxy_metrics: bool = True
+    include_circuit_breaker_status: bool = True
+    include_health_check_status: bool = True
+
+    def excluded(self) -> tuple[str, ...]:
+        return (
+            (() if self.include_proxy_metrics else PROXY_FAMILIES)
+            + (() if self.include_circuit_breaker_status else BREAKER_FAMILIES)
+            + (() if self.include_health_check_status else HEALTH_FAMILIES)
+        )
+
+
+class TargetCollector(Collector):
+    """Per target, read when scraped: health, ejection, breaker state and requests in flight."""
+
+    def __init__(self, pools: Callable[[], Sequence[Pool]]) -> None:
+        self.pools = pools
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # the families depend on the blueprint; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily("backworks_target_healthy", "1 if the target passes its health checks, 0 if not (checked targets only).", labels=["pool", "target"])
+        ejected = GaugeMetricFamily("backworks_target_ejected", "1 while outlier detection keeps the target out of the pool.", labels=["pool", "target"])
+        breaker = GaugeMetricFamily("backworks_circuit_breaker_state", "1 for the state the target's circuit breaker is in.", labels=["pool", "target", "state"])
+        in_flight = GaugeMetricFamily("backworks_target_in_flight", "Requests on their way to or from the target now.", labels=["pool", "target"])
+        for pool in self.pools():
+            for row in pool.describe():
+                labels = [pool.name, row["name"]]
+                if row["health"] != "unchecked":
+                    healthy.add_metric(labels, 1.0 if row["health"] == "healthy" else 0.0)
+                ejected.add_metric(labels, 1.0 if row["ejected"] else 0.0)
+                if row["breaker"] != "none":
+                    for state in BREAKER_STATES:
+                        breaker.add_metric(labels + [state], 1.0 if row["breaker"] == state else 0.0)
+                in_flight.add_metric(labels, float(row["in_flight"]))
+        yield from (healthy, ejected, breaker, in_flight)
+
+
+class GatewayMetrics:
+    """The collectors, on a registry of their own."""
+
+    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS, pools: Callable[[], Sequence[Pool]] = list, in_flight: Callable[[], int] = lambda: 0) -> None:
+        registry = self.registry = CollectorRegistry(auto_describe=True)
+        self.buckets = tuple(buckets)
+        self.requests = Counter(
+            "backworks_requests", "Requests by endpoint template, method and status class.", ["endpoint", "method", "status_class"], registry=registry
+        )
+        self.duration = Histogram(
+            "backworks_request_duration_seconds", "Time from the request's start to the end of the answer.", ["endpoint", "method"], buckets=self.buckets, registry=registry
+        )
+        self.upstream = Counter(
+            "backworks_upstream_requests", "Tries sent upstream, by pool, target and outcome (status class or failure).", ["pool", "target", "outcome"], registry=registry
+        )
+        self.upstream_duration = Histogram(
+            "backworks_upstream_request_duration_seconds", "Time of one try upstream, until its head arrived or it failed.", ["pool", "target"], buckets=self.buckets, registry=registry
+        )
+        self.retries = Counter("backworks_upstream_retries", "Tries after the first.", ["pool"], registry=registry)
+        self.failovers = Counter("backworks_upstream_failovers", "Retries that went to another target than the try before.", ["pool"], registry=registry)
+        self.auth_denials = Counter("backworks_auth_denials", "Requests the auth middleware denied, by reason code and status.", ["reason", "status"], registry=registry)
+        self.rate_limited = Counter("backworks_rate_limited_requests", "Requests refused with 429 by rate limiting.", ["endpoint"], registry=registry)
+        self.errors = Counter("backworks_gateway_errors", "Errors Backworks answered itself (not the upstream's), by status.", ["status"], registry=registry)
+        in_flight_gauge = Gauge("backworks_requests_in_flight", "Requests between their head arriving and the end of their answer.", registry=registry)
+        in_flight_gauge.set_function(lambda: float(in_flight()))
+        self.blueprint = Gauge("backworks_blueprint_info", "The blueprint being served.", ["name", "version"], registry=registry)
+        self.reloads = Counter("backworks_blueprint_loads", "Blueprints that went live (the first one included).", registry=registry)
+        registry.register(TargetCollector(pools))
+        self.disabled_pools: frozenset[str] = frozenset()
+
+    def observe(self, record: RequestRecord, status: int | None, seconds: float) -> None:
+        """One finished request: its own series, its tries upstream, and what was refused."""
+        self.requests.labels(record.endpoint, record.method, status_class(status)).inc()
+        self.duration.labels(record.endpoint, record.method).observe(seconds)
+        if record.attempts and record.pool not in self.disabled_pools:
+            for attempt in record.attempts:
+                self.upstream.labels(attempt.pool, attempt.target, attempt.outcome).inc()
+                self.upstream_duration.labels(attempt.pool, attempt.target).observe(attempt.seconds)
+            if record.retries:
+                self.retries.labels(record.attempts[0].pool).inc(record.retries)
+            if record.failovers:
+                self.failovers.labels(record.attempts[0].pool).inc(record.failovers)
+        if record.auth_denied is not None:
+            self.auth_denials.labels(record.auth_denied, str(record.auth_status)).inc()
+        if record.rate_limited:
+            self.rate_limited.labels(record.endpoint).inc()
+        if record.error is not None and status is not None:
+            self.errors.labels(str(status)).inc()
+
+    def went_live(self, blueprint: LoadedBlueprint, disabled_pools: Iterable[str]) -> None:
+        self.blueprint.clear()
+        self.blueprint.labels(blueprint.settings.name, blueprint.settings.version).set(1)
+        self.reloads.inc()
+        self.disabled_pools = frozenset(disabled_pools)
+
+    # -- exposition -----------------------------------------------------------------------
+
+    def families(self, excluded: Sequence[str] = ()) -> list[Metric]:
+        return [m for m in self.registry.collect() if not m.name.startswith(tuple(excluded))]
+
+    def prometheus(self, accept: str = "", excluded: Sequence[str] = ()) -> Page:
+        """The text format, or OpenMetrics when the scraper asks for it (Prometheus does)."""
+        encoder, content_type = choose_encoder(accept)
+        return Page(200, content_type, encoder(_Families(self.families(excluded))))
+
+    def as_json(self, excluded: Sequence[str] = ()) -> Page:
+        """Every family with its samples: `{name: {type, help, samples: [{name, labels, value}]}}`."""
+        body: dict[str, Any] = {}
+        for family in self.families(excluded):
+            body[family.name] = {
+                "type": family.type,
+                "help": family.documentation,
+                "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in family.samples],
+            }
+        return Page(200, "application/json", json.dumps({"metrics": body}, allow_nan=False, default=str).encode())
+
+
+class _Families:
+    """What prometheus_client's encoders read: something with `collect()`."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
+class MetricsHandler:
+    """`handler: metrics`: the gateway's metrics in the endpoint's format."""
+
+    def __init__(self, plugin: MetricsPlugin, config: MetricsEndpointConfig) -> None:
+        self.plugin = plugin
+        self.config = config
+
+    async def __call__(self, ctx: RequestContext) -> Answer:
+        excluded = self.config.excluded()
+        metrics = self.plugin.metrics
+        page = metrics.as_json(excluded) if self.config.format == "json" else metrics.prometheus(ctx.request.headers.get("accept", ""), excluded)
+        return http.Response.make(page.status, page.body, {"Content-Type": page.content_type, "Cache-Control": "no-store"})
+
+
+class MetricsPlugin(Plugin):
+    """mitmproxy addon and Backworks plugin: observes every finished flow, serves the metrics."""
+
+    name = "metrics"
+    description = "Prometheus metrics of requests, upstreams, breakers, health and refusals"
+    Config = MetricsConfig
+    handlers = ("metrics",)
+    sections = {"metrics": Section(MetricsEndpointConfig, "metrics")}
+
+    def __init__(self) -> None:
+        self.metrics = GatewayMetrics(pools=self._pools, in_flight=self._in_flight)
+        self.side_port = SidePort("metrics")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _pools(self) -> Sequence[Pool]:
+        proxy = self.core.plugins.get("proxy") if self.core is not None else None
+        return proxy.live_pools() if proxy is not None and hasattr(proxy, "live_pools") else []
+
+    def _in_flight(self) -> int:
+        return self.core.in_flight if self.core is not None else 0
+
+    def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel) -> MetricsHandler:
+        section = endpoint.sections.get("metrics") or MetricsEndpointConfig()
+        assert isinstance(section, MetricsEndpointConfig)
+        return MetricsHandler(self, section)
+
+    def internal_endpoints(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> list[InternalEndpoint]:
+        if not isinstance(config, MetricsConfig) or config.port is not None:
+            return []
+        return [InternalEndpoint(config.path, self._scrape, "metrics", ("plugins", "metrics", "config", "path"), "the Prometheus metrics")]
+
+    def _scrape(self, headers: Mapping[str, str]) -> Page:
+        return self.metrics.prometheus(headers.get("accept", ""))
+
+    def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
+        assert config is None or isinstance(config, MetricsConfig)
+        proxy = blueprint.plugin_configs.get("proxy")
+        self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
+        if config is not None and config.buckets is not None and tuple(config.buckets) != self.metrics.buckets:
+            # Histograms cannot change buckets in place: start a fresh registry (counters restart,
+            # which Prometheus' rate() handles like a process restart).
+            self.metrics = GatewayMetrics(config.buckets, pools=self._pools, in_flight=self._in_flight)
+            self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
+        port = config.port if config is not None else None
+        self._spawn(self._serve_side_port(config.host if config is not None else "127.0.0.1", port, config.path if config is not None else "/metrics"))
+
+    async def _serve_side_port(self, host: str, port: int | None, path: str) -> None:
+        if port is None:
+            await self.side_port.stop()
+        else:
+            await self.side_port.serve(host, port, {path: self._scrape})
+
+    def _spawn(self, work: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a tool compiling the blueprint)
+            work.close()
+            return
+        task = loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.observe(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.observe(flow)
+
+    def observe(self, flow: http.HTTPFlow) -> None:
+        record = record_for(flow)
+        if record is None or flow.metadata.get(OBSERVED):
+            return
+        flow.metadata[OBSERVED] = True
+        status = flow.response.status_code if flow.response is not None else None
+        end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None
+        seconds = (end or _now()) - flow.request.timestamp_start
+        self.metrics.observe(record, status, max(0.0, seconds))
+
+    async def done(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.side_port.stop()
+
+
+def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
+    """Pools whose `metrics: {enabled: false}` keeps their upstream series out."""
+    if proxy is None:
+        return []
+    pools: list[tuple[str, Any]] = [("default", proxy)] + list(getattr(proxy, "upstreams", {}).items())
+    return [name for name, pool in pools if getattr(pool, "metrics", None) is not None and not pool.metrics.enabled]
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+__all__ = ["GatewayMetrics", "MetricsConfig", "MetricsEndpointConfig", "MetricsPlugin", "PASSTHROUGH"]

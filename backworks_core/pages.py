@@ -1,0 +1,117 @@
+"""Backworks' own pages (the status page, its JSON API, metrics): on the proxy listener or a port.
+
+A page is a function of the request headers. The same function answers as an internal
+endpoint of the gateway (`dashboard.path`, `plugins.metrics.config.path`) or on a listener of
+its own (`dashboard.port`, `plugins.metrics.config.port`), which an aiohttp server inside
+mitmproxy's event loop provides, as the original's separate dashboard port did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from mitmproxy import http
+
+from backworks_core.context import Answer, RequestContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Page:
+    status: int
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+PageFunction = Callable[[Mapping[str, str]], Page]
+
+
+@dataclass(frozen=True)
+class InternalEndpoint:
+    """A page the gateway routes like an endpoint (middlewares with a matching filter apply).
+
+    `loc` is where the path is configured, for the error when an endpoint of the blueprint
+    already has it.
+    """
+
+    path: str
+    page: PageFunction
+    handler_name: str
+    loc: tuple[str | int, ...]
+    description: str = ""
+
+
+class PageHandler:
+    """An internal endpoint's handler: the page, never cached by browsers or proxies."""
+
+    def __init__(self, page: PageFunction) -> None:
+        self.page = page
+
+    async def __call__(self, ctx: RequestContext) -> Answer:
+        page = self.page(ctx.request.headers)
+        response = http.Response.make(page.status, page.body, {"Content-Type": page.content_type, "Cache-Control": "no-store"})
+        for name, value in page.headers.items():
+            response.headers[name] = value
+        return response
+
+
+class SidePort:
+    """Pages on a listener of their own; `serve` again with another address moves it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.routes: dict[str, PageFunction] = {}
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._web: web.Server | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def port(self) -> int | None:
+        return self._server.sockets[0].getsockname()[1] if self._server is not None else None
+
+    async def serve(self, host: str, port: int, routes: Mapping[str, PageFunction]) -> None:
+        async with self._lock:
+            self.routes = dict(routes)
+            if self._server is not None and self.address == (host, port):
+                return
+            await self._close()
+            self._web = web.Server(self._handle, access_log=None)
+            try:
+                self._server = await asyncio.get_running_loop().create_server(self._web, host, port)
+            except OSError as exc:
+                self._web = None
+                logger.error("backworks: the %s cannot listen on %s:%d: %s", self.what, host, port, exc.strerror or exc)
+                return
+            self.address = (host, port)
+            logger.info("backworks: %s on http://%s:%d%s", self.what, host if ":" not in host else f"[{host}]", self.port, min(self.routes, default="/"))
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        page_function = self.routes.get(request.path.rstrip("/") or "/")
+        if page_function is None:
+            return web.json_response({"error": f"nothing at {request.path}; try {', '.join(sorted(self.routes))}", "status": 404}, status=404)
+        if request.method not in ("GET", "HEAD"):
+            return web.json_response({"error": f"method {request.method} is not allowed here (allowed: GET, HEAD)", "status": 405}, status=405, headers={"Allow": "GET, HEAD"})
+        page = page_function(request.headers)
+        response = web.Response(status=page.status, body=page.body, headers={"Content-Type": page.content_type, "Cache-Control": "no-store", **page.headers})
+        return response
+
+    async def stop(self) -> None:
+        async with self._lock:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._web is not None:
+            await self._web.shutdown(1.0)
+            self._web = None
+        self.address = None
