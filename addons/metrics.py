@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import http
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -30,7 +31,7 @@ from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import StrictModel, UrlPath
 from backworks_core.pages import InternalEndpoint, Page, SidePort
 from backworks_core.plugins import Plugin, Section
-from backworks_core.telemetry import PASSTHROUGH, RequestRecord, record_for, status_class
+from backworks_core.telemetry import RequestRecord, record_for, status_class
 
 if TYPE_CHECKING:
     from addons.proxy import Pool
@@ -216,6 +217,8 @@ class MetricsPlugin(Plugin):
     sections = {"metrics": Section(MetricsEndpointConfig, "metrics")}
 
     def __init__(self) -> None:
+        # `*_created` samples would double the series for a timestamp Prometheus does not use.
+        disable_created_metrics()
         self.metrics = GatewayMetrics(pools=self._pools, in_flight=self._in_flight)
         self.side_port = SidePort("metrics")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -299,9 +302,5 @@ def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
-
-__all__ = ["GatewayMetrics", "MetricsConfig", "MetricsEndpointConfig", "MetricsPlugin", "PASSTHROUGH"]

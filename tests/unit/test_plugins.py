@@ -21,8 +21,8 @@ from .conftest import body_json, diagnostic_lines
 
 def test_without_third_party_packages_only_builtins(registry):
     assert registry.names() == ["auth", "metrics", "proxy", "transform"]
-    assert registry.handler_owner == {"proxy": "proxy", "auth.register": "auth", "auth.login": "auth", "auth.validate": "auth"}
-    assert set(registry.sections) == {"proxy"}
+    assert registry.handler_owner == {"proxy": "proxy", "auth.register": "auth", "auth.login": "auth", "auth.validate": "auth", "metrics": "metrics"}
+    assert set(registry.sections) == {"proxy", "metrics"}
     assert registry.broken == {}
 
 
