@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Backworks' one entry point.
 #   ./run.sh            install everything (first run), start the demo backend and serve blueprints/demo.yaml
-#   ./run.sh test       install everything (first run) and run the test suite
+#   ./run.sh test       install everything (first run; promtool, prometheus and chromium from the
+#                       system's packages when missing) and run the test suite
 #   ./run.sh run FILE   serve another blueprint (any `backworks` subcommand works the same way)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -53,7 +54,7 @@ MSG
 
 install
 case "${1:-}" in
-  test) shift; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) shift; bash tests/system-tools.sh; exec "$VENV/bin/python" -m pytest "$@" ;;
   "") demo ;;
   --*) demo "$@" ;;
   *) exec "$VENV/bin/backworks" "$@" ;;

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,16 @@ class JavaScriptError(RuntimeError):
 
 
 class Browser:
-    def __init__(self, binary: str | None = None, *, window_size: tuple[int, int] = (1280, 900), start_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        window_size: tuple[int, int] = (1280, 900),
+        start_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.binary = binary or chromium_path()
+        self.extra_args = list(extra_args)
         self.window_size = window_size
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -107,6 +116,7 @@ class Browser:
             "--remote-debugging-port=0",
             f"--user-data-dir={self.profile_dir}",
             f"--window-size={width},{height}",
+            *self.extra_args,
             "about:blank",
         ]
         try:
@@ -138,7 +148,14 @@ class Browser:
         if self._closed:
             return
         self._closed = True
+        graceful = False
         if self._loop is not None and self._loop.is_running():
+            if self.process is not None and self.process.poll() is None:
+                try:  # a graceful exit first: Chromium reaps most of its children itself
+                    self._run(self._send("Browser.close", timeout=2), timeout=3)
+                    graceful = True
+                except Exception:
+                    pass
             try:
                 self._run(self._disconnect(), timeout=5)
             except Exception:
@@ -146,16 +163,18 @@ class Browser:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(5)
-        if self.process is not None and self.process.poll() is None:
-            self._kill_group(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._kill_group(signal.SIGKILL)
-                self.process.wait(5)
         if self.process is not None:
-            self._kill_group(signal.SIGKILL)  # stragglers (a crashpad handler, a zygote) in the group
-            deadline = time.monotonic() + 3
+            try:
+                self.process.wait(3 if graceful else 0)
+            except subprocess.TimeoutExpired:
+                self._kill_group(signal.SIGTERM)
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._kill_group(signal.SIGKILL)
+                    self.process.wait(5)
+            self._kill_group(signal.SIGKILL)  # stragglers (renderers, zygotes, crashpad) in the group
+            deadline = time.monotonic() + 5
             while self._group_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
         if self._stderr_thread is not None:
@@ -191,12 +210,30 @@ class Browser:
             pass
 
     def _group_alive(self) -> bool:
+        """Whether a live (not zombie) process is left in Chromium's process group.
+
+        Orphaned children are reparented to PID 1, which may reap them late: zombies don't count.
+        """
         assert self.process is not None
-        try:
-            os.killpg(self.process.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        pgid = self.process.pid
+        if not os.path.isdir("/proc/self"):
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return False
+            return True
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # after "(comm)": state, ppid, pgrp
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+        return False
 
     def _drain_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -235,6 +272,8 @@ class Browser:
         try:
             return future.result(timeout)
         except TimeoutError:
+            if future.done():  # the coroutine's own (more precise) timeout
+                raise
             future.cancel()
             raise TimeoutError(f"no answer from chromium within {timeout}s") from None
 
@@ -322,6 +361,7 @@ class Page:
         self.console: list[str] = []  # "level: text" for each console.* call
         self.errors: list[str] = []  # uncaught exceptions
         self.dialogs: list[str] = []  # "alert: text" for each alert/confirm/prompt (dismissed)
+        self.closed = False
         self._load: asyncio.Event = asyncio.Event()
 
     # -- public API ----------------------------------------------------------------------------
@@ -358,6 +398,19 @@ class Page:
 
     def reload(self, timeout: float = 15.0) -> None:
         self.navigate(self.evaluate("location.href"), timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close this tab (idempotent; a no-op once the browser is gone)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.browser._sessions.pop(self.session_id, None)
+        if self in self.browser.pages:
+            self.browser.pages.remove(self)
+        try:
+            self.browser._run(self.browser._send("Target.closeTarget", {"targetId": self.target_id}, timeout=timeout), timeout=timeout + 1)
+        except BrowserError:
+            pass
 
     # -- internals -----------------------------------------------------------------------------
 

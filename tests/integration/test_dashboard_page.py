@@ -142,7 +142,9 @@ class FakeBackend:
 
     async def _page(self, request: web.Request) -> web.Response:
         html = PAGE.read_text(encoding="utf-8").replace("{{API_URL}}", API_PATH)
-        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+        # the same Content-Security-Policy the real backend (addons/dashboard.py) sends
+        csp = "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store", "Content-Security-Policy": csp})
 
     async def _api(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -213,6 +215,7 @@ def backend() -> Iterator[FakeBackend]:
 def page(browser: Browser, backend: FakeBackend) -> Iterator[Page]:
     opened = browser.open(backend.url)
     yield opened
+    opened.close()
     assert opened.errors == [], f"uncaught exceptions in the page: {opened.errors}"
     assert opened.dialogs == [], f"the page opened dialogs: {opened.dialogs}"
 
@@ -322,7 +325,7 @@ def test_connection_lost_then_recovered(page: Page, backend: FakeBackend) -> Non
 
 def test_one_request_at_a_time(page: Page, backend: FakeBackend) -> None:
     page.wait_for(LOADED, timeout=10)
-    backend.delay = 2.5  # slower than the poll interval
+    backend.delay = 1.5  # slower than the poll interval: a timer-driven poller would overlap
     before = updates(page)
     wait_updates_after(page, before + 1, timeout=10)  # two slow rounds
     backend.delay = 0.0
