@@ -235,6 +235,12 @@ class Backworks:
         if not self.reload():
             raise exceptions.CommandError("the blueprint has errors (see the event log); the previous version keeps serving")
 
+    @command.command("backworks.help")
+    def help_command(self) -> Sequence[str]:
+        """Every backworks.* command, with what it does."""
+        commands = ctx.master.commands.commands
+        return [f"{name} {' '.join(commands[name].signature_help().split()[1:])}".rstrip() + f": {commands[name].help.strip()}" for name in sorted(commands) if name.startswith("backworks.")]
+
     @command.command("backworks.endpoints")
     def endpoints_command(self) -> Sequence[str]:
         """The endpoints of the blueprint being served, with their handlers."""

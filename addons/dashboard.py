@@ -38,7 +38,8 @@ OBSERVED = "backworks.observed.dashboard"  # flow.metadata: counted once, whiche
 
 def page_html(api_url: str) -> bytes:
     template = resources.files("addons").joinpath("dashboard_page.html").read_text(encoding="utf-8")
-    return template.replace("{{API_URL}}", json.dumps(api_url)[1:-1]).encode()
+    # As a JavaScript string inside <script>: quoted, and no "</" that could end the element.
+    return template.replace("{{API_URL}}", json.dumps(api_url)[1:-1].replace("</", "<\\/")).encode()
 
 
 def target_state(row: Mapping[str, Any], error_rate: float | None, window_requests: int) -> str:
