@@ -238,6 +238,8 @@ class MetricsPlugin(Plugin):
     def internal_endpoints(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> list[InternalEndpoint]:
         if not isinstance(config, MetricsConfig) or config.port is not None:
             return []
+        if any(e.handler == "metrics" and e.settings.path == config.path for e in blueprint.endpoints):
+            return []  # the blueprint serves its metrics there itself
         return [InternalEndpoint(config.path, self._scrape, "metrics", ("plugins", "metrics", "config", "path"), "the Prometheus metrics")]
 
     def _scrape(self, headers: Mapping[str, str]) -> Page:
@@ -247,10 +249,11 @@ class MetricsPlugin(Plugin):
         assert config is None or isinstance(config, MetricsConfig)
         proxy = blueprint.plugin_configs.get("proxy")
         self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
-        if config is not None and config.buckets is not None and tuple(config.buckets) != self.metrics.buckets:
+        wanted = tuple(config.buckets) if config is not None and config.buckets is not None else DEFAULT_BUCKETS
+        if wanted != self.metrics.buckets:
             # Histograms cannot change buckets in place: start a fresh registry (counters restart,
             # which Prometheus' rate() handles like a process restart).
-            self.metrics = GatewayMetrics(config.buckets, pools=self._pools, in_flight=self._in_flight)
+            self.metrics = GatewayMetrics(wanted, pools=self._pools, in_flight=self._in_flight)
             self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
         port = config.port if config is not None else None
         self._spawn(self._serve_side_port(config.host if config is not None else "127.0.0.1", port, config.path if config is not None else "/metrics"))
@@ -279,8 +282,8 @@ class MetricsPlugin(Plugin):
 
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
-        if record is None or flow.metadata.get(OBSERVED):
-            return
+        if record is None or record.internal or flow.metadata.get(OBSERVED):
+            return  # scrapes and status-page polls are not the API's traffic
         flow.metadata[OBSERVED] = True
         status = flow.response.status_code if flow.response is not None else None
         end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None

@@ -4,7 +4,7 @@ Run with ``.venv/bin/python bench/throughput.py [--duration 10] [--connections 8
 (``bench/run`` runs it after ``bench/setup.sh`` has installed ``wrk``).
 
 Three upstreams (``backworks demo-backend``, aiohttp) listen on free 127.0.0.1 ports, UP1..UP3.
-Four configurations are then measured with ``wrk``, one at a time, never side by side (they
+Five configurations are then measured with ``wrk``, one at a time, never side by side (they
 share the machine's cores):
 
   a. bare   ``mitmdump --mode reverse:http://127.0.0.1:UP1 -p PORT -q``          GET /users
@@ -14,13 +14,23 @@ share the machine's cores):
   c. static the same Backworks process; a ``handler: static`` endpoint          GET /static
   d. pool3  another Backworks process, same blueprint except that the pool has
             three targets, UP1, UP2 and UP3, balanced round_robin               GET /users
+  e. full   another Backworks process ("backworks-full"), b's blueprint with every
+            feature on: the one-target pool gets health_check (GET /health on
+            UP1 every 1 s), circuit_breaker and outlier_detection (defaults) and
+            retries {attempts: 1}; the metrics plugin (Prometheus at /metrics);
+            the auth plugin (jwt_secret) with a middleware on /users*, so every
+            request's HS256 token is checked (its verified-token cache at its
+            default, on: a client reusing its token, as wrk does)    GET /users
+                                                 with Authorization: Bearer TOKEN
 
-Rounds are interleaved (a, b, c, d, a, b, c, d, ...) so that drift of the machine affects all
-alike; each round starts its mitmdump processes afresh, checks the answers (d must reach all
-three upstreams), warms up, then measures. The table reports the median over rounds of req/s and
-of wrk's latency p50/p99, and the ratios b/a, c/a and d/a. --configs picks a subset (a is always
-measured; UP2 and UP3 are started only for d). Every load generator targets 127.0.0.1 only; every
-loop is bounded in count and time; every child process is killed on exit, error or Ctrl-C.
+Rounds are interleaved (a, b, c, d, e, a, b, c, d, e, ...) so that drift of the machine affects
+all alike; each round starts its mitmdump processes afresh, checks the answers (d must reach all
+three upstreams; e must answer 401 without the token and serve backworks_requests_total at
+/metrics), warms up, then measures. The table reports the median over rounds of req/s and of
+wrk's latency p50/p99, and the ratios b/a, c/a, d/a and e/a. --configs picks a subset (a is
+always measured; UP2 and UP3 are started only for d). Every load generator targets 127.0.0.1
+only; every loop is bounded in count and time; every child process is killed on exit, error or
+Ctrl-C.
 
 To make noise visible rather than silently part of the figures, each measurement also records
 the mitmdump process's CPU time per request (/proc), the CPU the rest of the machine used
@@ -46,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,6 +75,10 @@ START_TIMEOUT = 30.0  # seconds a process gets to start listening
 NOISY_CORES = 0.15  # CPU busy outside the benchmark's own processes above which figures are suspect
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 POOL_SIZE = 3  # targets (separate upstream processes) in configuration d's pool
+# Configuration e: the auth plugin's HS256 secret (a constant: the bench needs no secrecy, only a
+# key of the size RFC 7518 asks for) and a token signed with it, sub set, expiring in 2100.
+BENCH_JWT_SECRET = "backworks-bench-hs256-secret-0123456789abcdef"
+BENCH_JWT_EXP = 4_102_444_800  # 2100-01-01T00:00:00Z
 INSTALL_HINT = (
     "wrk (HTTP load generator) is not installed.\n"
     "  run:  bench/setup.sh      (does: apt-get update && apt-get install -y wrk)\n"
@@ -202,9 +217,15 @@ def wait_listening(procs: Processes, name: str, port: int, timeout: float = STAR
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
-    with _NO_PROXY_OPENER.open(url, timeout=10) as response:
-        return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET `url`; an HTTP error status is returned like any other answer, not raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with _NO_PROXY_OPENER.open(request, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
 
 
 # -- configurations ----------------------------------------------------------------------------
@@ -214,9 +235,10 @@ def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
 class Config:
     key: str
     label: str
-    process: str  # which mitmdump process serves it: "bare" or "backworks"
+    process: str  # which mitmdump process serves it: "bare", "backworks", "backworks-pool" or "backworks-full"
     path: str
     check: Callable[[int, dict[str, str], bytes], str | None]  # None when the answer is right
+    authorized: bool = False  # requests (the check's and wrk's) carry `Authorization: Bearer <bench_token()>`
 
 
 def _check_bare(status: int, headers: dict[str, str], body: bytes) -> str | None:
@@ -249,13 +271,35 @@ def _check_static(status: int, headers: dict[str, str], body: bytes) -> str | No
     return None
 
 
+def _check_unauthorized(status: int, headers: dict[str, str], body: bytes) -> str | None:
+    """Configuration e without its token: the auth middleware must refuse it."""
+    if status != 401 or "bearer" not in headers.get("www-authenticate", "").lower():
+        return f"expected the auth middleware's 401 for a request without a token, got {status} {headers} {body[:200]!r}"
+    return None
+
+
+def _check_metrics(status: int, headers: dict[str, str], body: bytes) -> str | None:
+    """Configuration e's GET /metrics: the metrics plugin's Prometheus text."""
+    if status != 200 or b"backworks_requests_total" not in body:
+        return f"expected the metrics plugin's Prometheus text with backworks_requests_total, got {status} {headers} {body[:200]!r}"
+    return None
+
+
 CONFIGS = (
     Config("a", "bare mitmdump --mode reverse", "bare", "/users", _check_bare),
     Config("b", "backworks handler: proxy", "backworks", "/users", _check_proxy),
     Config("c", "backworks handler: static", "backworks", "/static", _check_static),
     Config("d", f"backworks proxy, {POOL_SIZE}-target pool", "backworks-pool", "/users", _check_proxy),
+    Config("e", "backworks, every feature on", "backworks-full", "/users", _check_proxy, authorized=True),
 )
-PROCESSES = ("bare", "backworks", "backworks-pool")  # mitmdump processes, started in this order each round
+PROCESSES = ("bare", "backworks", "backworks-pool", "backworks-full")  # mitmdump processes, started in this order each round
+
+
+def bench_token() -> str:
+    """Configuration e's bearer token: HS256 with BENCH_JWT_SECRET, `sub` and a far `exp`."""
+    import jwt  # pyjwt: a dependency of Backworks (the auth plugin); only e needs it
+
+    return jwt.encode({"sub": "bench", "exp": BENCH_JWT_EXP}, BENCH_JWT_SECRET, algorithm="HS256")
 
 
 def upstream_name(index: int) -> str:
@@ -313,6 +357,26 @@ def bench_blueprint(upstream_ports: Sequence[int]) -> dict[str, object]:
         },
         "endpoints": endpoints,
     }
+
+
+def full_blueprint(upstream_port: int) -> dict[str, object]:
+    """Configuration e: bench_blueprint with one target and every feature on. The pool gets active
+    health checks (the demo backend's GET /health, every second), a circuit breaker and outlier
+    detection (their defaults) and retries; the metrics plugin serves Prometheus at /metrics; the
+    auth plugin verifies an HS256 bearer token on every /users request (a middleware)."""
+    blueprint = bench_blueprint([upstream_port])
+    blueprint["name"] = "backworks-bench-full"
+    plugins = blueprint["plugins"]
+    assert isinstance(plugins, dict)
+    proxy = plugins["proxy"]["config"]
+    proxy["health_check"] = {"path": "/health", "interval": 1}
+    proxy["circuit_breaker"] = {}
+    proxy["outlier_detection"] = {}
+    proxy["retries"] = {"attempts": 1}
+    plugins["metrics"] = {}
+    plugins["auth"] = {"config": {"jwt_secret": BENCH_JWT_SECRET}}
+    blueprint["middlewares"] = [{"name": "members", "plugin": "auth", "config": {"path": "/users*"}}]
+    return blueprint
 
 
 # -- wrk ---------------------------------------------------------------------------------------
@@ -383,7 +447,15 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run_wrk(url: str, seconds: float, connections: int, threads: int, lua: Path, cpus: set[int] | None = None) -> Sample:
+def run_wrk(
+    url: str,
+    seconds: float,
+    connections: int,
+    threads: int,
+    lua: Path,
+    cpus: set[int] | None = None,
+    headers: Sequence[str] = (),
+) -> Sample:
     assert url.startswith(f"http://{HOST}:"), url  # never load anything but localhost
     argv = [
         "wrk",
@@ -392,6 +464,7 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int, lua: Path,
         f"-d{max(1, round(seconds))}s",
         "--timeout",
         "5s",
+        *(arg for header in headers for arg in ("-H", header)),
         "-s",
         str(lua),
         url,
@@ -483,13 +556,15 @@ class Results:
     samples: dict[str, list[Sample]] = field(default_factory=lambda: {c.key: [] for c in CONFIGS})
 
 
-def measure_one(url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, upstream_pids: Sequence[int]) -> Sample:
+def measure_one(
+    url: str, args: argparse.Namespace, lua: Path, proxy_pid: int, upstream_pids: Sequence[int], headers: Sequence[str] = ()
+) -> Sample:
     """One wrk run, with the CPU the proxy, the upstreams, wrk and everything else used meanwhile.
     Every upstream that runs is the benchmark's own, busy or idle, so none of it counts as noise."""
     calibration = calibration_ms(args.proxy_cpus)
     cpu0, ups0, wall0 = cpu_seconds(proxy_pid), [cpu_seconds(pid) for pid in upstream_pids], time.monotonic()
     sys0, wrk0 = system_busy_seconds(), children_cpu_seconds()
-    sample = run_wrk(url, args.duration, args.connections, args.threads, lua, args.load_cpus)
+    sample = run_wrk(url, args.duration, args.connections, args.threads, lua, args.load_cpus, headers)
     cpu1, ups1, wall1 = cpu_seconds(proxy_pid), [cpu_seconds(pid) for pid in upstream_pids], time.monotonic()
     sys1, wrk1 = system_busy_seconds(), children_cpu_seconds()
     wall = max(wall1 - wall0, 1e-9)
@@ -531,6 +606,10 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     blueprints["backworks"].write_text(yaml.safe_dump(bench_blueprint(upstream_ports[:1]), sort_keys=False))
     if "backworks-pool" in processes:
         blueprints["backworks-pool"].write_text(yaml.safe_dump(bench_blueprint(upstream_ports), sort_keys=False))
+    token = bench_token() if any(c.authorized for c in configs) else ""
+    if "backworks-full" in processes:
+        blueprints["backworks-full"] = work / "bench-blueprint-full.yaml"
+        blueprints["backworks-full"].write_text(yaml.safe_dump(full_blueprint(upstream_ports[0]), sort_keys=False))
     mode = f"reverse:http://{HOST}:{upstream_ports[0]}"
 
     def argv_for(process: str, port: int | str) -> list[str]:
@@ -542,6 +621,8 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     commands: dict[str, list[str]] = {upstream_name(i): argv for i, argv in enumerate(upstream_argvs)}
     commands.update({process: argv_for(process, "PORT") for process in processes})
     commands["wrk"] = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{round(args.duration)}s", "--timeout", "5s", "-s", "report.lua", "URL"]
+    if token:
+        commands["wrk (e)"] = commands["wrk"][:-3] + ["-H", "'Authorization: Bearer TOKEN'"] + commands["wrk"][-3:]
     for name, argv in commands.items():
         print(f"{name}: {' '.join(argv)}", flush=True)
     print(f"backworks code: {describe_checkout(args.backworks)}", flush=True)
@@ -557,19 +638,26 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                 print(f"\n# {blueprints[process]}\n{blueprints[process].read_text()}", flush=True)
     print(flush=True)
 
+    def get(config: Config, process: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        try:
+            return fetch(url, headers)
+        except OSError as exc:
+            time.sleep(0.5)  # let a crashing process finish writing its log
+            raise BenchError(f"{config.key} ({config.label}): GET {url} failed: {exc}\n{procs.log_tail(process)}") from None
+
     def check(config: Config, process: str, url: str) -> None:
         tries = 1 if config.key != "d" else 2 * POOL_SIZE  # round_robin: every target within POOL_SIZE
-        answers = []
-        for _ in range(tries):
-            try:
-                answers.append(fetch(url))
-            except OSError as exc:
-                time.sleep(0.5)  # let a crashing process finish writing its log
-                raise BenchError(f"{config.key} ({config.label}): GET {url} failed: {exc}\n{procs.log_tail(process)}") from None
+        headers = {"Authorization": f"Bearer {token}"} if config.authorized else None
+        answers = [get(config, process, url, headers) for _ in range(tries)]
         if config.key == "d":
             problem = _check_pool(answers, [upstream_name(i) for i in range(upstream_count)])
         else:
             problem = config.check(*answers[0])
+        if not problem and config.authorized:  # auth is really on: no token, no answer
+            problem = _check_unauthorized(*get(config, process, url))
+        if not problem and config.key == "e":  # metrics are really on, and counted the requests above
+            base = url.rsplit(config.path, 1)[0]
+            problem = _check_metrics(*get(config, process, f"{base}/metrics"))
         if problem:
             raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
 
@@ -581,10 +669,11 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                 wait_listening(procs, process, port)
                 for config in (c for c in configs if c.process == process):
                     url = f"http://{HOST}:{port}{config.path}"
+                    wrk_headers = [f"Authorization: Bearer {token}"] if config.authorized else []
                     check(config, process, url)
                     if args.warmup > 0:
-                        run_wrk(url, args.warmup, args.connections, args.threads, lua, args.load_cpus)
-                    sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids)
+                        run_wrk(url, args.warmup, args.connections, args.threads, lua, args.load_cpus, wrk_headers)
+                    sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids, wrk_headers)
                     for retry in range(1, args.noise_retries + 1):
                         if sample.other_cores <= args.max_other_load:
                             break
@@ -595,7 +684,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
                             flush=True,
                         )
                         time.sleep(args.noise_pause)
-                        sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids)
+                        sample = measure_one(url, args, lua, procs.running[process].pid, upstream_pids, wrk_headers)
                     for name in (process, *(upstream_name(i) for i in range(upstream_count))):
                         if procs.running[name].poll() is not None:
                             raise BenchError(f"{name} died during the run:\n{procs.log_tail(name)}")
@@ -690,7 +779,7 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
         + "."
     )
     print()
-    what = {"b": "proxy", "c": "static", "d": "pool3"}
+    what = {"b": "proxy", "c": "static", "d": "pool3", "e": "full"}
     verdicts: dict[str, bool] = {}
     for key in others:
         ratio = med[key]["rps"] / bare if bare else float("nan")
@@ -780,11 +869,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2, help="seconds of discarded load first (default 2; 0: none)")
     parser.add_argument("--connections", type=int, default=8, help="wrk keep-alive connections (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: leave the cores to the proxy)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds a,b,c,d (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds a,b,c,d,e (default 3)")
     parser.add_argument(
         "--configs",
-        default="abcd",
-        help="which configurations to measure, e.g. abc to leave out the pool of 3 (default abcd; a is always measured)",
+        default="abcde",
+        help="which configurations to measure, e.g. abc to leave out the pool of 3 and every feature on "
+        "(default abcde; a is always measured)",
     )
     parser.add_argument(
         "--max-other-load",

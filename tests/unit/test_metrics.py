@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import prometheus_client
 import pytest
-from mitmproxy import exceptions
-from mitmproxy.test import taddons
+from mitmproxy import exceptions, http
+from mitmproxy import flow as mflow
+from mitmproxy.test import taddons, tutils
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from pydantic import ValidationError
@@ -187,11 +187,8 @@ def test_a_second_metrics_plugin_is_independent_of_the_first() -> None:
     assert value(second.metrics, "backworks_requests_total", **labels) is None
 
 
-def http_response(status: int):  # type: ignore[no-untyped-def]
-    from mitmproxy.test import tutils
-
-    response = tutils.tresp(status_code=status)
-    return response
+def http_response(status: int) -> http.Response:
+    return tutils.tresp(status_code=status)
 
 
 def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
@@ -216,8 +213,6 @@ def test_the_plugin_ignores_flows_without_a_record() -> None:
 
 
 def test_an_errored_flow_is_counted_without_a_status() -> None:
-    from mitmproxy import flow as mflow
-
     plugin = MetricsPlugin()
     flow = make_flow("GET", "/users/1")
     flow.metadata[RECORD] = proxied_record()
@@ -568,11 +563,6 @@ async def test_without_the_plugin_in_the_blueprint_there_is_no_metrics_route(pro
         await plugin.done()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`handler: metrics` activates the plugin with its default config, whose internal endpoint "
-    "/metrics then clashes with the user's own /metrics endpoint (error at a key the blueprint does not have)",
-)
 def test_a_metrics_handler_endpoint_at_metrics_loads(project, compile_gateway) -> None:  # type: ignore[no-untyped-def]
     path = project.blueprint(
         """
@@ -624,11 +614,6 @@ async def test_custom_buckets_take_effect(project, stack) -> None:  # type: igno
         await plugin.done()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_blueprint only replaces the histograms when `buckets` is set: removing it keeps "
-    "the previous blueprint's buckets instead of going back to DEFAULT_BUCKETS",
-)
 async def test_removing_custom_buckets_goes_back_to_the_defaults(project, stack) -> None:  # type: ignore[no-untyped-def]
     core, plugin, _ = stack
     path = project.blueprint(APP.format(plugins="plugins:\n  metrics:\n    config: {buckets: [0.2, 2]}", extra=""))
