@@ -33,6 +33,13 @@ from backworks_core.telemetry import ensure_record, record_for
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT = "backworks.in_flight"  # flow.metadata: counted in Backworks.in_flight until it ends
+FINISHED = "backworks.finished"  # flow.metadata: the observers have seen it
+
+
+class FlowObserver(Protocol):
+    """A plugin or extension told of every flow once it is done (metrics, the status page)."""
+
+    def observe(self, flow: http.HTTPFlow) -> None: ...
 
 
 class CoreExtension(Protocol):
@@ -117,6 +124,7 @@ class Backworks:
         for plugin in self.plugins.values():
             plugin.core = self
         self.extensions = list(extensions)
+        self.observers: list[FlowObserver] = []  # found again on each blueprint (extensions come late)
         self.in_flight = 0  # requests between their head arriving and their end (for metrics, the status page)
         self.gateway: Gateway | None = None
         self._signature: tuple[tuple[str, int, int], ...] = ()
@@ -190,6 +198,7 @@ class Backworks:
             plugin.apply_blueprint(gateway.blueprint.plugin_configs.get(name), gateway.blueprint)
         for extension in self.extensions:
             extension.apply_gateway(gateway)
+        self.observers = [o for o in (*self.plugins.values(), *self.extensions) if callable(getattr(o, "observe", None))]
         verb = "reloaded" if previous is not None else "loaded"
         logger.info(
             "backworks: %s blueprint %r (%s) with %d endpoint(s)",
@@ -286,9 +295,22 @@ class Backworks:
         self._finished(flow)
 
     def _finished(self, flow: http.HTTPFlow) -> None:
+        """Once per flow, whichever of `response` and `error` comes first: the observers see it.
+
+        The observers (metrics, status page) are called from here rather than from hooks of
+        their own: every hook is a dispatch over all of mitmproxy's addons, on every request.
+        """
+        if flow.metadata.get(FINISHED):
+            return
+        flow.metadata[FINISHED] = True
         if flow.metadata.get(IN_FLIGHT):
-            flow.metadata[IN_FLIGHT] = False  # once, whichever of response and error comes first
+            flow.metadata[IN_FLIGHT] = False
             self.in_flight -= 1
+        for observer in self.observers:
+            try:
+                observer.observe(flow)
+            except Exception:  # counting must never break the answer
+                logger.exception("backworks: %s failed to observe a flow", type(observer).__name__)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or RELAYED in flow.metadata:

@@ -117,12 +117,6 @@ class Dashboard:
 
     # -- observing ------------------------------------------------------------------------
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.observe(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.observe(flow)
-
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
         bystander = record is not None and record.endpoint == PASSTHROUGH and not record.request_id  # regular-mode traffic

@@ -135,15 +135,25 @@ class GatewayMetrics:
         self.reloads = Counter("backworks_blueprint_loads", "Blueprints that went live (the first one included).", registry=registry)
         registry.register(TargetCollector(pools))
         self.disabled_pools: frozenset[str] = frozenset()
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._upstream_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, record: RequestRecord, status: int | None, seconds: float) -> None:
         """One finished request: its own series, its tries upstream, and what was refused."""
-        self.requests.labels(record.endpoint, record.method, status_class(status)).inc()
-        self.duration.labels(record.endpoint, record.method).observe(seconds)
+        key = (record.endpoint, record.method, status_class(status))
+        children = self._request_children.get(key)
+        if children is None:  # `labels()` costs a lock and a lookup; the label sets are few
+            children = self._request_children[key] = (self.requests.labels(*key), self.duration.labels(*key[:2]))
+        children[0].inc()
+        children[1].observe(seconds)
         if record.attempts and record.pool not in self.disabled_pools:
             for attempt in record.attempts:
-                self.upstream.labels(attempt.pool, attempt.target, attempt.outcome).inc()
-                self.upstream_duration.labels(attempt.pool, attempt.target).observe(attempt.seconds)
+                try_key = (attempt.pool, attempt.target, attempt.outcome)
+                try_children = self._upstream_children.get(try_key)
+                if try_children is None:
+                    try_children = self._upstream_children[try_key] = (self.upstream.labels(*try_key), self.upstream_duration.labels(*try_key[:2]))
+                try_children[0].inc()
+                try_children[1].observe(attempt.seconds)
             if record.retries:
                 self.retries.labels(record.attempts[0].pool).inc(record.retries)
             if record.failovers:
@@ -273,12 +283,6 @@ class MetricsPlugin(Plugin):
         task = loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self.observe(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self.observe(flow)
 
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)

@@ -80,7 +80,10 @@ def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
 def stamp_response(flow: http.HTTPFlow) -> None:
     """Every answer to a request Backworks saw carries its id back to the client."""
     request_id = flow.metadata.get("backworks.request_id")
-    if request_id and flow.response is not None and REQUEST_ID_HEADER not in flow.response.headers:
+    if not request_id or flow.response is None or flow.metadata.get("backworks.stamped") is flow.response:
+        return
+    flow.metadata["backworks.stamped"] = flow.response  # once per answer: responseheaders, then response
+    if REQUEST_ID_HEADER not in flow.response.headers:
         flow.response.headers[REQUEST_ID_HEADER] = request_id
 
 

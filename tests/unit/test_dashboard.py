@@ -219,7 +219,7 @@ async def test_backworks_own_4xx_is_listed_but_not_counted_as_failed(project, st
         tctx.configure(stack.core, blueprint=str(write(project)))
         flow = make_flow("GET", "/nothing", mode=REVERSE)
         await stack.core.request(flow)
-        stack.dashboard.response(flow)
+        stack.dashboard.observe(flow)
         status = stack.dashboard.status()
         assert status["totals"]["requests"] == 1 and status["totals"]["error_rate"] == 0.0
         [error] = status["recent_errors"]
@@ -231,12 +231,12 @@ async def test_internal_requests_are_not_counted(project, stack: Stack) -> None:
         tctx.configure(stack.core, blueprint=str(write(project)))
         hello = make_flow("GET", "/hello", mode=REVERSE)
         await stack.core.request(hello)
-        stack.dashboard.response(hello)
+        stack.dashboard.observe(hello)
         for path in ("/__backworks", "/__backworks/api/status", "/metrics"):
             flow = make_flow("GET", path, mode=REVERSE)
             await stack.core.request(flow)
             assert flow.response.status_code == 200, path
-            stack.dashboard.response(flow)
+            stack.dashboard.observe(flow)
         api = make_flow("GET", "/__backworks/api/status", mode=REVERSE)
         await stack.core.request(api)
         body = body_json(api.response)
@@ -254,7 +254,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         assert bystander.response is None  # passed through, untouched
         assert bystander.metadata[RECORD].request_id == ""
         bystander.response = tutils.tresp(status_code=500)  # whatever the real server says
-        stack.dashboard.response(bystander)
+        stack.dashboard.observe(bystander)
         status = stack.dashboard.status()
         assert status["totals"]["requests"] == 0 and status["recent_errors"] == []
         # in reverse mode, an unmatched request passed to Backworks' own upstream counts
@@ -262,7 +262,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         await stack.core.request(own)
         assert own.response is None and own.metadata[RECORD].request_id
         own.response = tutils.tresp(status_code=200)
-        stack.dashboard.response(own)
+        stack.dashboard.observe(own)
         assert stack.dashboard.status()["totals"]["requests"] == 1
 
 
@@ -270,10 +270,10 @@ async def test_each_flow_is_counted_once(project, stack: Stack) -> None:  # type
     with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
         tctx.configure(stack.core, blueprint=str(write(project)))
         flow = proxied("twice", [("b", 502, 0.01)], 502, error="no target answered")
-        stack.dashboard.response(flow)
+        stack.dashboard.observe(flow)
         flow.error = mflow.Error("and then the client went away")
-        stack.dashboard.error(flow)
-        stack.dashboard.response(flow)
+        stack.dashboard.observe(flow)
+        stack.dashboard.observe(flow)
         status = stack.dashboard.status()
         assert status["totals"]["requests"] == 1
         assert target_rows(status)["b"]["requests"] == 1

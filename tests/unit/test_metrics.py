@@ -196,9 +196,9 @@ def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
     flow = make_flow("GET", "/users/1")
     flow.metadata[RECORD] = proxied_record()
     flow.response = http_response(502)
-    plugin.response(flow)
-    plugin.error(flow)
-    plugin.response(flow)
+    plugin.observe(flow)
+    plugin.observe(flow)
+    plugin.observe(flow)
     assert value(plugin.metrics, "backworks_requests_total", endpoint="/users/{id}", method="GET", status_class="5xx") == 1
     assert value(plugin.metrics, "backworks_upstream_retries_total", pool="default") == 1
 
@@ -208,7 +208,7 @@ def test_the_plugin_ignores_flows_without_a_record() -> None:
     flow = make_flow("GET", "/x")
     flow.response = http_response(200)
     before = sample_count(plugin.metrics)
-    plugin.response(flow)
+    plugin.observe(flow)
     assert sample_count(plugin.metrics) == before
 
 
@@ -217,7 +217,7 @@ def test_an_errored_flow_is_counted_without_a_status() -> None:
     flow = make_flow("GET", "/users/1")
     flow.metadata[RECORD] = proxied_record()
     flow.error = mflow.Error("client disconnected")
-    plugin.error(flow)
+    plugin.observe(flow)
     assert value(plugin.metrics, "backworks_requests_total", endpoint="/users/{id}", method="GET", status_class="none") == 1
     assert value(plugin.metrics, "backworks_request_duration_seconds_count", endpoint="/users/{id}", method="GET") == 1
 
@@ -476,7 +476,7 @@ def stack() -> Iterator[tuple[Backworks, MetricsPlugin, list]]:
 async def finish(core: Backworks, plugin: MetricsPlugin, flow) -> None:  # type: ignore[no-untyped-def]
     """The hooks mitmproxy runs once the gateway answered."""
     core.response(flow)
-    plugin.response(flow)
+    plugin.observe(flow)
 
 
 async def test_metrics_path_is_answered_by_the_gateway(project, stack) -> None:  # type: ignore[no-untyped-def]
