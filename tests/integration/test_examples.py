@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT, Reply
+from tests.integration.harness import ROOT, Reply, free_port, request
 
 pytestmark = pytest.mark.integration
 
 
 def test_proxy_advanced_balances_one_two_one_and_fails_over(make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]
     backends = [make_upstream(f"backend-{i}") for i in (1, 2, 3)]
-    env = {f"BACKEND_{i}_URL": b.url for i, b in enumerate(backends, 1)}
+    dashboard_port = free_port()
+    env = {f"BACKEND_{i}_URL": b.url for i, b in enumerate(backends, 1)} | {"DASHBOARD_PORT": str(dashboard_port)}
     proxy = start_proxy(ROOT / "blueprints" / "proxy-advanced" / "blueprint.yaml", env=env)
     names = [proxy.get("/api/users").json["upstream"] for _ in range(8)]
     assert names == ["backend-2", "backend-1", "backend-3", "backend-2"] * 2
@@ -30,6 +31,13 @@ def test_proxy_advanced_balances_one_two_one_and_fails_over(make_upstream, start
     after = Counter(proxy.get("/api/products").json["upstream"] for _ in range(8))
     assert set(after) == {"backend-1", "backend-3"} and sum(after.values()) == 8
     assert proxy.get("/health").json["status"] == "healthy"
+    metrics = proxy.get("/metrics").json["metrics"]
+    served = {s["labels"]["target"]: s["value"] for s in metrics["backworks_upstream_requests"]["samples"] if s["labels"]["outcome"] == "2xx"}
+    assert served["backend-2"] >= 3 and set(served) == {"backend-1", "backend-2", "backend-3"}
+    assert {s["labels"]["target"] for s in metrics["backworks_target_healthy"]["samples"]} == {"backend-1", "backend-2", "backend-3"}
+    status = request("GET", "/api/status", port=dashboard_port).json
+    assert [t["name"] for t in status["pools"][0]["targets"]] == ["backend-1", "backend-2", "backend-3"]
+    assert status["blueprint"]["name"] == "Advanced Proxy API"
 
 
 def test_auth_api_register_login_roles_and_validate(tmp_path: Path, start_proxy) -> None:  # type: ignore[no-untyped-def]
