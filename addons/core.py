@@ -205,7 +205,7 @@ class Backworks:
             verb,
             settings.name,
             gateway.blueprint.path,
-            len(gateway.endpoints),
+            len(gateway.blueprint.endpoints),
         )
 
     def reload(self) -> bool:

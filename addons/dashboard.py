@@ -52,6 +52,24 @@ def target_state(row: Mapping[str, Any], error_rate: float | None, window_reques
     return "up"
 
 
+def status_page_endpoints(
+    blueprint: LoadedBlueprint,
+    page: Callable[[str], Page] = lambda api: Page(200, "text/html", b""),
+    api: Callable[[], Page] = lambda: Page(200, "application/json", b"{}"),
+) -> list[InternalEndpoint]:
+    """The page at `dashboard.path` and its JSON API beside it, unless the page has a port of its
+    own; `backworks validate` calls it without the pages, to find clashes with endpoints."""
+    settings = blueprint.settings.dashboard
+    if not settings.enabled or settings.port is not None:
+        return []
+    path = settings.path.rstrip("/") or "/"
+    api_path = (path if path != "/" else "") + API_SUFFIX
+    return [
+        InternalEndpoint(path, lambda _: page(api_path), "dashboard", ("dashboard", "path"), "the status page"),
+        InternalEndpoint(api_path, lambda _: api(), "dashboard", ("dashboard", "path"), "the status page's JSON API"),
+    ]
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -75,15 +93,7 @@ class Dashboard:
     # -- the core's extension points ------------------------------------------------------
 
     def internal_endpoints(self, blueprint: LoadedBlueprint) -> list[InternalEndpoint]:
-        settings = blueprint.settings.dashboard
-        if not settings.enabled or settings.port is not None:
-            return []
-        path = settings.path.rstrip("/") or "/"
-        api = (path if path != "/" else "") + API_SUFFIX
-        return [
-            InternalEndpoint(path, lambda _: self.page(api), "dashboard", ("dashboard", "path"), "the status page"),
-            InternalEndpoint(api, lambda _: self.api(), "dashboard", ("dashboard", "path"), "the status page's JSON API"),
-        ]
+        return status_page_endpoints(blueprint, self.page, self.api)
 
     def apply_gateway(self, gateway: Gateway) -> None:
         """A blueprint went live: forget windows of targets and endpoints that are gone."""
@@ -233,14 +243,18 @@ class Dashboard:
             for row in pool["targets"]:
                 lines.append(
                     f"{row['label']}: {row['state']} health={row['health']} breaker={row['breaker']} "
-                    f"in_flight={row['in_flight']} rate={row['rate_per_s']}/s errors={_percent(row['error_rate'])} p99={row['latency_ms']['p99']}ms"
+                    f"in_flight={row['in_flight']} rate={row['rate_per_s']}/s errors={_percent(row['error_rate'])} p99={_ms_text(row['latency_ms']['p99'])}"
                 )
         totals = status["totals"]
         lines.append(
             f"all: {totals['requests']} requests, in_flight={totals['in_flight']} rate={totals['rate_per_s']}/s "
-            f"errors={_percent(totals['error_rate'])} p99={totals['latency_ms']['p99']}ms"
+            f"errors={_percent(totals['error_rate'])} p99={_ms_text(totals['latency_ms']['p99'])}"
         )
         return lines
+
+
+def _ms_text(value: float | None) -> str:
+    return f"{value}ms" if value is not None else "-"
 
 
 def _percent(rate: float | None) -> str:

@@ -25,11 +25,13 @@ def _registry_and_plugins():  # type: ignore[no-untyped-def]
 def cmd_validate(args: argparse.Namespace) -> int:
     from backworks_core.gateway import compile_blueprint
 
+    from addons.dashboard import status_page_endpoints
+
     registry, plugins = _registry_and_plugins()
     status = 0
     for file in args.files:
         try:
-            gateway = compile_blueprint(file, registry, plugins)
+            gateway = compile_blueprint(file, registry, plugins, pages=[status_page_endpoints])
         except BlueprintError as exc:
             for diagnostic in exc.diagnostics:
                 print(diagnostic, file=sys.stderr)
@@ -41,7 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(warning, file=sys.stderr)
         settings = gateway.blueprint.settings
         warned = f", {len(gateway.warnings)} warning(s)" if gateway.warnings else ""
-        print(f"{file}: OK: {settings.name!r}, {len(gateway.endpoints)} endpoint(s){warned}")
+        print(f"{file}: OK: {settings.name!r}, {len(gateway.blueprint.endpoints)} endpoint(s){warned}")
     return status
 
 

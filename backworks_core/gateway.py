@@ -445,7 +445,14 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
     for page in internal:
         clash = _same_route(page.path, endpoints)
         if clash is not None:
-            errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of endpoints[{clash.spec.index}] ({clash.label}); choose another path for one of them"))
+            key = ".".join(str(part) for part in page.loc)
+            errors.append(
+                blueprint.diagnostic(
+                    page.loc,
+                    f"{page.path} ({page.description}) is also the path of endpoints[{clash.spec.index}] ({clash.label}); "
+                    f"set {key} to another path, or move the endpoint",
+                )
+            )
         elif page.path in seen:
             other = ".".join(str(part) for part in seen[page.path].loc)
             errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of {other} ({seen[page.path].description}); choose another path for one of them"))

@@ -351,7 +351,7 @@ async def test_dashboard_path_on_an_endpoint_path_is_a_located_error(project, st
         with pytest.raises(exceptions.OptionsError) as info:
             tctx.configure(stack.core, blueprint=str(path))
     text = str(info.value)
-    assert f"{path}:3:19: dashboard.path: /hello is also the path of endpoints[0] (GET /hello); choose another path for one of them" in text
+    assert f"{path}:3:19: dashboard.path: /hello (the status page) is also the path of endpoints[0] (GET /hello); set dashboard.path to another path, or move the endpoint" in text
     assert text.startswith(f"{path}: 1 error in blueprint")
 
 

@@ -534,7 +534,7 @@ async def test_metrics_path_on_an_endpoint_path_is_a_located_error(project, stac
     with pytest.raises(BlueprintError) as info:
         compile_blueprint(path, core.registry, core.plugins)
     assert [(d.key_path, d.line) for d in info.value.diagnostics] == [("plugins.metrics.config.path", 4)]
-    assert "/hello is also the path of endpoints[0] (GET /hello)" in info.value.diagnostics[0].message
+    assert "/hello (the Prometheus metrics) is also the path of endpoints[0] (GET /hello)" in info.value.diagnostics[0].message
     with taddons.context(core, plugin) as tctx:
         with pytest.raises(exceptions.OptionsError, match="plugins.metrics.config.path"):
             tctx.configure(core, blueprint=str(path))
