@@ -391,3 +391,31 @@ async def test_init_project_serves_its_endpoints(tmp_path, compile_gateway, send
     assert json.loads(flow.response.get_content()) == {"message": "Hello, ada!"}
     flow = await send(gateway, "GET", "/hello")
     assert json.loads(flow.response.get_content())["message"] == "Hello from my-api"
+
+
+def test_validate_finds_an_endpoint_on_the_status_page_path(project, capsys):
+    path = project.blueprint(
+        """
+name: clash
+dashboard: {path: /status}
+endpoints:
+  - {path: /status, handler: static, config: {static: {body: mine}}}
+"""
+    )
+    assert main(["validate", str(path)]) == 1
+    _, err = capsys.readouterr()
+    assert f"{path}:2:19: dashboard.path: /status (the status page) is also the path of endpoints[0] (GET /status)" in err
+
+
+def test_validate_counts_only_the_blueprints_endpoints(project, capsys):
+    path = project.blueprint(
+        """
+name: pages
+plugins: {metrics: {}}
+endpoints:
+  - {path: /a, handler: static, config: {static: {body: a}}}
+"""
+    )
+    assert main(["validate", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.strip().endswith("OK: 'pages', 1 endpoint(s)")
