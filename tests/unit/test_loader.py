@@ -405,7 +405,7 @@ def test_unknown_plugin_with_suggestion(project, load_errors):
     )
     assert diagnostic_lines(load_errors(path)) == [
         f"{path}:3:3: plugins.proxi: unknown plugin 'proxi'; did you mean 'proxy'?",
-        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, metrics, proxy, transform)",
+        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, capture, metrics, proxy, transform)",
     ]
 
 
@@ -414,7 +414,7 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
         name: x
         plugins:
-          - type: capture
+          - type: cors
             config: {}
         middlewares:
           - {name: rl, plugin: rate_limit, config: {requests: 5}}
@@ -423,7 +423,7 @@ def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
         """
     )
     assert diagnostic_lines(load_errors(path)) == [
-        f"{path}:3:5: plugins[0].type: plugin 'capture' is not available in this version of Backworks yet",
+        f"{path}:3:5: plugins[0].type: plugin 'cors' is not available in this version of Backworks yet",
         f"{path}:6:16: middlewares[0].plugin: plugin 'rate_limit' is not available in this version of Backworks yet",
     ]
 

@@ -1,0 +1,222 @@
+"""The capture plugin: records the traffic that passes and writes it as mocks, HAR or OpenAPI.
+
+Every completed flow that passes the filters is redacted and appended to a journal (JSON lines,
+`config.journal`, by default beside `config.output`) at once and flushed, so memory stays flat
+and what was written survives Ctrl-C or a crash. The output (`config.output` in `config.format`)
+is built from the journal at shutdown and on the command `backworks.capture.save`; a journal can
+also be turned into one later with `backworks mock-from JOURNAL -o OUT`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+from pathlib import Path
+from typing import IO, Literal
+
+from mitmproxy import command, exceptions, http
+from mitmproxy.utils import human
+from pydantic import BaseModel, Field, field_validator
+
+from backworks_core.capture.model import Exchange
+from backworks_core.capture.redact import RedactionRules, redact_exchange
+from backworks_core.gateway import glob_to_regex
+from backworks_core.loader import LoadedBlueprint
+from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel
+from backworks_core.plugins import Plugin
+from backworks_core.telemetry import record_for
+
+logger = logging.getLogger(__name__)
+
+OutputFormat = Literal["blueprint", "har", "openapi"]
+
+
+class RedactConfig(StrictModel):
+    enabled: bool = Field(True, description="redact credentials and token-like values (strongly advised)")
+    headers: list[str] = Field(default_factory=list, description="more header names whose values are redacted")
+    fields: list[str] = Field(default_factory=list, description="more JSON/form field and query parameter names whose values are redacted")
+
+
+class CaptureConfig(StrictModel):
+    output: BlueprintPath = Field("captured.yaml", description="the file written at shutdown and by backworks.capture.save")
+    format: OutputFormat = Field("blueprint", description="blueprint (mock endpoints), har (HAR 1.2) or openapi (OpenAPI 3.1)")
+    journal: BlueprintPath | None = Field(None, description="the JSON-lines record of every captured flow; default: OUTPUT.jsonl")
+    include: list[str] = Field(default_factory=lambda: ["*"], description="path globs to record (`*` crosses segments)")
+    exclude: list[str] = Field(default_factory=list, description="path globs never recorded")
+    methods: list[str] | None = Field(None, description="methods to record; default all")
+    hosts: list[str] | None = Field(None, description="host globs to record (`*.example.com`); default all")
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint")
+    max_body: str = Field("1m", description="bodies larger than this are recorded empty")
+    api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        upper = [m.upper() for m in value]
+        unknown = [m for m in upper if m not in HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method {unknown[0]!r}")
+        return upper
+
+    @field_validator("max_body")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        try:
+            size = human.parse_size(value)
+        except ValueError:
+            size = None
+        if size is None or size < 0:
+            raise ValueError(f"expected a size such as 512k or 1m, got {value!r}")
+        return value
+
+    @property
+    def journal_path(self) -> str:
+        return self.journal or self.output + ".jsonl"
+
+
+class CaptureFilter:
+    """The include/exclude/methods/hosts decision, compiled once per blueprint."""
+
+    def __init__(self, config: CaptureConfig) -> None:
+        self.include = [glob_to_regex(g) for g in config.include]
+        self.exclude = [glob_to_regex(g) for g in config.exclude]
+        self.methods = frozenset(config.methods) if config.methods is not None else None
+        self.hosts = [re.compile(fnmatch.translate(h.lower())) for h in config.hosts] if config.hosts is not None else None
+
+    def wants(self, method: str, host: str, path: str) -> bool:
+        if self.methods is not None and method.upper() not in self.methods and "ANY" not in self.methods:
+            return False
+        if self.hosts is not None and not any(h.match(host.lower()) for h in self.hosts):
+            return False
+        if not any(p.match(path) for p in self.include):
+            return False
+        return not any(p.match(path) for p in self.exclude)
+
+
+def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange:
+    """The flow as recorded: bodies decoded (so `Content-Encoding` is dropped), capped in size."""
+    request, response = flow.request, flow.response
+    assert response is not None
+
+    def body(message: http.Message) -> bytes:
+        raw = message.raw_content
+        if raw is None or len(raw) > max_body * 4:  # streamed, or too large even before decoding
+            return b""
+        content = message.get_content(strict=False) or b""
+        return content if len(content) <= max_body else b""
+
+    def headers(message: http.Message) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in message.headers.items(multi=True) if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+
+    started = request.timestamp_start
+    ended = response.timestamp_end or response.timestamp_start or started
+    return Exchange(
+        method=request.method,
+        scheme=request.scheme,
+        host=request.pretty_host,
+        port=request.port,
+        path=request.path.split("?", 1)[0],
+        query=list(request.query.items(multi=True)),
+        request_headers=headers(request),
+        request_body=body(request),
+        status=response.status_code,
+        response_headers=headers(response),
+        response_body=body(response),
+        started=started,
+        duration=max(0.0, ended - started),
+    )
+
+
+class CapturePlugin(Plugin):
+    """mitmproxy addon and Backworks plugin: the journal as flows complete, the output on save."""
+
+    name = "capture"
+    description = "records the traffic that passes, redacted, and writes it as mocks, HAR or OpenAPI"
+    Config = CaptureConfig
+
+    def __init__(self) -> None:
+        self.config: CaptureConfig | None = None
+        self.filter: CaptureFilter | None = None
+        self.rules = RedactionRules()
+        self.max_body = 1 << 20
+        self.api_name = "captured"
+        self.recorded = 0
+        self._journal: IO[str] | None = None
+        self._journal_path: str | None = None
+
+    def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
+        assert config is None or isinstance(config, CaptureConfig)
+        self.config = config
+        if config is None:
+            self._close_journal()
+            self.filter = None
+            return
+        self.filter = CaptureFilter(config)
+        self.rules = RedactionRules.build(config.redact.enabled, config.redact.headers, config.redact.fields)
+        self.max_body = human.parse_size(config.max_body) or 0
+        self.api_name = config.api_name or f"{blueprint.settings.name} (captured)"
+        if not config.redact.enabled:
+            logger.warning("capture: redaction is off; credentials in the traffic will be written to %s", config.journal_path)
+        if config.journal_path != self._journal_path:
+            self._close_journal()
+            self._open_journal(config.journal_path)
+
+    def _open_journal(self, path: str) -> None:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._journal = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the addon's life
+        except OSError as exc:
+            raise exceptions.OptionsError(f"capture: cannot write the journal {path}: {exc.strerror or exc}") from None
+        self._journal_path = path
+        logger.info("capture: recording to %s", path)
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = None
+        self._journal_path = None
+
+    def observe(self, flow: http.HTTPFlow) -> None:
+        """Called by the core once per finished flow."""
+        if self._journal is None or self.filter is None or flow.response is None:
+            return
+        record = record_for(flow)
+        if record is not None and record.internal:
+            return  # the status page and metrics are not the API
+        request = flow.request
+        if not self.filter.wants(request.method, request.pretty_host, request.path.split("?", 1)[0]):
+            return
+        exchange = redact_exchange(exchange_from_flow(flow, self.max_body), self.rules)
+        self._journal.write(exchange.to_json() + "\n")
+        self._journal.flush()  # in the kernel's hands: a crash of this process loses nothing
+        self.recorded += 1
+
+    def save(self) -> str:
+        """Build the output from the journal; returns what was written."""
+        if self.config is None or self._journal_path is None:
+            raise exceptions.CommandError("capture is not configured (plugins.capture in the blueprint)")
+        from backworks_core.capture.build import write_output
+
+        if self._journal is not None:
+            self._journal.flush()
+        summary = write_output([self._journal_path], self.config.output, self.config.format, name=self.api_name, max_examples=self.config.max_examples)
+        logger.info("capture: %s", summary)
+        return summary
+
+    @command.command("backworks.capture.save")
+    def save_command(self) -> str:
+        """Write the capture's output (config.output, in config.format) from what was recorded so far."""
+        return self.save()
+
+    async def done(self) -> None:
+        if self.config is not None and self._journal_path is not None and self.recorded:
+            try:
+                await asyncio.to_thread(self.save)
+            except Exception:
+                logger.exception("capture: writing %s failed; the journal %s keeps every flow", self.config.output, self._journal_path)
+        self._close_journal()

@@ -1,0 +1,1 @@
+"""Capture real traffic and turn it into mocks: records, redaction, inference and the outputs."""
