@@ -30,6 +30,7 @@ from backworks_core.context import (
     template_context,
 )
 from backworks_core.diagnostics import BlueprintError, Diagnostic
+from backworks_core.handlers.mock import MockConfig, MockHandler, check_path_params
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
 from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
@@ -488,6 +489,13 @@ def _build_handler(spec: EndpointSpec, blueprint: LoadedBlueprint, plugins: Mapp
         config = spec.sections["static"]
         assert isinstance(config, StaticConfig)
         return StaticHandler(config)
+    if spec.handler == "mock":
+        config = spec.sections["mock"]
+        assert isinstance(config, MockConfig)
+        problem = check_path_params(config, spec.settings.path)
+        if problem is not None:
+            raise BuildError(problem[1], problem[0])
+        return MockHandler(config)
     if spec.handler == PYTHON_HANDLER:
         config = spec.sections["python"]
         assert isinstance(config, PythonConfig)

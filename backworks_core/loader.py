@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from backworks_core.diagnostics import BlueprintError, Diagnostic
+from backworks_core.handlers.mock import MockConfig
 from backworks_core.handlers.python import HandlerLoadError, PythonConfig, load_handler, parse_handler_ref
 from backworks_core.handlers.static import StaticConfig
 from backworks_core.model import (
@@ -33,14 +34,15 @@ from backworks_core.transforms import EndpointTransform
 from backworks_core.validation import did_you_mean, validate_section
 
 PYTHON_HANDLER = "python"
-CORE_HANDLERS: Mapping[str, Section] = {"static": Section(StaticConfig, "static")}
+CORE_HANDLERS: Mapping[str, Section] = {"static": Section(StaticConfig, "static"), "mock": Section(MockConfig, "mock")}
 CORE_SECTIONS: Mapping[str, Section] = {
     "static": Section(StaticConfig, "static"),
+    "mock": Section(MockConfig, "mock"),
     "python": Section(PythonConfig, PYTHON_HANDLER),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
 PLANNED_PLUGINS = frozenset({"rate_limit", "cors"})
-PLANNED_HANDLERS = frozenset({"mock"})
+PLANNED_HANDLERS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -445,6 +447,9 @@ class _Loader:
                         self.warn(section_loc + tuple(sub_loc), message)
         if kind == "static" and "static" not in sections and "static" not in endpoint.config:
             self.error(loc + ("config",), "handler 'static' needs `config.static` (status, headers, body, delay)")
+            return None
+        if kind == "mock" and "mock" not in sections and "mock" not in endpoint.config:
+            self.error(loc + ("config",), "handler 'mock' needs `config.mock` (examples, passthrough, replay_latency, schema)")
             return None
         if kind == PYTHON_HANDLER and "python" not in sections and "python" not in endpoint.config:
             sections["python"] = PythonConfig()

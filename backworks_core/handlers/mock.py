@@ -1,0 +1,525 @@
+"""`handler: mock`: recorded examples, answered by request matching (written by capture, editable by hand).
+
+```yaml
+config:
+  mock:
+    examples:
+      - when: {path: {id: "7"}, query: {page: "2"}, headers: {X-Tenant: acme}, body: {kind: a}}
+        status: 200
+        headers: {Content-Type: application/json}
+        body: {id: 7, name: Ada}        # a JSON value, or a string (sent as is); or body_base64: "..."
+        latency: 0.012                  # how long the recorded answer took (optional)
+      - status: 404                     # no `when`: the fallback
+        body: {error: not found}
+    schema: {...}                       # optional JSON Schema of the bodies (informational)
+    passthrough: false
+    replay_latency: false
+```
+
+Decisions where the blueprint format is silent:
+
+Matching
+  Every condition an example's `when` gives must hold:
+  - `path`: each named path parameter equals the given value, compared as strings (`id: 7` and
+    `id: "7"` are the same). A name the endpoint's path template does not have is a build error.
+  - `query`: each given key has exactly that value; a list gives the key's values in order
+    (`tag: [a, b]` matches `?tag=a&tag=b`, not `?tag=b&tag=a`). A string is a list of one, so
+    `tag: a` does not match `?tag=a&tag=b`. Keys the example does not name are not looked at.
+  - `headers`: names case-insensitive, values exact (a header sent several times matches when one
+    of its values, or all of them joined with ", ", is the given value).
+  - `body`: the request body parsed as JSON (whatever its Content-Type) contains the given JSON:
+    objects recursively (the request may have more keys), arrays and scalars equal (`true` is not
+    `1`, `1` is `1.0`). A body that is not JSON matches no body condition.
+  The most specific matching example answers: specificity is the number of conditions, each
+  path parameter, query key, header and body leaf counting one (an array or an empty object is
+  one leaf). A tie goes to the example that comes first in the file.
+
+Sequences
+  Examples whose `when` are the same (after normalisation: header names lower-cased, numbers in
+  `path`/`query` as strings, order of keys ignored) are one sequence: the requests they match get
+  them in file order, one each, and once the last has answered it answers every further request,
+  as mitmproxy's server replay does when it does not reuse flows (`server_replay_reuse` off) until
+  it runs out. Fallbacks are a sequence in the same way. The position is kept by the handler
+  instance: a blueprint reload starts every sequence again. A request takes its step before any
+  await, so concurrent requests never get the same step, and a request cancelled while it waits
+  out a replayed latency has still used its step.
+
+No match
+  The fallback answers (an example without `when`, or with an empty one); without one, the
+  standard Backworks 404 `{error, status, request_id}`; with `passthrough: true` the request goes
+  on, unchanged but for its X-Request-ID and `traceparent` (as every request Backworks passes to
+  an upstream carries them), to its own URL: in reverse mode that is the real upstream, in
+  regular mode the server a proxied client asked for. A request sent to the gateway's own
+  address (regular mode, no upstream) cannot pass through: it is answered 502, never sent to
+  the proxy itself. The flow comment says `mock=example-N` (N: the index in `examples`),
+  `mock=fallback` or `mock=passthrough`.
+
+Answers
+  Bodies are literal data: never template-rendered, so a recorded `{{now}}` stays text. A JSON
+  value body is sent as compact JSON with Content-Type application/json, a string as its UTF-8
+  bytes with text/plain; charset=utf-8, `body_base64` as the decoded bytes with
+  application/octet-stream, each unless the example's headers set a Content-Type. `body: null`
+  or no body is an empty body. A header value may be a list (Set-Cookie sent twice). Headers
+  are literal too. Content-Length is computed; the recorded Content-Length, Transfer-Encoding
+  and Content-Encoding (a body is stored decoded), the hop-by-hop headers and X-Request-ID (the
+  answer carries this request's id) are dropped from the example's headers. 1xx, 204 and 304
+  cannot carry a body and get no Content-Length. HEAD gets the GET answer's headers, its
+  Content-Length included, without the body.
+
+Latency
+  With `replay_latency: true` an example's `latency` is waited out before answering, at most
+  60 s (a longer recorded latency is cut to 60 s); the wait ends at once when the client goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from backworks_core.context import Forward, RequestContext, stamp_request
+from backworks_core.model import StrictModel
+from backworks_core.router import parse_template
+from backworks_core.validation import Duration
+
+MAX_LATENCY = 60.0
+_NO_BODY_STATUSES = frozenset({204, 304})
+# Dropped from recorded headers: the body is stored decoded and its length is computed, the
+# hop-by-hop ones belong to the recorded connection, and the answer carries this request's id.
+_DROPPED_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "content-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-request-id",
+    }
+)
+_LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _as_string(value: Any) -> Any:
+    """`id: 7` in YAML is the integer 7; path and query values compare as strings."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a string or a number, got {str(value).lower()}; quote it (\"{str(value).lower()}\") to mean the text")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a string or a number, got {value}")
+        return repr(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_as_string)]
+
+
+def _check_json(value: Any, where: str = "") -> None:
+    """Bodies are JSON data: string keys, finite numbers, nothing YAML-only."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where or 'the value'} is {value}, which JSON cannot carry")
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"key {key!r}{' in ' + where if where else ''} is not a string; JSON object keys are strings: quote it")
+            _check_json(item, f"{where}.{key}" if where else key)
+        return
+    raise ValueError(f"{where or 'the value'} is a {type(value).__name__}, which is not JSON; quote it")
+
+
+def _check_header_name(name: str) -> None:
+    if not name or not set(name) <= _TOKEN_CHARS:
+        raise ValueError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)")
+
+
+def _check_header_value(name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"the value of header {name!r} carries CR, LF or NUL")
+
+
+class MockWhen(StrictModel):
+    """The conditions an example answers under; all given ones must hold."""
+
+    path: dict[str, Text] = Field(default_factory=dict, description="path parameters, compared as strings")
+    query: dict[str, Text | list[Text]] = Field(
+        default_factory=dict, description="query parameters: a value, or the key's values in order"
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers: names case-insensitive, values exact")
+    body: Any = Field(None, description="JSON the request body must contain (objects recursively, arrays equal)")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for name, value in headers.items():
+            _check_header_name(name)
+            _check_header_value(name, value)
+            if name.lower() in seen:
+                raise ValueError(f"header {name!r} is given twice (also as {seen[name.lower()]!r}); header names are case-insensitive")
+            seen[name.lower()] = name
+        return headers
+
+    @field_validator("body")
+    @classmethod
+    def _json_body(cls, body: Any) -> Any:
+        _check_json(body)
+        return body
+
+    @property
+    def has_body(self) -> bool:
+        return "body" in self.model_fields_set
+
+
+class MockExample(StrictModel):
+    """One recorded answer."""
+
+    when: MockWhen | None = Field(None, description="conditions; none (or empty): the fallback")
+    status: int = Field(200, ge=100, le=599)
+    headers: dict[str, str | list[str]] = Field(default_factory=dict, description="response headers; a list sends the header several times")
+    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered")
+    body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)")
+    latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for name, value in headers.items():
+            _check_header_name(name)
+            for item in value if isinstance(value, list) else [value]:
+                _check_header_value(name, item)
+        return headers
+
+    @field_validator("body")
+    @classmethod
+    def _json_body(cls, body: Any) -> Any:
+        _check_json(body)
+        return body
+
+    @field_validator("body_base64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode("".join(value.split()), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("is not valid base64 (A-Z, a-z, 0-9, +, / and = padding)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> MockExample:
+        if self.body is not None and self.body_base64 is not None:
+            raise ValueError("give either `body` or `body_base64`, not both")
+        has_body = self.body is not None or bool(self.body_base64)
+        if has_body and (self.status < 200 or self.status in _NO_BODY_STATUSES):
+            raise ValueError(f"a {self.status} answer has no body; remove `body`/`body_base64`, or use another status")
+        return self
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.when is None or not (self.when.path or self.when.query or self.when.headers or self.when.has_body)
+
+
+class MockConfig(StrictModel):
+    examples: list[MockExample] = Field(default_factory=list, description="recorded answers, matched against each request")
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the bodies (informational)")
+    passthrough: bool = Field(False, description="no match and no fallback: pass the request on to the real upstream")
+    replay_latency: bool = Field(False, description="wait each example's `latency` (at most 60 s) before answering")
+
+    @model_validator(mode="after")
+    def _something_answers(self) -> MockConfig:
+        if not self.examples and not self.passthrough:
+            raise ValueError("needs at least one example in `examples` (or `passthrough: true` to send every request upstream)")
+        return self
+
+
+def check_path_params(config: MockConfig, template: str) -> tuple[tuple[str | int, ...], str] | None:
+    """The first `when.path` naming a parameter the endpoint's path does not have: (loc, message)."""
+    try:
+        names = [s.value for s in parse_template(template) if s.kind != "literal"]
+    except ValueError:
+        return None  # the loader reports the path itself
+    for index, example in enumerate(config.examples):
+        if example.when is None:
+            continue
+        for name in example.when.path:
+            if name not in names:
+                have = f"its parameters are {', '.join(names)}" if names else "it has no parameters"
+                return (
+                    ("config", "mock", "examples", index, "when", "path", name),
+                    f"the endpoint's path {template!r} has no parameter {name!r}; {have}",
+                )
+    return None
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: `true` is not `1` (Python says it is), `1` is `1.0`."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def json_contains(actual: Any, expected: Any) -> bool:
+    """`expected` is a subset of `actual`: objects recursively, everything else equal."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and json_contains(actual[k], v) for k, v in expected.items())
+    return _same(actual, expected)
+
+
+def _leaves(value: Any) -> int:
+    if isinstance(value, dict) and value:
+        return sum(_leaves(v) for v in value.values())
+    return 1
+
+
+_NO_JSON = object()
+
+
+@dataclass(frozen=True)
+class _Conditions:
+    path: tuple[tuple[str, str], ...]
+    query: tuple[tuple[str, tuple[str, ...]], ...]
+    headers: tuple[tuple[str, str], ...]  # lower-cased names
+    has_body: bool
+    body: Any
+    specificity: int
+
+    @classmethod
+    def of(cls, when: MockWhen) -> _Conditions:
+        query = tuple(sorted((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in when.query.items()))
+        headers = tuple(sorted((k.lower(), v) for k, v in when.headers.items()))
+        specificity = len(when.path) + len(query) + len(headers) + (_leaves(when.body) if when.has_body else 0)
+        return cls(tuple(sorted(when.path.items())), query, headers, when.has_body, when.body, specificity)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Equal for examples recorded from the same request: they form a sequence."""
+        body = json.dumps(self.body, sort_keys=True, separators=(",", ":")) if self.has_body else None
+        return (self.path, self.query, self.headers, self.has_body, body)
+
+    def matches(self, ctx: RequestContext, request_json: Any) -> bool:
+        params = ctx.params
+        for name, value in self.path:
+            if params.get(name) != value:
+                return False
+        if self.query:
+            query = ctx.request.query
+            for name, values in self.query:
+                if tuple(query.get_all(name)) != values:
+                    return False
+        if self.headers:
+            headers = ctx.request.headers
+            for name, value in self.headers:
+                sent = headers.get_all(name)
+                if value not in sent and ", ".join(sent) != value:
+                    return False
+        if self.has_body:
+            body = request_json()
+            if body is _NO_JSON or not json_contains(body, self.body):
+                return False
+        return True
+
+
+# --------------------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True)
+class _Answer:
+    index: int
+    status: int
+    reason: bytes
+    fields: tuple[tuple[bytes, bytes], ...]  # everything but Content-Length
+    content: bytes
+    latency: float
+
+    @classmethod
+    def of(cls, index: int, example: MockExample) -> _Answer:
+        if example.body_base64 is not None:
+            content = base64.b64decode("".join(example.body_base64.split()))
+            default_type = "application/octet-stream"
+        elif isinstance(example.body, str):
+            content, default_type = example.body.encode("utf-8"), "text/plain; charset=utf-8"
+        elif example.body is not None:
+            content = json.dumps(example.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            default_type = "application/json"
+        else:
+            content, default_type = b"", ""
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in example.headers.items():
+            if name.lower() in _DROPPED_HEADERS:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                fields.append((_header_bytes(name), _header_bytes(item)))
+        if content and not any(n.lower() == b"content-type" for n, _ in fields):
+            fields.append((b"Content-Type", default_type.encode()))
+        latency = min(example.latency or 0.0, MAX_LATENCY)
+        return cls(index, example.status, _reason(example.status), tuple(fields), content, latency)
+
+    def response(self, is_head: bool) -> http.Response:
+        fields = list(self.fields)
+        if self.status >= 200 and self.status not in _NO_BODY_STATUSES:
+            fields.insert(0, (b"content-length", str(len(self.content)).encode()))
+        now = time.time()
+        content = b"" if is_head else self.content
+        return http.Response(b"HTTP/1.1", self.status, self.reason, http.Headers(fields), content, None, now, now)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+@dataclass
+class _Sequence:
+    """The examples recorded for one and the same request, played in order; the last repeats."""
+
+    conditions: _Conditions | None  # None: the fallback
+    answers: list[_Answer]
+    position: int = 0
+
+    def next(self) -> _Answer:
+        answer = self.answers[min(self.position, len(self.answers) - 1)]
+        if self.position < len(self.answers):
+            self.position += 1
+        return answer
+
+
+# --------------------------------------------------------------------------- the handler
+
+
+class MockHandler:
+    """Compiled once per blueprint version; the sequences' positions live here."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.passthrough = config.passthrough
+        self.replay_latency = config.replay_latency
+        groups: dict[Any, _Sequence] = {}
+        self.fallback: _Sequence | None = None
+        for index, example in enumerate(config.examples):
+            answer = _Answer.of(index, example)
+            if example.is_fallback:
+                if self.fallback is None:
+                    self.fallback = _Sequence(None, [])
+                self.fallback.answers.append(answer)
+                continue
+            assert example.when is not None
+            conditions = _Conditions.of(example.when)
+            group = groups.setdefault(conditions.key, _Sequence(conditions, []))
+            group.answers.append(answer)
+        # Most specific first; a tie keeps file order (the first example of each sequence).
+        self.sequences = sorted(groups.values(), key=lambda s: -s.conditions.specificity)  # type: ignore[union-attr]
+
+    def choose(self, ctx: RequestContext) -> tuple[_Sequence | None, str]:
+        parsed: list[Any] = []
+
+        def request_json() -> Any:
+            if not parsed:
+                parsed.append(_parse_json(ctx.request))
+            return parsed[0]
+
+        for sequence in self.sequences:
+            assert sequence.conditions is not None
+            if sequence.conditions.matches(ctx, request_json):
+                return sequence, "example"
+        if self.fallback is not None:
+            return self.fallback, "fallback"
+        return None, "none"
+
+    async def __call__(self, ctx: RequestContext) -> http.Response | Forward:
+        sequence, kind = self.choose(ctx)
+        if sequence is None:
+            return self._unmatched(ctx)
+        answer = sequence.next()  # taken before any await: concurrent requests each get their own step
+        ctx.notes["mock"] = "fallback" if kind == "fallback" else f"example-{answer.index}"
+        if self.replay_latency and answer.latency > 0:
+            await asyncio.sleep(answer.latency)
+        return answer.response(ctx.request.method == "HEAD")
+
+    def _unmatched(self, ctx: RequestContext) -> http.Response | Forward:
+        request = ctx.request
+        path = request.path.split("?", 1)[0]
+        if not self.passthrough:
+            ctx.notes["mock"] = "no-match"
+            return ctx.error(404, f"no mock example matches {request.method} {path}")
+        flow = ctx.flow
+        if _addressed_to_gateway(flow):
+            ctx.notes["mock"] = "no-match"
+            return ctx.error(
+                502,
+                f"no mock example matches {request.method} {path}, and passthrough has no upstream for a request "
+                "sent to the gateway's own address: run in reverse mode (backworks run, or mitmdump --mode "
+                "reverse:URL), or send the request through the proxy",
+            )
+        ctx.notes["mock"] = "passthrough"
+        stamp_request(flow, ctx.request_id)
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.fields]
+        return Forward(request.url, headers)
+
+
+def _parse_json(request: http.Request) -> Any:
+    try:
+        content = request.get_content(strict=False)
+    except ValueError:
+        return _NO_JSON
+    if not content:
+        return _NO_JSON
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _NO_JSON
+
+
+def _addressed_to_gateway(flow: http.HTTPFlow) -> bool:
+    """A request to the proxy's own address in a mode with no upstream: passing it on would loop."""
+    if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+        return False
+    sockname = flow.client_conn.sockname
+    if not sockname or flow.request.port != sockname[1]:
+        return False
+    host = flow.request.host.lower().strip("[]")
+    return host in _LOCAL_NAMES or host == str(sockname[0]) or host == socket.gethostname().lower()
