@@ -13,6 +13,7 @@ import asyncio
 import fnmatch
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Literal
 
@@ -20,6 +21,7 @@ from mitmproxy import command, exceptions, http
 from mitmproxy.utils import human
 from pydantic import BaseModel, Field, field_validator
 
+from backworks_core.capture import formats
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.redact import RedactionRules, redact_exchange
 from backworks_core.gateway import glob_to_regex
@@ -98,38 +100,17 @@ class CaptureFilter:
         return not any(p.match(path) for p in self.exclude)
 
 
-def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange:
-    """The flow as recorded: bodies decoded (so `Content-Encoding` is dropped), capped in size."""
-    request, response = flow.request, flow.response
-    assert response is not None
-
-    def body(message: http.Message) -> bytes:
-        raw = message.raw_content
-        if raw is None or len(raw) > max_body * 4:  # streamed, or too large even before decoding
-            return b""
-        content = message.get_content(strict=False) or b""
-        return content if len(content) <= max_body else b""
-
-    def headers(message: http.Message) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in message.headers.items(multi=True) if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-
-    started = request.timestamp_start
-    ended = response.timestamp_end or response.timestamp_start or started
-    return Exchange(
-        method=request.method,
-        scheme=request.scheme,
-        host=request.pretty_host,
-        port=request.port,
-        path=request.path.split("?", 1)[0],
-        query=list(request.query.items(multi=True)),
-        request_headers=headers(request),
-        request_body=body(request),
-        status=response.status_code,
-        response_headers=headers(response),
-        response_body=body(response),
-        started=started,
-        duration=max(0.0, ended - started),
-    )
+def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange | None:
+    """The flow as `mock-from` would read it from a flow file, with bodies over `max_body` left out
+    (a streamed body was never held, and is empty here too)."""
+    exchange = formats.exchange_from_flow(flow)
+    if exchange is None:
+        return None
+    if len(exchange.request_body) > max_body:
+        exchange = replace(exchange, request_body=b"")
+    if len(exchange.response_body) > max_body:
+        exchange = replace(exchange, response_body=b"")
+    return exchange
 
 
 class CapturePlugin(Plugin):
@@ -191,7 +172,10 @@ class CapturePlugin(Plugin):
         request = flow.request
         if not self.filter.wants(request.method, request.pretty_host, request.path.split("?", 1)[0]):
             return
-        exchange = redact_exchange(exchange_from_flow(flow, self.max_body), self.rules)
+        recorded = exchange_from_flow(flow, self.max_body)
+        if recorded is None:  # a WebSocket, a CONNECT: not an API call to mock
+            return
+        exchange = redact_exchange(recorded, self.rules)
         self._journal.write(exchange.to_json() + "\n")
         self._journal.flush()  # in the kernel's hands: a crash of this process loses nothing
         self.recorded += 1

@@ -140,7 +140,7 @@ def capture_blueprint(args: argparse.Namespace, output: Path) -> str:
     """The blueprint `backworks capture` runs: everything passes through, the capture plugin records."""
     import yaml
 
-    capture: dict[str, object] = {"output": str(output), "format": args.format, "max_examples": args.max_examples}
+    capture: dict[str, object] = {"output": str(output), "format": args.format, "max_examples": args.max_examples, "api_name": args.name or output.stem}
     if args.journal:
         capture["journal"] = str(Path(args.journal).resolve())
     for key in ("include", "exclude", "methods", "hosts"):

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-from bisect import bisect_left
 import unicodedata
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +46,11 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from backworks_core.capture.model import Exchange
+from backworks_core.router import Match, Route, Router
 from backworks_core.router import _split_path  # the router's own split: templates must match it
 
 __all__ = [
+    "ENUM_MAX_LENGTH",
     "ENUM_MAX_VALUES",
     "ENUM_MIN_COUNT",
     "ENUM_MIN_SAMPLES",
@@ -114,7 +116,7 @@ _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))"
 )
-_EMAIL = re.compile(r"[^@\s/]+@[^@\s/.]+(?:\.[^@\s/.]+)+")
+_EMAIL = re.compile(r"[^@\s/:]+@[^@\s/.]+(?:\.[^@\s/.]+)+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]*[^\s]*|(?:mailto|urn|tel|data):[^\s]+")
 _TOKEN = re.compile(r"[A-Za-z0-9_\-+=~.]{%d,}" % MIN_TOKEN_LENGTH)
 _TOKEN_PARTS = re.compile(r"[_\-+=~.]+")
@@ -483,8 +485,6 @@ def group_exchanges(exchanges: Sequence[Exchange]) -> list[EndpointGroup]:
     (`*`, `//`) are left out. Path parameters come from the router itself, so they are what a
     mock endpoint built from the group will see.
     """
-    from backworks_core.router import Match, Route, Router
-
     by_host: dict[str, list[str]] = {}
     for exchange in exchanges:
         by_host.setdefault(_host_key(exchange.host), []).append(exchange.path)

@@ -202,11 +202,18 @@ class MockExample(StrictModel):
     """One recorded answer."""
 
     when: MockWhen | None = Field(None, description="conditions; none (or empty): the fallback")
-    status: int = Field(200, ge=100, le=599)
+    status: int = Field(200, description="the HTTP status, 100 to 599", json_schema_extra={"minimum": 100, "maximum": 599})
     headers: dict[str, str | list[str]] = Field(default_factory=dict, description="response headers; a list sends the header several times")
     body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered")
     body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)")
     latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency")
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, status: int) -> int:
+        if not 100 <= status <= 599:
+            raise ValueError(f"expected an HTTP status from 100 to 599, got {status}")
+        return status
 
     @field_validator("headers")
     @classmethod

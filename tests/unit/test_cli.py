@@ -48,7 +48,7 @@ def test_validate_reports_five_located_errors(project, capsys):
         f"{path}:2:1: servr: unknown key 'servr'; did you mean 'server'?",
         f"{path}:7:11: endpoints[1].path: duplicate route: GET /c is already defined by endpoints[0]",
         f"{path}:11:14: endpoints[2].handler: unknown handler 'statik'; did you mean 'static'? (expected one of "
-        "auth.login, auth.register, auth.validate, metrics, proxy, static, or a Python handler: handlers/x.py, handlers/x.py:function, package.module:function, or "
+        "auth.login, auth.register, auth.validate, metrics, mock, proxy, static, or a Python handler: handlers/x.py, handlers/x.py:function, package.module:function, or "
         "inline code defining `def handler(request)`)",
         f"{path}:13:13: endpoints[3].method: unknown HTTP method 'FETCH' (expected one of ANY, CONNECT, DELETE, GET, "
         "HEAD, OPTIONS, PATCH, POST, PUT, TRACE)",
@@ -271,7 +271,7 @@ def test_schema_includes_the_proxy_plugin_config(schema):
 def test_schema_includes_endpoint_config_sections(schema):
     endpoint = schema["$defs"]["EndpointSettings"]
     config = endpoint["properties"]["config"]
-    assert set(config["properties"]) == {"static", "python", "proxy", "metrics"}
+    assert set(config["properties"]) == {"static", "mock", "python", "proxy", "metrics"}
     assert config["additionalProperties"] is False
     assert {"status", "headers", "body", "delay"} == set(resolve(schema, config["properties"]["static"])["properties"])
     assert {"upstream", "path", "strip_prefix", "add_prefix"} <= set(resolve(schema, config["properties"]["proxy"])["properties"])

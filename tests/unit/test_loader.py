@@ -438,7 +438,7 @@ def test_unknown_handler_with_suggestion(project, load_errors):
     )
     (error,) = load_errors(path)
     assert (error.line, error.col, error.key_path) == (3, 25, "endpoints[0].handler")
-    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of auth.login, auth.register, auth.validate, metrics, proxy, static, ")
+    assert error.message.startswith("unknown handler 'proxxy'; did you mean 'proxy'? (expected one of auth.login, auth.register, auth.validate, metrics, mock, proxy, static, ")
 
 
 def test_config_section_for_the_wrong_handler(project, load_errors):
