@@ -143,9 +143,10 @@ def capture_blueprint(args: argparse.Namespace, output: Path) -> str:
     capture: dict[str, object] = {"output": str(output), "format": args.format, "max_examples": args.max_examples, "api_name": args.name or output.stem}
     if args.journal:
         capture["journal"] = str(Path(args.journal).resolve())
-    for key in ("include", "exclude", "methods", "hosts"):
+    for key in ("include", "methods", "hosts"):
         if getattr(args, key):
             capture[key] = getattr(args, key)
+    capture["exclude"] = [*(args.exclude or []), "/__backworks/capture"]  # its own status endpoint
     capture["redact"] = {"enabled": not args.no_redact, "headers": args.redact_header or [], "fields": args.redact_field or []}
     blueprint = {
         "name": args.name or "captured-api",

@@ -43,7 +43,8 @@ class Progress:
         self.done = 0
         self.tty = bool(stream is not None and stream.isatty())
         self._last = 0.0
-        self._next_line = max(1, (total or 10_000) // 10)
+        self._step = max(1_000, (total or 10_000) // 10)  # a log gets a line per tenth, not per flow
+        self._next_line = self._step
 
     def step(self, count: int = 1) -> None:
         self.done += count
@@ -56,7 +57,7 @@ class Progress:
                 self.stream.write(f"\r{self._text()}")
                 self.stream.flush()
         elif self.done >= self._next_line:
-            self._next_line += max(1, (self.total or 10_000) // 10)
+            self._next_line += self._step
             self.stream.write(self._text() + "\n")
 
     def finish(self) -> None:
