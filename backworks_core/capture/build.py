@@ -147,7 +147,7 @@ def _body_fields(exchange: Exchange, response: bool) -> dict[str, Any]:
     if not body:
         return {}
     parsed = json_body(body, exchange.header("content-type", response=response))
-    if parsed is not None:
+    if isinstance(parsed, (dict, list)):  # a JSON scalar stays its exact text (a string would replay as text)
         return {"body": parsed}
     try:
         return {"body": body.decode("utf-8")}
@@ -177,11 +177,14 @@ def _when(exchange: Exchange, params: dict[str, str], match_body: bool) -> dict[
 
 
 def _answer(exchange: Exchange) -> dict[str, Any]:
-    headers: dict[str, str] = {}
+    headers: dict[str, Any] = {}
     for name, value in exchange.response_headers:
         if name.lower() in DROPPED_HEADERS or name.startswith(":"):
             continue
-        headers[name] = value if name not in headers else f"{headers[name]}, {value}"
+        if name in headers:  # sent several times (Set-Cookie): a list, never joined
+            headers[name] = (headers[name] if isinstance(headers[name], list) else [headers[name]]) + [value]
+        else:
+            headers[name] = value
     answer: dict[str, Any] = {"status": exchange.status}
     if headers:
         answer["headers"] = headers
