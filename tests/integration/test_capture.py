@@ -287,3 +287,59 @@ def test_the_capture_command_records_in_reverse_mode_and_writes_on_ctrl_c(tmp_pa
     document = yaml.safe_load(output.read_text())
     assert [(e["method"], e["path"]) for e in document["endpoints"]] == [("GET", "/users/{user_id:int}")]
     assert document["name"] == "cli"
+
+
+def test_the_capture_command_as_a_regular_proxy(tmp_path: Path) -> None:
+    import urllib.request
+
+    upstream = shop_upstream().start()
+    port = free_port()
+    output = tmp_path / "regular.yaml"
+    process = subprocess.Popen(
+        [str(BIN / "backworks"), "capture", "-p", str(port), "-o", str(output), "--name", "shop"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+    try:
+        wait_for_port(port, process=process)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # mitmproxy 12 listens before its scripts have loaded
+            if request("GET", "/__backworks/capture", port=port).status == 200:
+                break
+            time.sleep(0.1)
+        for path in ("/users/1", "/users/2", "/orders"):
+            with opener.open(f"{upstream.url}{path}", timeout=10) as reply:  # through the proxy, to the upstream
+                assert reply.status == 200
+        os.killpg(process.pid, signal.SIGINT)
+        log = process.communicate(timeout=60)[0].decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        upstream.stop()
+    assert "a regular HTTP(S) proxy" in log
+    document = yaml.safe_load(output.read_text())
+    assert document["name"] == "shop"
+    assert {(e["method"], e["path"]) for e in document["endpoints"]} == {("GET", "/users/{user_id:int}"), ("GET", "/orders")}
+
+
+def test_mock_from_shows_progress_on_large_inputs(tmp_path: Path) -> None:
+    from backworks_core.capture.model import Exchange
+
+    journal = tmp_path / "big.jsonl"
+    with journal.open("w") as out:
+        for n in range(2500):
+            exchange = Exchange("GET", "http", "api.test", 80, f"/items/{n}", status=200, response_headers=[("Content-Type", "application/json")], response_body=json.dumps({"id": n}).encode())
+            out.write(exchange.to_json() + "\n")
+    made = run_cli("mock-from", str(journal), "-o", str(tmp_path / "big.yaml"))
+    assert made.returncode == 0, made.stderr
+    assert "reading: 1,000/2,500 flows" in made.stderr and "grouping: 2,500/2,500 flows" in made.stderr, made.stderr
+    assert "1 endpoint(s) from 2500 flow(s)" in made.stdout
+
+
+def test_mock_from_names_a_file_it_cannot_read(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("just some text\n")
+    made = run_cli("mock-from", str(bad), str(tmp_path / "missing.har"), "-o", str(tmp_path / "x.yaml"))
+    assert made.returncode == 1
+    assert str(bad) in made.stderr and "Traceback" not in made.stderr
+    assert not (tmp_path / "x.yaml").exists()
