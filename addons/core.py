@@ -187,6 +187,11 @@ class Backworks:
             self._watcher = None
         await self.relay.stop()
 
+    def live_pools(self) -> list:  # list[addons.proxy.Pool]
+        """The upstream pools being served (empty without the proxy plugin)."""
+        proxy = self.plugins.get("proxy")
+        return proxy.live_pools() if proxy is not None and hasattr(proxy, "live_pools") else []
+
     def _swap(self, gateway: Gateway) -> None:
         previous = self.gateway
         self.gateway = gateway

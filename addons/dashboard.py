@@ -8,7 +8,6 @@ metrics plugin) keeps the history.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -88,7 +87,6 @@ class Dashboard:
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.loaded_at: float | None = None
         self.side_port = SidePort("status page")
-        self._side_task: asyncio.Task[None] | None = None
 
     # -- the core's extension points ------------------------------------------------------
 
@@ -103,27 +101,11 @@ class Dashboard:
         live = {(pool.name, row["name"]) for pool in self._pools() for row in pool.describe()}
         self.targets = {k: v for k, v in self.targets.items() if k in live}
         settings = gateway.blueprint.settings.dashboard
-        wanted = settings.port if settings.enabled else None
-        self._spawn(self._serve_side_port(settings.host, wanted))
-
-    async def _serve_side_port(self, host: str, port: int | None) -> None:
-        if port is None:
-            await self.side_port.stop()
-        else:
-            await self.side_port.serve(host, port, {"/": lambda _: self.page(API_SUFFIX), API_SUFFIX: lambda _: self.api()})
-
-    def _spawn(self, work: Any) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a tool compiling the blueprint): nothing to listen with
-            work.close()
-            return
-        self._side_task = loop.create_task(work)
+        routes = {"/": lambda _: self.page(API_SUFFIX), API_SUFFIX: lambda _: self.api()}
+        self.side_port.apply(settings.host, settings.port if settings.enabled else None, routes)
 
     async def done(self) -> None:
-        if self._side_task is not None:
-            await asyncio.gather(self._side_task, return_exceptions=True)
-        await self.side_port.stop()
+        await self.side_port.done()
 
     # -- observing ------------------------------------------------------------------------
 
@@ -172,8 +154,7 @@ class Dashboard:
     # -- what it shows --------------------------------------------------------------------
 
     def _pools(self) -> Sequence[Any]:
-        proxy = self.core.plugins.get("proxy")
-        return proxy.live_pools() if proxy is not None and hasattr(proxy, "live_pools") else []
+        return self.core.live_pools() if self.core is not None else []
 
     def status(self) -> dict[str, Any]:
         gateway = self.core.gateway

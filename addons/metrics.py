@@ -12,7 +12,6 @@ Exposed at `config.path` on the proxy listener or on `config.port`; a blueprint 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -29,7 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 from backworks_core.context import Answer, RequestContext
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import StrictModel, UrlPath
-from backworks_core.pages import InternalEndpoint, Page, SidePort
+from backworks_core.pages import InternalEndpoint, Page, SidePort, page_response
 from backworks_core.plugins import Plugin, Section
 from backworks_core.telemetry import RequestRecord, record_for, status_class
 
@@ -214,7 +213,7 @@ class MetricsHandler:
         excluded = self.config.excluded()
         metrics = self.plugin.metrics
         page = metrics.as_json(excluded) if self.config.format == "json" else metrics.prometheus(ctx.request.headers.get("accept", ""), excluded)
-        return http.Response.make(page.status, page.body, {"Content-Type": page.content_type, "Cache-Control": "no-store"})
+        return page_response(page)
 
 
 class MetricsPlugin(Plugin):
@@ -231,11 +230,9 @@ class MetricsPlugin(Plugin):
         disable_created_metrics()
         self.metrics = GatewayMetrics(pools=self._pools, in_flight=self._in_flight)
         self.side_port = SidePort("metrics")
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def _pools(self) -> Sequence[Pool]:
-        proxy = self.core.plugins.get("proxy") if self.core is not None else None
-        return proxy.live_pools() if proxy is not None and hasattr(proxy, "live_pools") else []
+        return self.core.live_pools() if self.core is not None else []
 
     def _in_flight(self) -> int:
         return self.core.in_flight if self.core is not None else 0
@@ -265,24 +262,8 @@ class MetricsPlugin(Plugin):
             # which Prometheus' rate() handles like a process restart).
             self.metrics = GatewayMetrics(wanted, pools=self._pools, in_flight=self._in_flight)
             self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
-        port = config.port if config is not None else None
-        self._spawn(self._serve_side_port(config.host if config is not None else "127.0.0.1", port, config.path if config is not None else "/metrics"))
-
-    async def _serve_side_port(self, host: str, port: int | None, path: str) -> None:
-        if port is None:
-            await self.side_port.stop()
-        else:
-            await self.side_port.serve(host, port, {path: self._scrape})
-
-    def _spawn(self, work: Any) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a tool compiling the blueprint)
-            work.close()
-            return
-        task = loop.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        path = config.path if config is not None else "/metrics"
+        self.side_port.apply(config.host if config is not None else "127.0.0.1", config.port if config is not None else None, {path: self._scrape})
 
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
@@ -291,13 +272,11 @@ class MetricsPlugin(Plugin):
         flow.metadata[OBSERVED] = True
         status = flow.response.status_code if flow.response is not None else None
         end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None
-        seconds = (end or _now()) - flow.request.timestamp_start
+        seconds = (end or time.time()) - flow.request.timestamp_start
         self.metrics.observe(record, status, max(0.0, seconds))
 
     async def done(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.side_port.stop()
+        await self.side_port.done()
 
 
 def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
@@ -306,8 +285,4 @@ def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
         return []
     pools: list[tuple[str, Any]] = [("default", proxy)] + list(getattr(proxy, "upstreams", {}).items())
     return [name for name, pool in pools if getattr(pool, "metrics", None) is not None and not pool.metrics.enabled]
-
-
-def _now() -> float:
-    return time.time()
 

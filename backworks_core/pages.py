@@ -17,6 +17,7 @@ from aiohttp import web
 from mitmproxy import http
 
 from backworks_core.context import Answer, RequestContext
+from backworks_core.relay import close_listener
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,22 @@ class InternalEndpoint:
     description: str = ""
 
 
+def page_response(page: Page) -> http.Response:
+    """A page as the gateway answers it: never cached by browsers or proxies."""
+    response = http.Response.make(page.status, page.body, {"Content-Type": page.content_type, "Cache-Control": "no-store"})
+    for name, value in page.headers.items():
+        response.headers[name] = value
+    return response
+
+
 class PageHandler:
-    """An internal endpoint's handler: the page, never cached by browsers or proxies."""
+    """An internal endpoint's handler."""
 
     def __init__(self, page: PageFunction) -> None:
         self.page = page
 
     async def __call__(self, ctx: RequestContext) -> Answer:
-        page = self.page(ctx.request.headers)
-        response = http.Response.make(page.status, page.body, {"Content-Type": page.content_type, "Cache-Control": "no-store"})
-        for name, value in page.headers.items():
-            response.headers[name] = value
-        return response
+        return page_response(self.page(ctx.request.headers))
 
 
 class SidePort:
@@ -71,6 +76,25 @@ class SidePort:
         self._server: asyncio.base_events.Server | None = None
         self._web: web.Server | None = None
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def apply(self, host: str, port: int | None, routes: Mapping[str, PageFunction]) -> None:
+        """From a synchronous hook (a blueprint went live): listen there, or stop when `port` is None.
+
+        Without a running loop (a tool compiling the blueprint) there is nothing to listen with.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        previous = self._task
+
+        async def change() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)  # in order, whatever reloads come
+            await (self.stop() if port is None else self.serve(host, port, routes))
+
+        self._task = loop.create_task(change())
 
     @property
     def port(self) -> int | None:
@@ -106,12 +130,13 @@ class SidePort:
         async with self._lock:
             await self._close()
 
+    async def done(self) -> None:
+        """At shutdown: after any change still under way, close."""
+        if self._task is not None and self._task is not asyncio.current_task():
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.stop()
+
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        if self._web is not None:
-            await self._web.shutdown(1.0)
-            self._web = None
+        await close_listener(self._server, self._web)
+        self._server = self._web = None
         self.address = None

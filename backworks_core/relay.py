@@ -117,11 +117,15 @@ class StreamRelay:
                 entry.timer.cancel()
             if entry.on_expire is not None:
                 entry.on_expire()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        if self._web is not None:
-            await self._web.shutdown(1.0)
-            self._web = None
+        await close_listener(self._server, self._web)
+        self._server = self._web = None
         self.port = None
+
+
+async def close_listener(server: asyncio.base_events.Server | None, web_server: web.Server | None) -> None:
+    """Stop accepting, then let the requests under way finish (a second at most)."""
+    if server is not None:
+        server.close()
+        await server.wait_closed()
+    if web_server is not None:
+        await web_server.shutdown(1.0)

@@ -292,3 +292,13 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def mitmweb_options(web_port: int) -> tuple[list[str], dict[str, str]]:
+    """mitmweb's arguments for a test, and the headers its API wants (a password from mitmproxy 12)."""
+    import mitmproxy.version
+
+    extra = ["--set", f"web_port={web_port}", "--set", "web_host=127.0.0.1"]
+    if int(mitmproxy.version.VERSION.split(".")[0]) >= 12:
+        return extra + ["--set", "web_password=backworks-test"], {"Authorization": "Bearer backworks-test"}
+    return extra, {}

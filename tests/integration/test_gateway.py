@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Proxy, Upstream, free_port, request
+from tests.integration.harness import mitmweb_options, Proxy, Upstream, free_port, request
 
 pytestmark = pytest.mark.integration
 
@@ -286,7 +286,6 @@ def test_invalid_blueprint_at_startup_exits_with_located_errors(tmp_path: Path, 
 def test_mitmweb_serves_the_same_and_shows_comments(tmp_path: Path, start_proxy) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    import mitmproxy.version
 
     blueprint = write_blueprint(
         tmp_path,
@@ -297,11 +296,7 @@ def test_mitmweb_serves_the_same_and_shows_comments(tmp_path: Path, start_proxy)
         """,
     )
     web_port = free_port()
-    extra = ["--set", f"web_port={web_port}", "--set", "web_host=127.0.0.1"]
-    headers = {}
-    if int(mitmproxy.version.VERSION.split(".")[0]) >= 12:
-        extra += ["--set", "web_password=backworks-test"]
-        headers = {"Authorization": "Bearer backworks-test"}
+    extra, headers = mitmweb_options(web_port)
     proxy = start_proxy(blueprint, *extra, tool="mitmweb")
     assert proxy.get("/hello").json == {"hi": 1}
     from tests.integration.harness import wait_for_port

@@ -10,11 +10,10 @@ import re
 import textwrap
 from pathlib import Path
 
-import mitmproxy.version
 import pytest
 
 from tests.integration.browser import Browser, chromium_path
-from tests.integration.harness import ROOT, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import mitmweb_options, ROOT, Upstream, free_port, request, wait_for_port
 from tests.integration.prometheus import require
 
 pytestmark = pytest.mark.integration
@@ -170,11 +169,7 @@ def test_the_status_page_on_its_own_port(tmp_path: Path, make_upstream, start_pr
 def test_mitmweb_shows_decisions_marks_errors_and_lists_the_commands(tmp_path: Path, make_upstream, start_proxy) -> None:
     first, second = make_upstream("backend-1"), make_upstream("backend-2")
     web_port = free_port()
-    extra = ["--set", f"web_port={web_port}", "--set", "web_host=127.0.0.1"]
-    headers = {}
-    if int(mitmproxy.version.VERSION.split(".")[0]) >= 12:
-        extra += ["--set", "web_password=backworks-test"]
-        headers = {"Authorization": "Bearer backworks-test"}
+    extra, headers = mitmweb_options(web_port)
     proxy = start_proxy(pool_blueprint(tmp_path, [first, second]), *extra, tool="mitmweb")
     assert proxy.get("/members", headers={"Authorization": f"Bearer {token('alice')}"}).status == 200
     assert proxy.get("/members").status == 401

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.integration.harness import Proxy, ResettingServer, Upstream, free_port
+from tests.integration.harness import mitmweb_options, Proxy, ResettingServer, Upstream, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +152,6 @@ def test_default_failover_skips_a_refusing_target(tmp_path: Path, make_upstream,
 def test_retry_on_status_and_the_flow_comment(tmp_path: Path, make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    import mitmproxy.version
 
     async def unavailable(request: web.Request) -> web.Response:
         return web.json_response({"upstream": "busy"}, status=503)
@@ -160,11 +159,7 @@ def test_retry_on_status_and_the_flow_comment(tmp_path: Path, make_upstream, sta
     busy = make_upstream("busy", routes={"/x": unavailable})
     good = make_upstream("good")
     web_port = free_port()
-    extra_args = ["--set", f"web_port={web_port}", "--set", "web_host=127.0.0.1"]
-    headers = {}
-    if int(mitmproxy.version.VERSION.split(".")[0]) >= 12:
-        extra_args += ["--set", "web_password=t"]
-        headers = {"Authorization": "Bearer t"}
+    extra_args, headers = mitmweb_options(web_port)
     blueprint = pool_blueprint(tmp_path, [("busy", busy.url, 1), ("good", good.url, 1)], "retries: {attempts: 1, retry_on: [503]}")
     proxy = start_proxy(blueprint, *extra_args, tool="mitmweb")
     assert proxy.get("/x").json["upstream"] == "good"
