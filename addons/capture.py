@@ -188,7 +188,9 @@ class CapturePlugin(Plugin):
 
         if self._journal is not None:
             self._journal.flush()
-        summary = write_output([self._journal_path], self.config.output, self.config.format, name=self.api_name, max_examples=self.config.max_examples)
+        summary = write_output(
+            [self._journal_path], self.config.output, self.config.format, name=self.api_name, max_examples=self.config.max_examples, rules=self.rules
+        )
         logger.info("capture: %s", summary)
         return summary
 

@@ -23,6 +23,7 @@ from mitmproxy.utils import human
 
 from backworks_core.context import json_error, request_id_for, stamp_response
 from backworks_core.diagnostics import BlueprintError
+from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.loader import LoadedBlueprint
@@ -32,8 +33,8 @@ from backworks_core.telemetry import ensure_record, record_for
 
 logger = logging.getLogger(__name__)
 
-IN_FLIGHT = "backworks.in_flight"  # flow.metadata: counted in Backworks.in_flight until it ends
-FINISHED = "backworks.finished"  # flow.metadata: the observers have seen it
+IN_FLIGHT = "in_flight"  # flowstate: counted in Backworks.in_flight until it ends
+FINISHED = "finished"  # flowstate: the observers have seen it
 
 
 class FlowObserver(Protocol):
@@ -266,8 +267,9 @@ class Backworks:
         """A body too large to hold goes to the relay, streamed, before mitmproxy reads it."""
         if flow.response or flow.error or not flow.live:
             return
-        if IN_FLIGHT not in flow.metadata:
-            flow.metadata[IN_FLIGHT] = True
+        state = flow_state(flow)
+        if IN_FLIGHT not in state:
+            state[IN_FLIGHT] = True
             self.in_flight += 1
         gateway = self.gateway
         if gateway is None or not body_too_large(flow.request, self.relay.buffer_limit):
@@ -280,7 +282,7 @@ class Backworks:
         except Exception:
             request_id = request_id_for(flow)
             logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
-            relayed = flow.metadata.pop(RELAYED, None)
+            relayed = flow_state(flow).pop(RELAYED, None)
             if relayed is not None:
                 flow.request.url = relayed.url
             flow.request.stream = False
@@ -305,11 +307,12 @@ class Backworks:
         The observers (metrics, status page) are called from here rather than from hooks of
         their own: every hook is a dispatch over all of mitmproxy's addons, on every request.
         """
-        if flow.metadata.get(FINISHED):
+        state = flow_state(flow)
+        if state.get(FINISHED):
             return
-        flow.metadata[FINISHED] = True
-        if flow.metadata.get(IN_FLIGHT):
-            flow.metadata[IN_FLIGHT] = False
+        state[FINISHED] = True
+        if state.get(IN_FLIGHT):
+            state[IN_FLIGHT] = False
             self.in_flight -= 1
         for observer in self.observers:
             try:
@@ -318,7 +321,7 @@ class Backworks:
                 logger.exception("backworks: %s failed to observe a flow", type(observer).__name__)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or RELAYED in flow.metadata:
+        if flow.response or flow.error or not flow.live or RELAYED in peek_state(flow):
             return
         gateway = self.gateway  # one version for the whole request, whatever reloads meanwhile
         if gateway is None:

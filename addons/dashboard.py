@@ -22,6 +22,7 @@ from mitmproxy import command, http
 from addons.stats import RollingWindow
 from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
+from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.pages import InternalEndpoint, Page, SidePort
 from backworks_core.telemetry import PASSTHROUGH, RequestRecord, record_for
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 API_SUFFIX = "/api/status"
 RECENT_ERRORS = 50
-OBSERVED = "backworks.observed.dashboard"  # flow.metadata: counted once, whichever hook comes first
+OBSERVED = "observed.dashboard"  # flowstate: counted once, whichever hook comes first
 
 
 def page_html(api_url: str) -> bytes:
@@ -112,9 +113,9 @@ class Dashboard:
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
         bystander = record is not None and record.endpoint == PASSTHROUGH and not record.request_id  # regular-mode traffic
-        if record is None or record.internal or bystander or flow.metadata.get(OBSERVED):
+        if record is None or record.internal or bystander or peek_state(flow).get(OBSERVED):
             return
-        flow.metadata[OBSERVED] = True
+        flow_state(flow)[OBSERVED] = True
         status = flow.response.status_code if flow.response is not None else None
         seconds = max(0.0, self.wall() - flow.request.timestamp_start)
         failed = status is None or status >= 500

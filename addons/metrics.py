@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 from backworks_core.context import Answer, RequestContext
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import StrictModel, UrlPath
+from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.pages import InternalEndpoint, Page, SidePort, page_response
 from backworks_core.plugins import Plugin, Section
 from backworks_core.telemetry import RequestRecord, record_for, status_class
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OBSERVED = "backworks.observed.metrics"  # flow.metadata: counted once, whichever hook comes first
+OBSERVED = "observed.metrics"  # flowstate: counted once, whichever hook comes first
 # Seconds; Prometheus' defaults, plus 25 ms and 50 ms where gateway latencies sit.
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0)
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -267,9 +268,9 @@ class MetricsPlugin(Plugin):
 
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
-        if record is None or record.internal or flow.metadata.get(OBSERVED):
+        if record is None or record.internal or peek_state(flow).get(OBSERVED):
             return  # scrapes and status-page polls are not the API's traffic
-        flow.metadata[OBSERVED] = True
+        flow_state(flow)[OBSERVED] = True
         status = flow.response.status_code if flow.response is not None else None
         end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None
         seconds = (end or time.time()) - flow.request.timestamp_start

@@ -1,4 +1,4 @@
-"""The `backworks` command: validate, schema, init, run, demo-backend."""
+"""The `backworks` command: validate, schema, init, run, capture, mock-from, demo-backend."""
 
 from __future__ import annotations
 
@@ -167,14 +167,17 @@ def capture_blueprint(args: argparse.Namespace, output: Path) -> str:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    import hashlib
     import tempfile
 
     output = Path(args.output).resolve()
     if not output.parent.is_dir():
         print(f"backworks capture: the folder of {args.output} does not exist", file=sys.stderr)
         return 2
-    folder = Path(tempfile.mkdtemp(prefix="backworks-capture-"))
-    blueprint = folder / "capture.yaml"
+    # One generated blueprint per output file, rewritten each time (mitmdump replaces this
+    # process, so nothing could remove a fresh temporary folder afterwards).
+    digest = hashlib.sha256(str(output).encode()).hexdigest()[:16]
+    blueprint = Path(tempfile.gettempdir()) / f"backworks-capture-{digest}.yaml"
     blueprint.write_text(capture_blueprint(args, output))
     script = Path(__file__).resolve().parent.parent / "backworks.py"
     tool = mitmproxy_tool("mitmweb" if args.web else "mitmdump")

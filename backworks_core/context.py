@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from mitmproxy import http
 
+from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.telemetry import RequestRecord
 from backworks_core.templates import TemplateContext
 
@@ -80,9 +81,9 @@ def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
 def stamp_response(flow: http.HTTPFlow) -> None:
     """Every answer to a request Backworks saw carries its id back to the client."""
     request_id = flow.metadata.get("backworks.request_id")
-    if not request_id or flow.response is None or flow.metadata.get("backworks.stamped") is flow.response:
+    if not request_id or flow.response is None or peek_state(flow).get("stamped") is flow.response:
         return
-    flow.metadata["backworks.stamped"] = flow.response  # once per answer: responseheaders, then response
+    flow_state(flow)["stamped"] = flow.response  # once per answer: responseheaders, then response
     if REQUEST_ID_HEADER not in flow.response.headers:
         flow.response.headers[REQUEST_ID_HEADER] = request_id
 

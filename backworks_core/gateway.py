@@ -39,6 +39,7 @@ from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
 from backworks_core.model import EndpointSettings
 from backworks_core.pages import InternalEndpoint, PageHandler
 from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path, parse_template, template_shape
+from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.telemetry import PASSTHROUGH, RECORD, RequestRecord, ensure_record, method_label
 from backworks_core.transforms import CompiledTransform
 
@@ -151,7 +152,7 @@ class Gateway:
                     ensure_record(flow, request_id).endpoint = PASSTHROUGH
                     stamp_request(flow, request_id)
                 else:  # someone else's traffic through a debugging proxy: counted, left unchanged
-                    flow.metadata[RECORD] = RequestRecord(request_id="", method=method_label(request.method), endpoint=PASSTHROUGH)
+                    flow_state(flow)[RECORD] = RequestRecord(request_id="", method=method_label(request.method), endpoint=PASSTHROUGH)
                 return None
             flow.comment = _join_comment(flow.comment, "backworks: no endpoint → 404")
             return self._error(flow, 404, f"no endpoint matches {request.method} {path}")
@@ -217,7 +218,7 @@ class Gateway:
             return False
 
         async def job(web_request: web.BaseRequest) -> RelayAnswer:
-            relayed: Relayed = flow.metadata[RELAYED]
+            relayed: Relayed = flow_state(flow)[RELAYED]
             flow.request.url = relayed.url  # the handler sees the client's request, not the relay's
             if isinstance(routed, http.Response):
                 await _drain(web_request)  # a 404/405 needs none of the body
@@ -322,7 +323,7 @@ def point_at(request: http.Request, url: str, headers: list[tuple[str, str]]) ->
     request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
 
 
-RELAYED = "backworks.relayed"  # flow.metadata: the client's request as it was, and the head to answer with
+RELAYED = "relayed"  # flowstate: the client's request as it was, and the head to answer with
 RELAY_CHUNK = 64 * 1024
 
 
@@ -339,12 +340,12 @@ class Relayed:
 
 def point_at_relay(flow: http.HTTPFlow, relay: StreamRelay, job: RelayJob, on_expire: Callable[[], None] | None = None) -> None:
     """Send the flow to the relay, where `job` answers it; mitmweb gets the client's request back."""
-    flow.metadata[RELAYED] = Relayed(flow.request.url, flow.request.headers.copy())
+    flow_state(flow)[RELAYED] = Relayed(flow.request.url, flow.request.headers.copy())
     flow.request.url = relay.url(relay.register(job, on_expire))
 
 
 def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) -> RelayAnswer:
-    relayed: Relayed = flow.metadata[RELAYED]
+    relayed: Relayed = flow_state(flow)[RELAYED]
     if isinstance(answer, StreamedResponse):
         relayed.head, relayed.streamed = answer.head, True
         return RelayAnswer(answer.head.status_code, answer.body)
@@ -354,7 +355,7 @@ def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) 
 
 def restore_relayed(flow: http.HTTPFlow) -> None:
     """`responseheaders` of a relayed flow: the answer's own head, and the client's request."""
-    relayed: Relayed | None = flow.metadata.get(RELAYED)
+    relayed: Relayed | None = peek_state(flow).get(RELAYED)
     if relayed is None or relayed.restored or flow.response is None:
         return
     relayed.restored = True  # the marker stays: the `request` hook of a streamed request comes later

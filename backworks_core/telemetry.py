@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
-RECORD = "backworks.record"  # flow.metadata key
+from backworks_core.flowstate import flow_state, peek_state
+
+RECORD = "record"  # key in backworks_core.flowstate (never in flow.metadata: it must stay serializable)
 
 # Label values for flows without an endpoint of their own.
 UNMATCHED = "(unmatched)"  # Backworks answered 404/405 itself
@@ -76,7 +78,7 @@ def outcome_of(status: int | None, failure: str | None) -> str:
 
 
 def record_for(flow: http.HTTPFlow) -> RequestRecord | None:
-    record = flow.metadata.get(RECORD)
+    record = peek_state(flow).get(RECORD)
     return record if isinstance(record, RequestRecord) else None
 
 
@@ -84,5 +86,5 @@ def ensure_record(flow: http.HTTPFlow, request_id: str) -> RequestRecord:
     record = record_for(flow)
     if record is None:
         record = RequestRecord(request_id=request_id, method=method_label(flow.request.method))
-        flow.metadata[RECORD] = record
+        flow_state(flow)[RECORD] = record
     return record

@@ -343,3 +343,24 @@ def test_mock_from_names_a_file_it_cannot_read(tmp_path: Path) -> None:
     assert made.returncode == 1
     assert str(bad) in made.stderr and "Traceback" not in made.stderr
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_flows_saved_with_w_through_backworks_become_mocks_too(tmp_path: Path, start_proxy) -> None:
+    """`mitmdump -s backworks.py -w FILE` keeps working (flow.metadata stays serializable)."""
+    from mitmproxy import io as mitmproxy_io
+
+    upstream = shop_upstream().start()
+    flows = tmp_path / "flows.mitm"
+    try:
+        proxy = start_proxy(capture_blueprint(tmp_path), "--mode", f"reverse:{upstream.url}", "-w", str(flows))
+        send_all(proxy.port)
+        stop_gracefully(proxy)
+    finally:
+        upstream.stop()
+    assert "unserializable" not in proxy.log()
+    with flows.open("rb") as handle:
+        saved = list(mitmproxy_io.FlowReader(handle).stream())
+    assert len(saved) == len(traffic())
+    made = run_cli("mock-from", str(flows), "-o", str(tmp_path / "from-flows.yaml"))
+    assert made.returncode == 0, made.stderr
+    assert "6 endpoint(s) from 12 flow(s)" in made.stdout

@@ -172,3 +172,25 @@ async def test_an_unwritable_journal_is_an_options_error(stack, project) -> None
     (project.root / "blocked").write_text("a file where a folder should be")
     with pytest.raises(exceptions.OptionsError, match="cannot write the journal"):
         await stack("{output: blocked/out.yaml}")
+
+
+async def test_flows_backworks_handled_can_still_be_saved_by_mitmproxy(stack) -> None:  # type: ignore[no-untyped-def]
+    """`-w FILE` and mitmweb's Save write flow.metadata: nothing Backworks keeps there may break that."""
+    import io
+
+    from mitmproxy import io as mitmproxy_io
+
+    core, capture, folder = await stack()
+    flows = [
+        await finish(core, make_flow("GET", "/status")),  # answered by Backworks
+        await finish(core, make_flow("GET", "/users/1")),  # passed through in reverse mode
+        await finish(core, make_flow("GET", "/nothing", mode="regular")),  # someone else's traffic
+    ]
+    buffer = io.BytesIO()
+    writer = mitmproxy_io.FlowWriter(buffer)
+    for flow in flows:
+        writer.add(flow)
+    buffer.seek(0)
+    read = list(mitmproxy_io.FlowReader(buffer).stream())
+    assert [f.request.path for f in read] == ["/status", "/users/1", "/nothing"]
+    assert read[0].metadata["backworks.request_id"] == flows[0].metadata["backworks.request_id"]

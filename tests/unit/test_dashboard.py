@@ -6,6 +6,8 @@ carry the RequestRecord (with its Attempts) the proxy handler would have written
 
 from __future__ import annotations
 
+from backworks_core.flowstate import flow_state, peek_state
+
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -116,7 +118,7 @@ def proxied(request_id: str, attempts: list[tuple[str, int | None, float]], stat
         attempts=[Attempt("default", t, "2xx" if s is not None and s < 300 else "5xx" if s else "connect_failure", secs, s) for t, s, secs in attempts],
         error=error,
     )
-    flow.metadata[RECORD] = record
+    flow_state(flow)[RECORD] = record
     if status is not None:
         flow.response = tutils.tresp(status_code=status)
     else:
@@ -252,7 +254,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         bystander = make_flow("GET", "/elsewhere", mode="regular", host="example.org")
         await stack.core.request(bystander)
         assert bystander.response is None  # passed through, untouched
-        assert bystander.metadata[RECORD].request_id == ""
+        assert flow_state(bystander)[RECORD].request_id == ""
         bystander.response = tutils.tresp(status_code=500)  # whatever the real server says
         stack.dashboard.observe(bystander)
         status = stack.dashboard.status()
@@ -260,7 +262,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         # in reverse mode, an unmatched request passed to Backworks' own upstream counts
         own = make_flow("GET", "/elsewhere", mode=REVERSE)
         await stack.core.request(own)
-        assert own.response is None and own.metadata[RECORD].request_id
+        assert own.response is None and flow_state(own)[RECORD].request_id
         own.response = tutils.tresp(status_code=200)
         stack.dashboard.observe(own)
         assert stack.dashboard.status()["totals"]["requests"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from backworks_core.flowstate import flow_state, peek_state
+
 import json
 import subprocess
 from collections.abc import Iterator
@@ -179,7 +181,7 @@ def test_a_second_metrics_plugin_is_independent_of_the_first() -> None:
     first = MetricsPlugin()
     second = MetricsPlugin()  # what mitmproxy's re-execution of backworks.py does
     flow = make_flow("GET", "/users/1")
-    flow.metadata[RECORD] = proxied_record()
+    flow_state(flow)[RECORD] = proxied_record()
     flow.response = http_response(200)
     first.observe(flow)
     labels = {"endpoint": "/users/{id}", "method": "GET", "status_class": "2xx"}
@@ -194,7 +196,7 @@ def http_response(status: int) -> http.Response:
 def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
     plugin = MetricsPlugin()
     flow = make_flow("GET", "/users/1")
-    flow.metadata[RECORD] = proxied_record()
+    flow_state(flow)[RECORD] = proxied_record()
     flow.response = http_response(502)
     plugin.observe(flow)
     plugin.observe(flow)
@@ -215,7 +217,7 @@ def test_the_plugin_ignores_flows_without_a_record() -> None:
 def test_an_errored_flow_is_counted_without_a_status() -> None:
     plugin = MetricsPlugin()
     flow = make_flow("GET", "/users/1")
-    flow.metadata[RECORD] = proxied_record()
+    flow_state(flow)[RECORD] = proxied_record()
     flow.error = mflow.Error("client disconnected")
     plugin.observe(flow)
     assert value(plugin.metrics, "backworks_requests_total", endpoint="/users/{id}", method="GET", status_class="none") == 1

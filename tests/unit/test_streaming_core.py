@@ -3,6 +3,8 @@ relayed flow's head put back in `responseheaders`."""
 
 from __future__ import annotations
 
+from backworks_core.flowstate import flow_state, peek_state
+
 import aiohttp
 import pytest
 from mitmproxy import exceptions, http
@@ -188,7 +190,7 @@ async def test_a_held_answer_gets_its_own_head_and_the_client_request_back(relay
     assert flow.response.headers["content-length"] == str(len(answer.raw_content))
     assert flow.response.stream is False
     assert "transfer-encoding" not in flow.response.headers
-    assert RELAYED in flow.metadata  # the marker stays for the request hook
+    assert RELAYED in peek_state(flow)  # the marker stays for the request hook
 
 
 async def test_a_streamed_answer_without_a_length_is_chunked_for_http1(relay: StreamRelay) -> None:
@@ -240,7 +242,7 @@ async def test_restore_is_done_once(relay: StreamRelay) -> None:
     relay_answer(flow, streamed({"X-Size": "big"}))
     flow.response = relay_reply(chunked=True)
     restore_relayed(flow)
-    assert flow.metadata[RELAYED].restored is True
+    assert flow_state(flow)[RELAYED].restored is True
     flow.response.status_code = 299
     flow.response.headers["X-Later"] = "kept"
     del flow.response.headers["transfer-encoding"]
@@ -270,10 +272,10 @@ async def test_restore_leaves_other_flows_alone() -> None:
     assert plain.request.url == "http://api.test/x"
 
     pending = make_flow("GET", "/x")
-    pending.metadata[RELAYED] = Relayed("http://api.test/original", pending.request.headers.copy(), http.Response.make(201))
+    flow_state(pending)[RELAYED] = Relayed("http://api.test/original", pending.request.headers.copy(), http.Response.make(201))
     restore_relayed(pending)  # no response yet: nothing to do, and it is not marked done
     assert pending.request.url == "http://api.test/x"
-    assert pending.metadata[RELAYED].restored is False
+    assert flow_state(pending)[RELAYED].restored is False
 
 
 # -- the hooks, with the real relay ---------------------------------------------------------
@@ -288,13 +290,13 @@ async def test_a_large_request_goes_through_the_relay_and_back(addon: Backworks,
             await addon.requestheaders(small)
             assert small.request.url == "http://api.test/items"  # held: answered in the request hook
             assert small.request.stream is False
-            assert RELAYED not in small.metadata
+            assert RELAYED not in peek_state(small)
 
             flow = make_flow("POST", "/items", headers={"Transfer-Encoding": "chunked"}, mode="reverse:http://127.0.0.1:9")
             await addon.requestheaders(flow)
             assert flow.response is None
             assert flow.request.stream is True
-            assert RELAYED in flow.metadata
+            assert RELAYED in peek_state(flow)
             relay_url = flow.request.url
             assert relay_url.startswith(f"http://127.0.0.1:{addon.relay.port}/")
 
@@ -325,7 +327,7 @@ async def test_a_large_request_that_passes_through_is_not_relayed(addon: Backwor
             flow = make_flow("POST", "/elsewhere", headers={"Transfer-Encoding": "chunked"}, mode="regular", host="example.org")
             await addon.requestheaders(flow)
             assert flow.request.url == "http://example.org/elsewhere"
-            assert RELAYED not in flow.metadata
+            assert RELAYED not in peek_state(flow)
             assert flow.response is None
             assert addon.relay.pending == 0
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from backworks_core.flowstate import flow_state, peek_state
+
 import re
 
 import pytest
@@ -113,7 +115,7 @@ def test_ensure_record_creates_one_record_per_flow() -> None:
 
 def test_record_for_ignores_foreign_metadata() -> None:
     flow = make_flow()
-    flow.metadata[RECORD] = {"request_id": "not a record"}
+    flow_state(flow)[RECORD] = {"request_id": "not a record"}
     assert record_for(flow) is None
 
 
