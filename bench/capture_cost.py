@@ -2,9 +2,9 @@
 serving (req/s) against mitmproxy's own ``--server-replay``, on the same recordings.
 
 Run with ``.venv/bin/python bench/capture_cost.py [--flows 100000] [--replay-flows 2000]
-[--rounds 3] [--duration 10] [--json FILE] [--keep DIR]`` (``bench/run`` runs it with
-``--flows 20000`` after ``bench/setup.sh`` has installed ``wrk``; the figures in
-docs/performance.md are from a run with the defaults).
+[--rounds 3] [--duration 10] [--json FILE] [--keep DIR]``. ``bench/run`` runs it with the
+defaults (or with ``$CAPTURE_COST_ARGS``) after ``bench/setup.sh`` has installed ``wrk``; the
+figures in docs/performance.md are from a run with the defaults, about 10 minutes.
 
 1. Input. A mitmproxy flow file of --flows flows is generated with ``mitmproxy.io.FlowWriter``
    from hand-built ``http.HTTPFlow``s: one host (``api.example.com``), 30 endpoints under
@@ -71,7 +71,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ from throughput import (  # noqa: E402  - the sibling benchmark's process, wrk a
     WRK_LUA,
     BenchError,
     Processes,
+    children_cpu_seconds,
     cpu_layout,
     cpu_seconds,
     describe_checkout,
@@ -94,10 +95,8 @@ from throughput import (  # noqa: E402  - the sibling benchmark's process, wrk a
     fetch,
     free_port,
     mitmdump_path,
-    pinner,
     run_wrk,
     system_busy_seconds,
-    children_cpu_seconds,
     wait_listening,
 )
 
@@ -759,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     status = 0
     env = environment()
-    print(f"backworks code: {describe_checkout(REPO)}; python {env['python']}, mitmproxy {env['mitmproxy']}; load average {' '.join(os.getloadavg().__repr__().strip('()').split(', '))}", flush=True)
+    print(f"backworks code: {describe_checkout(REPO)}; python {env['python']}, mitmproxy {env['mitmproxy']}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     runs: list[Run] = []
     serve: dict[str, Any] | None = None
     try:
