@@ -9,8 +9,20 @@ def builtin_plugins() -> list[type[Plugin]]:
     """The plugins that ship with Backworks, in the order their addons are registered."""
     from addons.auth import AuthPlugin
     from addons.capture import CapturePlugin
+    from addons.cors import CorsPlugin
+    from addons.fault import FaultPlugin
     from addons.metrics import MetricsPlugin
     from addons.proxy import ProxyPlugin
+    from addons.rate_limit import RateLimitPlugin
     from addons.transform import TransformPlugin
 
-    return [ProxyPlugin, TransformPlugin, AuthPlugin, MetricsPlugin, CapturePlugin]
+    return [
+        ProxyPlugin,
+        TransformPlugin,
+        AuthPlugin,
+        CorsPlugin,
+        RateLimitPlugin,
+        FaultPlugin,
+        MetricsPlugin,
+        CapturePlugin,
+    ]

@@ -41,7 +41,7 @@ CORE_SECTIONS: Mapping[str, Section] = {
     "python": Section(PythonConfig, PYTHON_HANDLER),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
-PLANNED_PLUGINS = frozenset({"rate_limit", "cors"})
+PLANNED_PLUGINS: frozenset[str] = frozenset()
 PLANNED_HANDLERS: frozenset[str] = frozenset()
 
 

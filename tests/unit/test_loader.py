@@ -405,26 +405,27 @@ def test_unknown_plugin_with_suggestion(project, load_errors):
     )
     assert diagnostic_lines(load_errors(path)) == [
         f"{path}:3:3: plugins.proxi: unknown plugin 'proxi'; did you mean 'proxy'?",
-        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, capture, metrics, proxy, transform)",
+        f"{path}:4:3: plugins.zzzzzz: unknown plugin 'zzzzzz' (installed plugins: auth, capture, cors, fault, metrics, proxy, rate_limit, transform)",
     ]
 
 
-def test_planned_plugin_is_named_as_not_available_yet(project, load_errors):
+def test_planned_plugin_is_named_as_not_available_yet(project, load_errors, monkeypatch):
+    monkeypatch.setattr("backworks_core.loader.PLANNED_PLUGINS", frozenset({"graphql"}))
     path = project.blueprint(
         """
         name: x
         plugins:
-          - type: cors
+          - type: graphql
             config: {}
         middlewares:
-          - {name: rl, plugin: rate_limit, config: {requests: 5}}
+          - {name: gq, plugin: graphql, config: {}}
         endpoints:
           - {path: /ok, handler: static, config: {static: {}}}
         """
     )
     assert diagnostic_lines(load_errors(path)) == [
-        f"{path}:3:5: plugins[0].type: plugin 'cors' is not available in this version of Backworks yet",
-        f"{path}:6:16: middlewares[0].plugin: plugin 'rate_limit' is not available in this version of Backworks yet",
+        f"{path}:3:5: plugins[0].type: plugin 'graphql' is not available in this version of Backworks yet",
+        f"{path}:6:16: middlewares[0].plugin: plugin 'graphql' is not available in this version of Backworks yet",
     ]
 
 
@@ -552,7 +553,7 @@ def test_middleware_errors(project, discovered, load_errors):
     assert diagnostic_lines(load_errors(path, registry_=discovered)) == [
         f"{path}:3:57: middlewares[0].config.methods: unknown HTTP method 'FETCH'",
         f"{path}:4:12: middlewares[1].name: middleware name 'a' is already used by middlewares[0]",
-        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: auth, tagger, transform)",
+        f"{path}:5:23: middlewares[2].plugin: plugin 'proxy' offers no middleware (plugins that do: auth, cors, fault, rate_limit, tagger, transform)",
         f"{path}:6:39: middlewares[3].config.tag: required key 'tag' is missing",
         f"{path}:6:40: middlewares[3].config.tga: unknown key 'tga'; did you mean 'tag'?",
         f"{path}:8:56: endpoints[0].middleware[1]: no middleware named 'tt'; did you mean 't'?",

@@ -20,14 +20,14 @@ from .conftest import body_json, diagnostic_lines
 
 
 def test_without_third_party_packages_only_builtins(registry):
-    assert registry.names() == ["auth", "capture", "metrics", "proxy", "transform"]
+    assert registry.names() == ["auth", "capture", "cors", "fault", "metrics", "proxy", "rate_limit", "transform"]
     assert registry.handler_owner == {"proxy": "proxy", "auth.register": "auth", "auth.login": "auth", "auth.validate": "auth", "metrics": "metrics"}
     assert set(registry.sections) == {"proxy", "metrics"}
     assert registry.broken == {}
 
 
 def test_discover_finds_the_installed_distribution(discovered):
-    assert discovered.names() == ["auth", "capture", "metrics", "needs_proxy", "needy", "proxy", "tagger", "transform"]
+    assert discovered.names() == ["auth", "capture", "cors", "fault", "metrics", "needs_proxy", "needy", "proxy", "rate_limit", "tagger", "transform"]
     tagger = discovered.plugins["tagger"]
     assert issubclass(tagger, Plugin)
     assert tagger.__module__ == "bw_tagger"
