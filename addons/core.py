@@ -264,7 +264,11 @@ class Backworks:
         return [f"{e.label} -> {e.spec.handler}" for e in self.gateway.endpoints]
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A body too large to hold goes to the relay, streamed, before mitmproxy reads it."""
+        """A body too large to hold goes to the relay, streamed, before mitmproxy reads it.
+
+        So does a body whose head breaks its endpoint's `max_body_size`/`max_header_size`: the
+        relay drops it and answers 413/431, and no upstream ever sees it.
+        """
         if flow.response or flow.error or not flow.live:
             return
         state = flow_state(flow)
@@ -272,19 +276,26 @@ class Backworks:
             state[IN_FLIGHT] = True
             self.in_flight += 1
         gateway = self.gateway
-        if gateway is None or not body_too_large(flow.request, self.relay.buffer_limit):
+        if gateway is None:
+            return
+        # A head over its endpoint's limits (backworks_core.limits) is refused before the body is read.
+        limited = gateway.may_refuse_head(flow.request)
+        if not limited and not body_too_large(flow.request, self.relay.buffer_limit):
             return
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        direct = not reverse and is_direct_request(flow)
         try:
-            await gateway.handle_streaming(
-                flow, reverse_mode=reverse, direct=not reverse and is_direct_request(flow), relay=self.relay
-            )
+            if limited and await gateway.refuse_head(flow, reverse_mode=reverse, direct=direct, relay=self.relay):
+                return
+            if body_too_large(flow.request, self.relay.buffer_limit):
+                await gateway.handle_streaming(flow, reverse_mode=reverse, direct=direct, relay=self.relay)
         except Exception:
             request_id = request_id_for(flow)
             logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
             relayed = flow_state(flow).pop(RELAYED, None)
             if relayed is not None:
                 flow.request.url = relayed.url
+                flow.request.headers = relayed.headers
             flow.request.stream = False
             flow.response = internal_error(flow, request_id)
             return

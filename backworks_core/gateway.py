@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +33,7 @@ from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.mock import MockConfig, MockHandler, check_path_params
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
+from backworks_core.limits import BodyTooLarge, LimitsConfig, Refusal, RequestGuard, ValidateConfig, declared_length, header_size, too_large
 from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
@@ -54,6 +55,15 @@ class BuildError(ValueError):
     def __init__(self, message: str, loc: tuple[str | int, ...] = ()) -> None:
         super().__init__(message)
         self.loc = loc
+
+
+# ctx.state key set on a CORS preflight routed to the endpoint of the method it asks about.
+PREFLIGHT = "preflight"
+
+
+def is_preflight(request: http.Request) -> bool:
+    """A CORS preflight: OPTIONS with an Origin and an Access-Control-Request-Method."""
+    return request.method.upper() == "OPTIONS" and "origin" in request.headers and bool(request.headers.get("access-control-request-method", "").strip())
 
 
 def glob_to_regex(glob: str) -> re.Pattern[str]:
@@ -100,6 +110,8 @@ class EndpointPlan:
     response_transform: CompiledTransform | None = None
     # Backworks' own endpoints (the status page, metrics): served on the gateway's address only.
     internal: bool = False
+    # Size limits and body schema (backworks_core.limits), checked before the middlewares.
+    guard: RequestGuard | None = None
 
     @property
     def label(self) -> str:
@@ -120,6 +132,10 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.uses_hosts = any(e.spec.settings.host for e in self.endpoints)
+        # The lowest limits of any endpoint: `requestheaders` routes early only past these.
+        guards = [e.guard for e in self.endpoints if e.guard is not None]
+        self.body_floor = min((g.max_body for g in guards if g.max_body is not None), default=None)
+        self.header_floor = min((g.max_header for g in guards if g.max_header is not None), default=None)
 
     def unmatched_policy(self, reverse_mode: bool) -> Unmatched:
         configured = self.blueprint.settings.server.unmatched
@@ -141,7 +157,11 @@ class Gateway:
         request = flow.request
         path = request.path.split("?", 1)[0]
         # pretty_host is costly per request; only host globs need it.
-        result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
+        host = request.pretty_host if self.uses_hosts else ""
+        result = self.router.match(request.method, path, host)
+        preflight = self._preflight(request, path, host) if result is not None and is_preflight(request) else None
+        if preflight is not None:
+            result = preflight[0]  # answered by the cors middleware of the endpoint it asks about
         if isinstance(result, Match) and result.route.payload.internal and not (reverse_mode or direct):
             result = None  # the status page and metrics answer on the gateway's own address only
         if result is None:
@@ -168,7 +188,26 @@ class Gateway:
         ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id, record=record)
         ctx.notes["endpoint"] = f'"{endpoint.label}"'
         ctx.notes["handler"] = endpoint.spec.handler
+        if preflight is not None:
+            ctx.state[PREFLIGHT] = preflight[1]
         return ctx
+
+    def _preflight(self, request: http.Request, path: str, host: str) -> tuple[Match, str] | None:
+        """The route of a CORS preflight, when a middleware that answers preflights applies to it.
+
+        The endpoint is the one of the method the preflight asks about (its OPTIONS would
+        otherwise be a 405, or another endpoint's), and the middlewares are chosen for that
+        method. None: no such middleware applies, and the OPTIONS request is routed as before.
+        """
+        if not self.middlewares:
+            return None
+        requested = request.headers["access-control-request-method"].strip().upper()
+        target = self.router.match(requested, path, host)
+        if not isinstance(target, Match):
+            return None
+        if any(getattr(m.instance, "answers_preflights", False) for m in self.middlewares_for(target.route.payload, requested, path)):
+            return target, requested
+        return None
 
     @staticmethod
     def _error(flow: http.HTTPFlow, status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
@@ -188,6 +227,12 @@ class Gateway:
             flow.response = routed
             return
         ctx = routed
+        if ctx.endpoint.guard is not None:
+            refusal = ctx.endpoint.guard.check_held(flow.request)
+            if refusal is not None:
+                flow.response = refusal.response(ctx)
+                _comment(flow, ctx)
+                return
         ctx.buffer_limit = relay.buffer_limit if relay is not None else None
         answer = await self.answer(ctx)
         if isinstance(answer, Forward):
@@ -216,6 +261,12 @@ class Gateway:
         routed = self.route(flow, reverse_mode=reverse_mode, direct=direct)
         if routed is None:
             return False
+        refused = False
+        if isinstance(routed, RequestContext) and routed.endpoint.guard is not None:
+            refusal = routed.endpoint.guard.check_head(flow.request)
+            if refusal is not None:  # the body is read into the relay and dropped: never held, never sent on
+                refused_ctx, routed, refused = routed, refusal.response(routed), True
+                _comment(flow, refused_ctx)
 
         async def job(web_request: web.BaseRequest) -> RelayAnswer:
             relayed: Relayed = flow_state(flow)[RELAYED]
@@ -225,18 +276,43 @@ class Gateway:
                 return relay_answer(flow, routed)
             ctx = routed
             ctx.buffer_limit = relay.buffer_limit
+            guard = ctx.endpoint.guard
+            max_body = guard.max_body if guard is not None else None
+            # Held whole: to validate it, or when the limit is within what Backworks holds anyway
+            # (so an upstream never sees the start of a body that turns out too large).
+            validating = guard is not None and guard.validator is not None
+            hold = validating or (max_body is not None and max_body <= relay.buffer_limit)
+            answer: Answer | None = None
             try:
-                if getattr(ctx.endpoint.handler, "accepts_body_stream", False):
-                    ctx.body_stream = web_request.content.iter_chunked(RELAY_CHUNK)
+                if getattr(ctx.endpoint.handler, "accepts_body_stream", False) and not hold:
+                    chunks = web_request.content.iter_chunked(RELAY_CHUNK)
+                    ctx.body_stream = chunks if max_body is None else _capped(chunks, max_body, ctx)
                     ctx.notes["streamed"] = "request"
                 else:
-                    flow.request.content = await web_request.content.read()  # whole, as mitmproxy would hold it
-                answer = await self.answer(ctx)
+                    cap = max_body if max_body is not None else (relay.buffer_limit if validating else None)
+                    body = await _read_capped(web_request, cap)  # whole, as mitmproxy would hold it
+                    if body is None:
+                        assert cap is not None
+                        answer = (too_large(cap) if max_body is not None else Refusal(
+                            413, f"a request body validated against a schema is held whole: at most {cap} bytes (backworks_buffer_limit)", "max_body_size"
+                        )).response(ctx)
+                    else:
+                        flow.request.content = body
+                        refusal = guard.check_schema(flow.request) if validating else None
+                        answer = refusal.response(ctx) if refusal is not None else None
+                if answer is None:
+                    answer = await self.answer(ctx)
                 if isinstance(answer, Forward):  # nothing mitmproxy could still forward: the body is gone
                     answer = ctx.error(502, "this endpoint cannot forward a streamed request body")
             except Exception:
-                logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path)
+                if not ctx.state.get(BODY_TOO_LARGE):
+                    logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path)
                 answer = ctx.error(500, "internal gateway error; see the gateway log for this request id")
+            if ctx.state.get(BODY_TOO_LARGE) and max_body is not None:  # whatever the handler made of the cut
+                if isinstance(answer, StreamedResponse):
+                    answer.close()
+                await _drain(web_request)
+                answer = too_large(max_body).response(ctx)
             if isinstance(answer, StreamedResponse):
                 ctx.notes["streamed"] = "both" if "streamed" in ctx.notes else "response"
             _comment(flow, ctx)
@@ -244,8 +320,34 @@ class Gateway:
 
         await relay.start()
         point_at_relay(flow, relay, job)
+        if refused:  # the relay needs only the framing; the client's headers come back after (restore_relayed)
+            keep = (b"host", b"content-length", b"transfer-encoding")
+            flow.request.headers = http.Headers([(k, v) for k, v in flow.request.headers.fields if k.lower() in keep])
         flow.request.stream = True
         return True
+
+    def may_refuse_head(self, request: http.Request) -> bool:
+        """Cheap, for every request's `requestheaders`: a body whose head could break some endpoint's limit."""
+        length = declared_length(request)
+        if length == 0 or (length is None and "transfer-encoding" not in request.headers):
+            return False  # no body to keep from being read: the `request` hook refuses it
+        if self.body_floor is not None and length is not None and length > self.body_floor:
+            return True
+        return self.header_floor is not None and header_size(request) > self.header_floor
+
+    async def refuse_head(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay) -> bool:
+        """`requestheaders`: refuse (413/431) a request whose head breaks its endpoint's limits.
+
+        Its body is then streamed into the relay and dropped, never held nor sent upstream.
+        False: within the limits (or no endpoint), nothing done.
+        """
+        request = flow.request
+        path = request.path.split("?", 1)[0]
+        result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
+        guard = result.route.payload.guard if isinstance(result, Match) else None
+        if guard is None or guard.check_head(request) is None:
+            return False
+        return await self.handle_streaming(flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
 
     async def answer(self, ctx: RequestContext) -> Answer:
         """Middlewares, then the handler, then the middlewares' `on_response` in reverse."""
@@ -253,7 +355,11 @@ class Gateway:
         path = ctx.request.path.split("?", 1)[0]
         applied: list[MiddlewarePlan] = []
         response: Answer
-        for middleware in self.middlewares_for(ctx.endpoint, method, path):
+        preflight: str | None = ctx.state.get(PREFLIGHT)
+        chain = self.middlewares_for(ctx.endpoint, preflight or method, path)
+        if preflight is not None:  # only the middlewares that answer preflights (cors) see one
+            chain = [m for m in chain if getattr(m.instance, "answers_preflights", False)]
+        for middleware in chain:
             try:
                 early = await middleware.instance.on_request(ctx)
             except Exception:
@@ -267,7 +373,10 @@ class Gateway:
                 response = early
                 break
         else:
-            response = await call_handler(ctx)
+            if preflight is not None:  # never the handler's nor the upstream's
+                response = ctx.error(403, "CORS preflight not answered")
+            else:
+                response = await call_handler(ctx)
         if isinstance(response, Forward):
             return response  # mitmproxy relays the upstream's answer; there is no response yet
         head = response.head if isinstance(response, StreamedResponse) else response
@@ -383,6 +492,36 @@ async def _drain(request: web.BaseRequest) -> None:
         pass
 
 
+BODY_TOO_LARGE = "limits.body_too_large"  # ctx.state: a streamed request body passed max_body_size
+
+
+async def _read_capped(request: web.BaseRequest, cap: int | None) -> bytes | None:
+    """The whole body, or None (the rest read and dropped) once it passes `cap`."""
+    if cap is None:
+        return await request.content.read()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(RELAY_CHUNK):
+        size += len(chunk)
+        if size > cap:
+            await _drain(request)
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _capped(chunks: AsyncIterator[bytes], cap: int, ctx: RequestContext) -> AsyncIterator[bytes]:
+    """A streamed request body, cut (BodyTooLarge) once it passes `cap`; the relay job answers 413."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            ctx.state[BODY_TOO_LARGE] = True
+            ctx.notes["refused"] = "max_body_size"
+            raise BodyTooLarge(f"request body passed {cap} bytes")
+        yield chunk
+
+
 PageProvider = Callable[[LoadedBlueprint], list[InternalEndpoint]]
 
 
@@ -440,7 +579,11 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
         if spec.transform is not None and not getattr(handler, "applies_endpoint_transform", False):
             request_transform = CompiledTransform(spec.transform.request) if spec.transform.request else None
             response_transform = CompiledTransform(spec.transform.response) if spec.transform.response else None
-        endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform))
+        limits, validate = spec.sections.get("limits"), spec.sections.get("validate")
+        assert limits is None or isinstance(limits, LimitsConfig)
+        assert validate is None or isinstance(validate, ValidateConfig)
+        guard = RequestGuard.build(blueprint.settings.server, limits, validate)
+        endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform, guard=guard))
     internal = [page for name, plugin in plugins.items() for page in plugin.internal_endpoints(blueprint.plugin_configs.get(name), blueprint)]
     internal += [page for provider in pages for page in provider(blueprint)]
     seen: dict[str, InternalEndpoint] = {}

@@ -19,6 +19,7 @@ from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.mock import MockConfig
 from backworks_core.handlers.python import HandlerLoadError, PythonConfig, load_handler, parse_handler_ref
 from backworks_core.handlers.static import StaticConfig
+from backworks_core.limits import LimitsConfig, ValidateConfig
 from backworks_core.model import (
     BlueprintSettings,
     EndpointSettings,
@@ -39,6 +40,9 @@ CORE_SECTIONS: Mapping[str, Section] = {
     "static": Section(StaticConfig, "static"),
     "mock": Section(MockConfig, "mock"),
     "python": Section(PythonConfig, PYTHON_HANDLER),
+    # Any handler: request limits and body validation, applied before middlewares (backworks_core.limits).
+    "limits": Section(LimitsConfig),
+    "validate": Section(ValidateConfig),
 }
 # Built-in plugins of the format that this release does not ship yet: named, not "unknown".
 PLANNED_PLUGINS: frozenset[str] = frozenset()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
+from mitmproxy.utils import human
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -46,6 +49,39 @@ UrlPath = Annotated[str, AfterValidator(_absolute_url_path)]
 """A file named in a blueprint: relative to the blueprint's folder, never to the current directory."""
 
 
+_SIZE_HINT = "expected a size: a number of bytes, or a string such as 512k, 64k, 10m or 1g"
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `1024`, "512k", "10m", "1g" (binary units, as mitmproxy's size options; "10mb" too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{_SIZE_HINT}; got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        text = value.strip().lower()
+        if len(text) > 2 and text.endswith("b") and text[-2] in "kmgt":
+            text = text[:-1]
+        try:
+            parsed = human.parse_size(text) if text else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ValueError(f"{_SIZE_HINT}; got {value!r}")
+        size = parsed
+    if size < 0:
+        raise ValueError(f"a size cannot be negative; got {value!r}")
+    return size
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^\\s*\\d+\\s*([kKmMgGtT][bB]?|[bB])?\\s*$"}]}),
+]
+"""Bytes as an int; accepts a number of bytes or a string such as 512k, 10m, 1g."""
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors: nothing in a blueprint is dropped silently."""
 
@@ -71,6 +107,12 @@ class ServerSettings(StrictModel):
         None,
         description="what happens to a request no endpoint matches; default: not_found in "
         "reverse mode, passthrough in every other mode",
+    )
+    max_body_size: Size | None = Field(
+        None, description="largest request body on any endpoint (413), e.g. 10m; default: no limit (large bodies stream)"
+    )
+    max_header_size: Size | None = Field(
+        64 * 1024, description="largest total of request header fields on any endpoint (431); default 64k; null: no limit"
     )
 
 

@@ -2,6 +2,7 @@
 # Installs the system programs the test suite needs, when they are missing:
 #   prometheus, promtool   Debian package `prometheus`   (tests/integration/prometheus.py)
 #   chromium               Debian package `chromium`
+#   redis-server           Debian package `redis-server` (tests/integration/test_rate_limit.py)
 # `./run.sh test` calls this on every run: when everything is installed it prints nothing and costs
 # a few `command -v` lookups. It installs with apt-get as root, or with sudo when that needs no
 # password. When it cannot, it prints one line per missing tool saying how to install it and still
@@ -11,7 +12,7 @@
 # BACKWORKS_SYSTEM_TOOLS_DRY_RUN=1 prints the commands that would run instead of running them.
 set -uo pipefail
 
-TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium}"
+TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium redis-server:redis-server}"
 
 missing_tools=() missing_packages=()
 for pair in $TOOLS; do
@@ -52,7 +53,7 @@ run() {
     fi
 }
 
-# Packages with services (prometheus) must not start them: invoke-rc.d and deb-systemd-invoke obey
+# Packages with services (prometheus, redis-server) must not start them: invoke-rc.d and deb-systemd-invoke obey
 # /usr/sbin/policy-rc.d, and exit status 101 means "action forbidden". Containers usually have one.
 POLICY=/usr/sbin/policy-rc.d
 added_policy=""
@@ -69,17 +70,19 @@ if ! run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -
 fi
 
 # In case a service was started or enabled anyway (no policy-rc.d honoured, real systemd): the
-# suite starts its own Prometheus, and nothing here was running before since it was not installed.
-case " ${missing_packages[*]} " in
-    *" prometheus "*)
-        if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-            run "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-        elif [ -x /etc/init.d/prometheus ]; then
-            run "${SUDO[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
-            command -v update-rc.d >/dev/null 2>&1 && { run "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true; }
-        fi
-        ;;
-esac
+# suite starts its own Prometheus and redis-server, and nothing here was running before since it
+# was not installed.
+stop_service() {  # $1: the package, $2: its systemd unit and init.d script name
+    case " ${missing_packages[*]} " in *" $1 "*) ;; *) return 0 ;; esac
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        run "${SUDO[@]}" systemctl disable --now "$2.service" >/dev/null 2>&1 || true
+    elif [ -x "/etc/init.d/$2" ]; then
+        run "${SUDO[@]}" "/etc/init.d/$2" stop >/dev/null 2>&1 || true
+        command -v update-rc.d >/dev/null 2>&1 && { run "${SUDO[@]}" update-rc.d "$2" disable >/dev/null 2>&1 || true; }
+    fi
+}
+stop_service prometheus prometheus
+stop_service redis-server redis-server
 
 for pair in "${missing_tools[@]}"; do
     tool="${pair%%:*}"

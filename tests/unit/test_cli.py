@@ -271,7 +271,7 @@ def test_schema_includes_the_proxy_plugin_config(schema):
 def test_schema_includes_endpoint_config_sections(schema):
     endpoint = schema["$defs"]["EndpointSettings"]
     config = endpoint["properties"]["config"]
-    assert set(config["properties"]) == {"static", "mock", "python", "proxy", "metrics"}
+    assert set(config["properties"]) == {"static", "mock", "python", "limits", "validate", "proxy", "metrics"}
     assert config["additionalProperties"] is False
     assert {"status", "headers", "body", "delay"} == set(resolve(schema, config["properties"]["static"])["properties"])
     assert {"upstream", "path", "strip_prefix", "add_prefix"} <= set(resolve(schema, config["properties"]["proxy"])["properties"])
