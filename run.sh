@@ -3,6 +3,7 @@
 #   ./run.sh            install everything (first run), start the demo backend and serve blueprints/demo.yaml
 #   ./run.sh test       install everything (first run; promtool, prometheus and chromium from the
 #                       system's packages when missing) and run the test suite
+#   ./run.sh reliability  the reliability suite (fuzzing, chaos, soak; about ten minutes)
 #   ./run.sh run FILE   serve another blueprint (any `backworks` subcommand works the same way)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -55,6 +56,7 @@ MSG
 install
 case "${1:-}" in
   test) shift; bash tests/system-tools.sh; exec "$VENV/bin/python" -m pytest "$@" ;;
+  reliability) shift; bash tests/system-tools.sh; exec "$VENV/bin/python" -m pytest tests/reliability "$@" ;;
   "") demo ;;
   --*) demo "$@" ;;
   *) exec "$VENV/bin/backworks" "$@" ;;
