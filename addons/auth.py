@@ -70,7 +70,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 from urllib.parse import unquote_plus, urlsplit
 
 import jwt
@@ -290,38 +290,43 @@ def _loopback(host: str | None) -> bool:
 class AuthConfig(StrictModel):
     """`plugins.auth.config`. Key files are loaded (and checked) when the blueprint loads."""
 
-    jwt_secret: str | None = Field(None, repr=False, description="shared secret for HS256/HS384/HS512")
-    private_key: BlueprintPath | None = Field(None, description="PEM private key: signs issued tokens (RS*/PS*/ES*/EdDSA)")
-    public_key: BlueprintPath | None = Field(None, description="PEM public key or certificate: verifies tokens")
-    jwks_url: str | None = Field(None, description="JWKS of an outside issuer; keys cached and looked up by kid")
-    jwks_max_age: PositiveDuration = Field(600.0, description="JWKS keys are fetched again when older than this")
-    jwks_min_interval: Duration = Field(30.0, description="at most one JWKS fetch per this interval")
-    jwks_timeout: PositiveDuration = Field(5.0, description="a JWKS fetch's whole time")
+    jwt_secret: str | None = Field(None, repr=False, description="shared secret for HS256/HS384/HS512", examples=["${JWT_SECRET}"])
+    private_key: BlueprintPath | None = Field(None, description="PEM private key: signs issued tokens (RS*/PS*/ES*/EdDSA)", examples=["keys/private.pem"])
+    public_key: BlueprintPath | None = Field(None, description="PEM public key or certificate: verifies tokens", examples=["keys/public.pem"])
+    jwks_url: str | None = Field(None, description="JWKS of an outside issuer; keys cached and looked up by kid", examples=["https://login.example.com/.well-known/jwks.json"])
+    jwks_max_age: PositiveDuration = Field(600.0, description="JWKS keys are fetched again when older than this", examples=["1h"])
+    jwks_min_interval: Duration = Field(30.0, description="at most one JWKS fetch per this interval", examples=["1m"])
+    jwks_timeout: PositiveDuration = Field(5.0, description="a JWKS fetch's whole time", examples=["3s"])
     # After the key settings: its validator reads them.
     algorithms: list[str] | None = Field(
-        None, validate_default=True, description="the algorithms accepted; default [HS256] with jwt_secret alone, required otherwise"
+        None, validate_default=True, description="the algorithms accepted; default [HS256] with jwt_secret alone, required otherwise", examples=[["HS256", "HS512"]]
     )
-    token_expiry_minutes: float = Field(60, gt=0, description="lifetime of tokens issued by auth.login/auth.register")
-    issuer: str | None = Field(None, min_length=1, description="`iss` issued and required")
-    audience: str | list[str] | None = Field(None, description="`aud` issued and required (any one of a list)")
-    leeway: Duration = Field(0.0, description="clock skew allowed on exp, nbf and iat")
-    verified_cache_size: int = Field(1024, ge=0, description="verified tokens remembered (LRU), so a repeated token skips verification; 0 = off")
+    token_expiry_minutes: float = Field(60, gt=0, description="lifetime of tokens issued by auth.login/auth.register", examples=[15])
+    issuer: str | None = Field(None, min_length=1, description="`iss` issued and required", examples=["https://auth.example.com"])
+    audience: str | list[str] | None = Field(None, description="`aud` issued and required (any one of a list)", examples=["orders-api"])
+    leeway: Duration = Field(0.0, description="clock skew allowed on exp, nbf and iat", examples=["30s"])
+    verified_cache_size: int = Field(1024, ge=0, description="verified tokens remembered (LRU), so a repeated token skips verification; 0 = off", examples=[0])
     verified_cache_ttl: PositiveDuration = Field(
-        60.0, description="a verified token is remembered at most this long (and never past its exp + leeway)"
+        60.0, description="a verified token is remembered at most this long (and never past its exp + leeway)", examples=["5m"]
     )
-    required_claims: list[ClaimName] = Field(default_factory=list, description="claims a token must carry (exp and sub always)")
-    roles_claim: ClaimName = "roles"
-    permissions_claim: ClaimName = "permissions"
+    required_claims: list[ClaimName] = Field(default_factory=list, description="claims a token must carry (exp and sub always)", examples=[["email"]])
+    roles_claim: ClaimName = Field("roles", description="the claim holding the roles: a list, or space-separated text; a dotted name reaches into objects", examples=["realm_access.roles"])
+    permissions_claim: ClaimName = Field("permissions", description="the claim holding the permissions: a list, or space-separated text (as OAuth's scope)", examples=["scope"])
     token_sources: list[TokenSource] = Field(
-        default_factory=lambda: ["header"], min_length=1, description="header (Authorization: Bearer), cookie:NAME, query:NAME; first found wins"
+        default_factory=lambda: ["header"], min_length=1, description="header (Authorization: Bearer), cookie:NAME, query:NAME; first found wins", examples=[["header", "cookie:session"]]
     )
-    default_roles: list[Role] = Field(default_factory=lambda: ["user"], description="roles given at registration")
+    default_roles: list[Role] = Field(default_factory=lambda: ["user"], description="roles given at registration", examples=[["customer"]])
     forward_claims: dict[ForwardHeader, ClaimName] = Field(
-        default_factory=lambda: {"X-User": "sub"}, description="headers set on the proxied request from the token's claims"
+        default_factory=lambda: {"X-User": "sub"}, description="headers set on the proxied request from the token's claims", examples=[{"X-User-Id": "sub", "X-User-Email": "email"}]
     )
-    strip_token: bool = Field(False, description="remove the token from the proxied request")
-    roles: dict[Role, list[Permission]] = Field(default_factory=dict, description="role -> permissions it grants")
-    users_file: BlueprintPath | None = Field(None, description="the user store of auth.register/auth.login")
+    strip_token: bool = Field(False, description="remove the token from the proxied request", examples=[True])
+    audit: Literal["denied", "all", "none"] = Field(
+        "denied",
+        description="decisions written to the addons.auth log: denied (WARNING), all (allowed ones at INFO too: one line per request, about 10% of throughput), none",
+        examples=["all"],
+    )
+    roles: dict[Role, list[Permission]] = Field(default_factory=dict, description="role -> permissions it grants", examples=[{"admin": ["*"], "customer": ["orders:read", "orders:create"]}])
+    users_file: BlueprintPath | None = Field(None, description="the user store of auth.register/auth.login", examples=["users.json"])
 
     _secret: bytes | None = PrivateAttr(None)
     _private_key: Any = PrivateAttr(None)
@@ -482,8 +487,8 @@ class AuthConfig(StrictModel):
 class AuthMiddlewareConfig(MiddlewareFilter):
     """`middlewares[].config` for `plugin: auth`: who may pass, on top of a valid token."""
 
-    roles: list[Role] | None = Field(None, min_length=1, description="any one of these roles")
-    permissions: list[Permission] | None = Field(None, min_length=1, description="all of these permissions")
+    roles: list[Role] | None = Field(None, min_length=1, description="any one of these roles", examples=[["admin"]])
+    permissions: list[Permission] | None = Field(None, min_length=1, description="all of these permissions", examples=[["orders:read"]])
 
 
 # ------------------------------------------------------------------------------------------
@@ -1329,6 +1334,11 @@ class AuthMiddleware:
             ctx.record.auth_denied, ctx.record.auth_status = reason, status
 
     def _audit(self, ctx: RequestContext, allowed: bool, why: str, status: int, identity: Identity | None = None) -> None:
+        """One log line per decision, as `audit` asks. Every log record costs a dispatch through all
+        of mitmproxy's addons, so allowed requests are only logged when asked for."""
+        audit = self.plugin_config.audit
+        if audit == "none" or (allowed and audit != "all"):
+            return
         request = ctx.flow.request
         who = _audit_text(identity.username) if identity is not None else "-"
         what = f"{request.method} {_audit_text(request.path.split('?', 1)[0], 300)}"

@@ -68,13 +68,13 @@ WINDOW_BUCKETS = 60
 
 
 class CircuitBreakerConfig(StrictModel):
-    failure_threshold: int = Field(5, ge=1)
-    failure_rate: float | None = Field(None, gt=0, le=1, description="fraction of failed requests in `window`")
-    window: PositiveDuration = 60.0
-    min_requests: int = Field(20, ge=1)
-    recovery_timeout: Duration = 30.0
-    half_open_max_calls: int = Field(1, ge=1)
-    max_concurrent_requests: int | None = Field(None, ge=1)
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures (connect failures, timeouts, resets, 5xx answers) that open the breaker", examples=[3])
+    failure_rate: float | None = Field(None, gt=0, le=1, description="fraction of failed requests in `window`", examples=[0.5])
+    window: PositiveDuration = Field(60.0, description="the sliding window that failure_rate is measured over", examples=["30s"])
+    min_requests: int = Field(20, ge=1, description="outcomes needed in the window before failure_rate can open the breaker", examples=[10])
+    recovery_timeout: Duration = Field(30.0, description="how long an open breaker refuses requests before letting trial requests through", examples=["10s"])
+    half_open_max_calls: int = Field(1, ge=1, description="trial requests let through while half-open; that many successes close the breaker, one failure opens it again", examples=[3])
+    max_concurrent_requests: int | None = Field(None, ge=1, description="requests in flight to the pool at most (a bulkhead); default: no limit", examples=[200])
 
 
 def is_failure(outcome: str | int) -> bool:

@@ -36,23 +36,23 @@ OutputFormat = Literal["blueprint", "har", "openapi"]
 
 
 class RedactConfig(StrictModel):
-    enabled: bool = Field(True, description="redact credentials and token-like values (strongly advised)")
-    headers: list[str] = Field(default_factory=list, description="more header names whose values are redacted")
-    fields: list[str] = Field(default_factory=list, description="more JSON/form field and query parameter names whose values are redacted")
+    enabled: bool = Field(True, description="redact credentials and token-like values (strongly advised)", examples=[False])
+    headers: list[str] = Field(default_factory=list, description="more header names whose values are redacted", examples=[["X-Api-Key"]])
+    fields: list[str] = Field(default_factory=list, description="more JSON/form field and query parameter names whose values are redacted", examples=[["password", "card_number"]])
 
 
 class CaptureConfig(StrictModel):
-    output: BlueprintPath = Field("captured.yaml", description="the file written at shutdown and by backworks.capture.save")
-    format: OutputFormat = Field("blueprint", description="blueprint (mock endpoints), har (HAR 1.2) or openapi (OpenAPI 3.1)")
-    journal: BlueprintPath | None = Field(None, description="the JSON-lines record of every captured flow; default: OUTPUT.jsonl")
-    include: list[str] = Field(default_factory=lambda: ["*"], description="path globs to record (`*` crosses segments)")
-    exclude: list[str] = Field(default_factory=list, description="path globs never recorded")
-    methods: list[str] | None = Field(None, description="methods to record; default all")
-    hosts: list[str] | None = Field(None, description="host globs to record (`*.example.com`); default all")
-    redact: RedactConfig = Field(default_factory=RedactConfig)
-    max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint")
-    max_body: str = Field("1m", description="bodies larger than this are recorded empty")
-    api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'")
+    output: BlueprintPath = Field("captured.yaml", description="the file written at shutdown and by backworks.capture.save", examples=["orders-mocks.yaml"])
+    format: OutputFormat = Field("blueprint", description="blueprint (mock endpoints), har (HAR 1.2) or openapi (OpenAPI 3.1)", examples=["openapi"])
+    journal: BlueprintPath | None = Field(None, description="the JSON-lines record of every captured flow; default: OUTPUT.jsonl", examples=["capture.jsonl"])
+    include: list[str] = Field(default_factory=lambda: ["*"], description="path globs to record (`*` crosses segments)", examples=[["/api/*"]])
+    exclude: list[str] = Field(default_factory=list, description="path globs never recorded", examples=[["/api/health"]])
+    methods: list[str] | None = Field(None, description="methods to record; default all", examples=[["GET", "POST"]])
+    hosts: list[str] | None = Field(None, description="host globs to record (`*.example.com`); default all", examples=[["*.example.com"]])
+    redact: RedactConfig = Field(default_factory=RedactConfig, description="what is hidden in the files written: credentials and token-like values, and the names listed", examples=[{"headers": ["X-Api-Key"]}])
+    max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint", examples=[10])
+    max_body: str = Field("1m", description="bodies larger than this are recorded empty", examples=["256k"])
+    api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'", examples=["Orders API"])
 
     @field_validator("methods")
     @classmethod

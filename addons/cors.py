@@ -147,11 +147,11 @@ def _header_name(value: str) -> str:
 class CorsMiddlewareConfig(MiddlewareFilter):
     """The cors middleware's `config`: the filter keys (`path`, `methods`) and the CORS policy."""
 
-    origins: list[str] = Field(min_length=1, description="`*`, exact origins (https://app.example.com) or patterns (https://*.example.com)")
-    headers: list[str] | None = Field(None, description="allowed request headers; not set or [*]: echo what the preflight asks for")
-    expose_headers: list[str] | None = Field(None, description="Access-Control-Expose-Headers on actual answers")
-    credentials: bool = Field(False, description="Access-Control-Allow-Credentials: true (never with origins [*])")
-    max_age: Duration | None = Field(None, description="how long browsers may cache a preflight answer (whole seconds)")
+    origins: list[str] = Field(min_length=1, description="`*`, exact origins (https://app.example.com) or patterns (https://*.example.com)", examples=[["https://app.example.com", "https://*.example.com"]])
+    headers: list[str] | None = Field(None, description="allowed request headers; not set or [*]: echo what the preflight asks for", examples=[["Content-Type", "Authorization"]])
+    expose_headers: list[str] | None = Field(None, description="Access-Control-Expose-Headers on actual answers", examples=[["X-Total-Count"]])
+    credentials: bool = Field(False, description="Access-Control-Allow-Credentials: true (never with origins [*])", examples=[True])
+    max_age: Duration | None = Field(None, description="how long browsers may cache a preflight answer (whole seconds)", examples=["10m"])
 
     @field_validator("origins")
     @classmethod

@@ -61,22 +61,22 @@ DEFAULT_HEADER = "X-Backworks-Fault"
 
 
 class DelayFault(StrictModel):
-    duration: Duration = Field(description="added latency, e.g. 250ms")
-    percent: float = Field(100, ge=0, le=100, description="share of requests delayed")
+    duration: Duration = Field(description="added latency, e.g. 250ms", examples=["500ms"])
+    percent: float = Field(100, ge=0, le=100, description="share of requests delayed", examples=[10])
 
 
 class AbortFault(StrictModel):
-    status: int = Field(ge=400, le=599, description="the status answered instead of going on")
-    percent: float = Field(100, ge=0, le=100, description="share of requests aborted")
-    body: str | None = Field(None, description="the `error` text of the JSON answer")
+    status: int = Field(ge=400, le=599, description="the status answered instead of going on", examples=[503])
+    percent: float = Field(100, ge=0, le=100, description="share of requests aborted", examples=[5])
+    body: str | None = Field(None, description="the `error` text of the JSON answer", examples=["injected fault"])
 
 
 class FaultMiddlewareConfig(MiddlewareFilter):
-    delay: DelayFault | None = None
-    abort: AbortFault | None = None
-    allow_header: bool = Field(False, description="let a request header switch faults on for one request (never in production)")
-    header: str = Field(DEFAULT_HEADER, min_length=1, description="the request header read when allow_header is true")
-    max_header_delay: Duration = Field(10.0, description="the longest delay the header may ask for")
+    delay: DelayFault | None = Field(None, description="add latency to matching requests", examples=[{"duration": "500ms", "percent": 10}])
+    abort: AbortFault | None = Field(None, description="answer matching requests with an error status instead of handling them", examples=[{"status": 503, "percent": 5}])
+    allow_header: bool = Field(False, description="let a request header switch faults on for one request (never in production)", examples=[True])
+    header: str = Field(DEFAULT_HEADER, min_length=1, description="the request header read when allow_header is true", examples=["X-Chaos"])
+    max_header_delay: Duration = Field(10.0, description="the longest delay the header may ask for", examples=["30s"])
 
     @model_validator(mode="after")
     def _something_to_do(self) -> FaultMiddlewareConfig:

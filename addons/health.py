@@ -63,19 +63,19 @@ INTERVAL_JITTER = 0.1  # +-10% of the interval between probes; the first probe w
 
 
 class HealthCheckConfig(StrictModel):
-    enabled: bool = True
-    interval: PositiveDuration = Field(30.0)
-    timeout: PositiveDuration = Field(5.0)
-    path: UrlPath = "/health"
-    expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'")
+    enabled: bool = Field(True, description="false: not checked (on a target, while the pool's block checks the others)", examples=[False])
+    interval: PositiveDuration = Field(30.0, description="time between the end of one probe and the start of the next (+-10%)", examples=["10s"])
+    timeout: PositiveDuration = Field(5.0, description="a probe that takes longer fails", examples=["2s"])
+    path: UrlPath = Field("/health", description="probed with GET at the target's URL (base path included) followed by this path", examples=["/healthz"])
+    expected_status: str | int = Field("200-399", description="a code, or ranges such as '200-299,304'", examples=["200-299,304"])
 
     @field_validator("expected_status")
     @classmethod
     def _status_ranges(cls, value: str | int) -> str | int:
         parse_status_ranges(value)  # the checker's own parser: what loads is what runs
         return value
-    healthy_threshold: int = Field(2, ge=1)
-    unhealthy_threshold: int = Field(3, ge=1)
+    healthy_threshold: int = Field(2, ge=1, description="passes in a row that make an unhealthy target healthy again", examples=[1])
+    unhealthy_threshold: int = Field(3, ge=1, description="failures in a row that make a healthy target unhealthy", examples=[2])
 
 
 # -- pure helpers ----------------------------------------------------------------------------------

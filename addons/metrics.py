@@ -50,10 +50,10 @@ HEALTH_FAMILIES = ("backworks_target_healthy", "backworks_target_ejected")
 
 
 class MetricsConfig(StrictModel):
-    path: UrlPath = Field("/metrics", description="where Prometheus scrapes, on the proxy listener")
-    port: int | None = Field(None, ge=1, le=65535, description="serve the metrics on their own port instead")
-    host: str = Field("127.0.0.1", description="the address `port` listens on")
-    buckets: list[float] | None = Field(None, description="latency histogram buckets, in seconds")
+    path: UrlPath = Field("/metrics", description="where Prometheus scrapes, on the proxy listener", examples=["/prometheus"])
+    port: int | None = Field(None, ge=1, le=65535, description="serve the metrics on their own port instead", examples=[9100])
+    host: str = Field("127.0.0.1", description="the address `port` listens on", examples=["0.0.0.0"])
+    buckets: list[float] | None = Field(None, description="latency histogram buckets, in seconds", examples=[[0.01, 0.05, 0.1, 0.5, 1, 5]])
 
     @field_validator("buckets")
     @classmethod
@@ -66,10 +66,10 @@ class MetricsConfig(StrictModel):
 class MetricsEndpointConfig(StrictModel):
     """`config.metrics` of an endpoint with `handler: metrics` (the original's flags)."""
 
-    format: Literal["prometheus", "json"] = "prometheus"
-    include_proxy_metrics: bool = True
-    include_circuit_breaker_status: bool = True
-    include_health_check_status: bool = True
+    format: Literal["prometheus", "json"] = Field("prometheus", description="prometheus (the text exposition format) or json", examples=["json"])
+    include_proxy_metrics: bool = Field(True, description="include the backworks_upstream_* series", examples=[False])
+    include_circuit_breaker_status: bool = Field(True, description="include the backworks_circuit_breaker_* series", examples=[False])
+    include_health_check_status: bool = Field(True, description="include backworks_target_healthy and backworks_target_ejected", examples=[False])
 
     def excluded(self) -> tuple[str, ...]:
         return (

@@ -42,10 +42,10 @@ logger = logging.getLogger(__name__)
 
 
 class OutlierDetectionConfig(StrictModel):
-    consecutive_failures: int = Field(5, ge=1)
-    base_ejection_time: Duration = 30.0
-    max_ejection_time: Duration = 300.0
-    max_ejection_percent: float = Field(50.0, ge=0, le=100)
+    consecutive_failures: int = Field(5, ge=1, description="failures in a row (connect failures, timeouts, resets, 5xx answers) that eject a target", examples=[3])
+    base_ejection_time: Duration = Field(30.0, description="how long a first ejection lasts; each further ejection of the same target lasts one more multiple of it", examples=["10s"])
+    max_ejection_time: Duration = Field(300.0, description="the longest an ejection lasts", examples=["2m"])
+    max_ejection_percent: float = Field(50.0, ge=0, le=100, description="the largest share of the pool ejected at once (rounded down; never the last target)", examples=[25])
 
 
 def _seconds(value: float) -> str:

@@ -50,15 +50,15 @@ StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 
 class TargetConfig(StrictModel):
-    name: str = Field(min_length=1)
-    url: str = Field(description="http(s)://host[:port][/base/path]")
-    weight: float = Field(1.0, gt=0)
-    timeout: PositiveDuration | None = Field(None)
-    retry_attempts: int | None = Field(None, ge=0)
-    health_check: HealthCheckConfig | None = None
-    max_connections: int | None = Field(None, ge=1)
-    tls_verify: bool = Field(True, description="verify an https target's certificate")
-    ca_file: BlueprintPath | None = Field(None, description="PEM file of CAs to verify an https target with")
+    name: str = Field(min_length=1, description="the target's name in logs, metrics and the status page; unique in its pool", examples=["api-1"])
+    url: str = Field(description="http(s)://host[:port][/base/path]", examples=["http://127.0.0.1:3001"])
+    weight: float = Field(1.0, gt=0, description="relative share of traffic (weighted_round_robin, least_connections, consistent_hash, random; round_robin and ip_hash ignore it)", examples=[3])
+    timeout: PositiveDuration | None = Field(None, description="the longest one try at this target may take (the pool's `timeout` still bounds the whole request)", examples=["5s"])
+    retry_attempts: int | None = Field(None, ge=0, description="extra tries when neither the endpoint nor the pool sets `retries` (the first target chosen decides)", examples=[2])
+    health_check: HealthCheckConfig | None = Field(None, description="this target's own health check: the keys it sets override the pool's `health_check`", examples=[{"path": "/healthz"}])
+    max_connections: int | None = Field(None, ge=1, description="connections to this target at most (validated, not applied yet in this release)", examples=[100])
+    tls_verify: bool = Field(True, description="verify an https target's certificate", examples=[False])
+    ca_file: BlueprintPath | None = Field(None, description="PEM file of CAs to verify an https target with", examples=["certs/upstream-ca.pem"])
 
     @field_validator("ca_file")
     @classmethod
@@ -85,34 +85,34 @@ class TargetConfig(StrictModel):
 
 
 class RetryConfig(StrictModel):
-    attempts: int = Field(2, ge=0, description="extra tries after the first")
-    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "reset"])
-    per_try_timeout: PositiveDuration | None = None
-    backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter")
-    retry_non_idempotent: bool = False
-    budget_percent: float = Field(20.0, gt=0, le=100, description="retries in flight as a share of requests in flight")
-    min_retry_concurrency: int = Field(3, ge=0, description="retries always allowed in flight, whatever the share")
+    attempts: int = Field(2, ge=0, description="extra tries after the first", examples=[3])
+    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "reset"], description="what is retried: connect_failure, timeout, reset, or status codes; a connect failure is retried for every method, the rest only for idempotent methods unless retry_non_idempotent", examples=[["connect_failure", "timeout", 503]])
+    per_try_timeout: PositiveDuration | None = Field(None, description="the longest one try may take (the whole request stays within `timeout`)", examples=["2s"])
+    backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter", examples=["50ms"])
+    retry_non_idempotent: bool = Field(False, description="also retry POST and PATCH after a timeout, a reset or a listed status", examples=[True])
+    budget_percent: float = Field(20.0, gt=0, le=100, description="retries in flight as a share of requests in flight", examples=[10])
+    min_retry_concurrency: int = Field(3, ge=0, description="retries always allowed in flight, whatever the share", examples=[5])
 
 
 class ProxyMetricsConfig(StrictModel):
-    enabled: bool = True
-    detailed: bool = False
+    enabled: bool = Field(True, description="false leaves this pool's upstream series out of the metrics", examples=[False])
+    detailed: bool = Field(False, description="validated, not applied yet in this release (targets always have their own series)", examples=[True])
 
 
 class PoolConfig(StrictModel):
-    targets: list[TargetConfig] = Field(default_factory=list)
-    load_balancing: Policy = "round_robin"
-    hash_on: str = Field("ip", description="ip, path, header:NAME, cookie:NAME or query:NAME")
-    health_check: HealthCheckConfig | None = None
-    outlier_detection: OutlierDetectionConfig | None = None
-    circuit_breaker: CircuitBreakerConfig | None = None
-    retries: RetryConfig | None = None
-    metrics: ProxyMetricsConfig | None = None
-    timeout: PositiveDuration = Field(30.0, description="the whole request, every try included")
-    forwarded_headers: bool = True
-    preserve_host: bool = False
-    transform_request: RequestTransform | None = None
-    transform_response: ResponseTransform | None = None
+    targets: list[TargetConfig] = Field(default_factory=list, description="the upstream servers of the pool", examples=[[{"name": "api-1", "url": "http://127.0.0.1:3001"}, {"name": "api-2", "url": "http://127.0.0.1:3002"}]])
+    load_balancing: Policy = Field("round_robin", description="how a target is chosen for each try", examples=["least_connections"])
+    hash_on: str = Field("ip", description="ip, path, header:NAME, cookie:NAME or query:NAME", examples=["header:X-User"])
+    health_check: HealthCheckConfig | None = Field(None, description="active health checks of every target of the pool", examples=[{"path": "/health", "interval": "10s"}])
+    outlier_detection: OutlierDetectionConfig | None = Field(None, description="eject targets that keep failing live traffic", examples=[{"consecutive_failures": 3}])
+    circuit_breaker: CircuitBreakerConfig | None = Field(None, description="a circuit breaker per target, and a limit on requests in flight", examples=[{"failure_threshold": 5, "recovery_timeout": "30s"}])
+    retries: RetryConfig | None = Field(None, description="the pool's retry rules (an endpoint's `config.proxy.retries` win)", examples=[{"attempts": 2, "retry_on": ["connect_failure", 503]}])
+    metrics: ProxyMetricsConfig | None = Field(None, description="the pool's upstream metrics", examples=[{"enabled": False}])
+    timeout: PositiveDuration = Field(30.0, description="the whole request, every try included", examples=["10s"])
+    forwarded_headers: bool = Field(True, description="set X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host on requests sent upstream", examples=[False])
+    preserve_host: bool = Field(False, description="send the client's Host header upstream instead of the target's", examples=[True])
+    transform_request: RequestTransform | None = Field(None, description="applied to every request sent to the pool (the plugin level's first, then a named pool's own)", examples=[{"headers": {"X-Gateway": "backworks"}}])
+    transform_response: ResponseTransform | None = Field(None, description="applied to every answer from the pool (a named pool's own first, then the plugin level's)", examples=[{"remove_headers": ["Server"]}])
 
     @field_validator("hash_on")
     @classmethod
@@ -135,19 +135,19 @@ class PoolConfig(StrictModel):
 
 
 class ProxyPluginConfig(PoolConfig):
-    upstreams: dict[str, PoolConfig] = Field(default_factory=dict, description="named pools")
+    upstreams: dict[str, PoolConfig] = Field(default_factory=dict, description="named pools", examples=[{"orders": {"targets": [{"name": "orders-1", "url": "http://127.0.0.1:3002"}]}}])
 
 
 class EndpointProxyConfig(StrictModel):
-    upstream: str | None = Field(None, description="a pool from `upstreams`; the default pool if absent")
-    path: str | None = Field(None, description="upstream path template over the endpoint's parameters")
-    method: str | None = None
-    strip_prefix: UrlPath | None = None
-    add_prefix: UrlPath | None = None
-    timeout: PositiveDuration | None = Field(None)
-    retries: RetryConfig | None = None
-    transform_request: RequestTransform | None = None
-    transform_response: ResponseTransform | None = None
+    upstream: str | None = Field(None, description="a pool from `upstreams`; the default pool if absent", examples=["orders"])
+    path: str | None = Field(None, description="upstream path template over the endpoint's parameters", examples=["/v2/orders/{id}"])
+    method: str | None = Field(None, description="send the request upstream with this method instead of the client's", examples=["POST"])
+    strip_prefix: UrlPath | None = Field(None, description="removed from the start of the upstream path, on a segment boundary", examples=["/api"])
+    add_prefix: UrlPath | None = Field(None, description="added in front of the upstream path (after strip_prefix)", examples=["/v1"])
+    timeout: PositiveDuration | None = Field(None, description="the whole request, every try included, for this endpoint (instead of the pool's `timeout`)", examples=["5s"])
+    retries: RetryConfig | None = Field(None, description="this endpoint's retry rules, instead of the pool's (budget_percent and min_retry_concurrency apply to pools only)", examples=[{"attempts": 1, "retry_on": ["timeout"]}])
+    transform_request: RequestTransform | None = Field(None, description="applied to this endpoint's requests after the pool's transforms", examples=[{"query": {"set": {"source": "gateway"}}}])
+    transform_response: ResponseTransform | None = Field(None, description="applied to this endpoint's answers before the pool's transforms", examples=[{"headers": {"Cache-Control": "no-store"}}])
 
     @field_validator("method")
     @classmethod

@@ -136,15 +136,15 @@ PositiveWhole = Annotated[int, Field(ge=1), BeforeValidator(_whole_number)]
 class RateLimitMiddlewareConfig(MiddlewareFilter):
     """`middlewares[].config` for `plugin: rate_limit`."""
 
-    requests: PositiveWhole = Field(description="tokens added per `per`: the sustained rate")
-    per: PositiveDuration = Field(description="the period of `requests` (30s, 1m, 1h, or seconds)")
-    key: str = Field("ip", description="whose bucket: ip, header:NAME or claim:NAME (falls back to ip when absent)")
-    burst: PositiveWhole | None = Field(None, description="the bucket's capacity; default: requests")
-    scope: Literal["endpoint", "global"] = Field("endpoint", description="buckets per matched endpoint, or shared by all")
-    redis_url: str | None = Field(None, description="share buckets across processes through this Redis (redis://, rediss://, unix://)")
-    redis_timeout: PositiveDuration = Field(0.5, description="the most one Redis call may take")
-    fail_open: bool = Field(False, description="when Redis fails: true lets requests through, false answers 503")
-    max_keys: PositiveWhole = Field(50_000, description="the most buckets kept in this process (least recently used go first)")
+    requests: PositiveWhole = Field(description="tokens added per `per`: the sustained rate", examples=[100])
+    per: PositiveDuration = Field(description="the period of `requests` (30s, 1m, 1h, or seconds)", examples=["1m"])
+    key: str = Field("ip", description="whose bucket: ip, header:NAME or claim:NAME (falls back to ip when absent)", examples=["header:X-Api-Key"])
+    burst: PositiveWhole | None = Field(None, description="the bucket's capacity; default: requests", examples=[20])
+    scope: Literal["endpoint", "global"] = Field("endpoint", description="buckets per matched endpoint, or shared by all", examples=["global"])
+    redis_url: str | None = Field(None, description="share buckets across processes through this Redis (redis://, rediss://, unix://)", examples=["redis://127.0.0.1:6379/0"])
+    redis_timeout: PositiveDuration = Field(0.5, description="the most one Redis call may take", examples=["200ms"])
+    fail_open: bool = Field(False, description="when Redis fails: true lets requests through, false answers 503", examples=[True])
+    max_keys: PositiveWhole = Field(50_000, description="the most buckets kept in this process (least recently used go first)", examples=[10000])
 
     @field_validator("key")
     @classmethod

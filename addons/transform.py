@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from mitmproxy import http
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from backworks_core.context import RequestContext, template_context
 from backworks_core.loader import MiddlewareSpec
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class TransformMiddlewareConfig(MiddlewareFilter):
-    request: RequestTransform | None = None
-    response: ResponseTransform | None = None
+    request: RequestTransform | None = Field(None, description="applied to the request before the endpoint's handler (and before the proxy's own transforms)", examples=[{"headers": {"X-Gateway": "backworks"}}])
+    response: ResponseTransform | None = Field(None, description="applied to the answer after the handler (and after the proxy's own transforms)", examples=[{"headers": {"X-Frame-Options": "DENY"}}])
 
 
 class TransformMiddleware:

@@ -1,4 +1,4 @@
-"""The `backworks` command: validate, schema, init, run, capture, mock-from, demo-backend."""
+"""The `backworks` command: validate, schema, reference, init, run, capture, mock-from, demo-backend."""
 
 from __future__ import annotations
 
@@ -57,6 +57,29 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text)
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from backworks_core.reference import REGENERATE, render
+
+    text = render()
+    if args.check:
+        try:
+            committed = Path(args.check).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"backworks reference: cannot read {args.check}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if committed != text:
+            print(f"{args.check} is out of date: run {REGENERATE.replace('docs/configuration.md', args.check)}", file=sys.stderr)
+            return 1
+        print(f"{args.check} is up to date", file=sys.stderr)
+        return 0
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -238,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the blueprint JSON Schema (for editors)")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
     schema.set_defaults(func=cmd_schema)
+
+    reference = sub.add_parser("reference", help="print the configuration reference (Markdown), generated from the models")
+    reference.add_argument("-o", "--output", help="write to this file instead of stdout")
+    reference.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the generated reference")
+    reference.set_defaults(func=cmd_reference)
 
     init = sub.add_parser("init", help="create a starter project that runs")
     init.add_argument("directory")

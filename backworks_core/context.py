@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from http import HTTPStatus
 from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, Union
@@ -172,9 +173,19 @@ class Middleware(Protocol):
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None: ...
 
 
+def reason_phrase(status: int) -> str:
+    """The standard phrase (Python's table knows 429 and 431, mitmproxy's does not); "" if none."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     response = http.Response.make(status, payload, {"Content-Type": "application/json"})
+    if not response.reason:
+        response.reason = reason_phrase(status)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response

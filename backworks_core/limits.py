@@ -65,14 +65,14 @@ MESSAGE_MAX = 300  # characters of jsonschema's message kept in the answer
 class LimitsConfig(StrictModel):
     """`config.limits` on an endpoint; a key left out keeps `server.*`, `null` lifts it."""
 
-    max_body_size: Size | None = Field(None, description="largest request body, in bytes or as 512k, 10m; null: no limit")
-    max_header_size: Size | None = Field(None, description="largest total of request header fields, in bytes or as 64k; null: no limit")
+    max_body_size: Size | None = Field(None, description="largest request body, in bytes or as 512k, 10m; null: no limit", examples=["1m"])
+    max_header_size: Size | None = Field(None, description="largest total of request header fields, in bytes or as 64k; null: no limit", examples=["16k"])
 
 
 class ValidateConfig(StrictModel):
     """`config.validate` on an endpoint: the request body must match `schema`."""
 
-    schema_: dict[str, Any] | bool = Field(alias="schema", description="a JSON Schema (draft from its $schema; 2020-12 by default)")
+    schema_: dict[str, Any] | bool = Field(alias="schema", description="a JSON Schema (draft from its $schema; 2020-12 by default)", examples=[{"type": "object", "required": ["item", "quantity"], "properties": {"item": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}])
 
     @field_validator("schema_")
     @classmethod

@@ -89,7 +89,7 @@ class StrictModel(BaseModel):
 
 
 class TlsSettings(StrictModel):
-    cert: BlueprintPath = Field(description="PEM file holding the certificate and its private key")
+    cert: BlueprintPath = Field(description="PEM file holding the certificate and its private key", examples=["certs/gateway.pem"])
 
     @field_validator("cert")
     @classmethod
@@ -100,58 +100,59 @@ class TlsSettings(StrictModel):
 
 
 class ServerSettings(StrictModel):
-    host: str = Field("127.0.0.1", description="address `backworks run` listens on")
-    port: int = Field(8080, ge=1, le=65535, description="port `backworks run` listens on")
-    tls: TlsSettings | None = Field(None, description="serve HTTPS with this certificate")
+    host: str = Field("127.0.0.1", description="address `backworks run` listens on", examples=["0.0.0.0"])
+    port: int = Field(8080, ge=1, le=65535, description="port `backworks run` listens on", examples=[9000])
+    tls: TlsSettings | None = Field(None, description="serve HTTPS with this certificate", examples=[{"cert": "certs/gateway.pem"}])
     unmatched: Literal["not_found", "passthrough"] | None = Field(
         None,
         description="what happens to a request no endpoint matches; default: not_found in "
         "reverse mode, passthrough in every other mode",
+        examples=["passthrough"],
     )
     max_body_size: Size | None = Field(
-        None, description="largest request body on any endpoint (413), e.g. 10m; default: no limit (large bodies stream)"
+        None, description="largest request body on any endpoint (413), e.g. 10m; default: no limit (large bodies stream)", examples=["10m"]
     )
     max_header_size: Size | None = Field(
-        64 * 1024, description="largest total of request header fields on any endpoint (431); default 64k; null: no limit"
+        64 * 1024, description="largest total of request header fields on any endpoint (431); default 64k; null: no limit", examples=["32k"]
     )
 
 
 class DashboardSettings(StrictModel):
-    enabled: bool = True
-    path: UrlPath = Field("/__backworks", description="where the status page is served on the proxy listener")
-    port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead")
-    host: str = Field("127.0.0.1", description="the address `port` listens on")
+    enabled: bool = Field(True, description="serve the status page (at `path`, or on its own `port`)", examples=[False])
+    path: UrlPath = Field("/__backworks", description="where the status page is served on the proxy listener", examples=["/status"])
+    port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead", examples=[9090])
+    host: str = Field("127.0.0.1", description="the address `port` listens on", examples=["0.0.0.0"])
 
 
 class PluginEntry(StrictModel):
     """One entry of `plugins` in map form (`name: {enabled, config}`)."""
 
-    enabled: bool = True
-    config: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = Field(True, description="false switches the plugin off: endpoints and middlewares that use it are refused", examples=[False])
+    config: dict[str, Any] = Field(default_factory=dict, description="the plugin's own settings (see `plugins.<plugin>.config`); `enabled` may be written here too", examples=[{"targets": [{"name": "api-1", "url": "http://127.0.0.1:3001"}]}])
 
 
 class PluginListEntry(PluginEntry):
     """One entry of `plugins` in list form (`- type: name`)."""
 
-    type: str
+    type: str = Field(description="the plugin's name, in the list form of `plugins`", examples=["proxy"])
 
 
 class MiddlewareSettings(StrictModel):
-    name: str = Field(min_length=1)
-    plugin: str = Field(min_length=1)
-    config: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(min_length=1, description="the name endpoints list in their `middleware`; unique", examples=["browser-cors"])
+    plugin: str = Field(min_length=1, description="the plugin that provides the middleware: auth, cors, fault, rate_limit or transform", examples=["cors"])
+    config: dict[str, Any] = Field(default_factory=dict, description="the middleware's settings: the `path`/`methods` filter and the plugin's own keys (see `middlewares[].config`)", examples=[{"origins": ["https://app.example.com"]}])
 
 
 class EndpointSettings(StrictModel):
-    path: str
-    method: str | list[str] | None = Field(None, description="a method or a list; `methods` is an alias")
-    methods: str | list[str] | None = None
-    description: str | None = None
-    host: str | None = Field(None, description="glob on the request's host")
-    handler: str = Field(min_length=1)
-    config: dict[str, Any] = Field(default_factory=dict)
-    middleware: list[str] = Field(default_factory=list)
-    transform: dict[str, Any] | None = Field(None, description="endpoint-level transforms: {request: …, response: …}")
+    path: str = Field(description="the route: literal segments and parameters {name}, {name:int}, {name:uuid}, or {name:path} (the rest of the path, last segment only)", examples=["/orders/{id}"])
+    method: str | list[str] | None = Field(None, description="a method or a list; `methods` is an alias", examples=["POST"])
+    methods: str | list[str] | None = Field(None, description="the same as `method` (write one of the two); default GET", examples=[["GET", "HEAD"]])
+    description: str | None = Field(None, description="what the endpoint is for; also the operation's description in captured OpenAPI", examples=["Look up one order"])
+    host: str | None = Field(None, description="glob on the request's host", examples=["api.example.com"])
+    handler: str = Field(min_length=1, description="what answers: static, mock, proxy, metrics, auth.register, auth.login, auth.validate, or a Python handler (handlers/x.py, handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)", examples=["proxy", "handlers/orders.py:get_order"])
+    config: dict[str, Any] = Field(default_factory=dict, description="the handler's settings and the endpoint's own sections, each under its name (see `endpoints[].config.<section>`)", examples=[{"static": {"status": 200, "body": {"id": "{{path.id}}"}}}])
+    middleware: list[str] = Field(default_factory=list, description="names of `middlewares` applied to this endpoint, in order (besides those whose own path/methods filter matches it)", examples=[["browser-cors"]])
+    transform: dict[str, Any] | None = Field(None, description="endpoint-level transforms: {request: …, response: …}", examples=[{"response": {"headers": {"Cache-Control": "no-store"}}}])
 
     @field_validator("method", "methods")
     @classmethod
@@ -182,14 +183,14 @@ class EndpointSettings(StrictModel):
 
 
 class BlueprintSettings(StrictModel):
-    name: str = Field(min_length=1)
-    version: str = "1.0.0"
-    description: str | None = None
-    server: ServerSettings = Field(default_factory=ServerSettings)
-    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
-    plugins: dict[str, PluginEntry] | list[PluginListEntry] = Field(default_factory=dict)
-    middlewares: list[MiddlewareSettings] = Field(default_factory=list)
-    endpoints: list[EndpointSettings] = Field(min_length=1)
+    name: str = Field(min_length=1, description="the API's name, shown in logs and on the status page", examples=["orders-api"])
+    version: str = Field("1.0.0", description="the blueprint's own version, as text (`1.0` in YAML is read as the text 1.0)", examples=["2.1.0"])
+    description: str | None = Field(None, description="what the API is, for readers", examples=["Orders API in front of the legacy backend"])
+    server: ServerSettings = Field(default_factory=ServerSettings, description="the listener of `backworks run`, and request limits for every endpoint", examples=[{"port": 9000}])
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="the status page", examples=[{"path": "/status"}])
+    plugins: dict[str, PluginEntry] | list[PluginListEntry] = Field(default_factory=dict, description="plugin settings: a map of plugin name to {enabled, config}, or a list of {type, enabled, config}; a plugin that an endpoint or middleware uses runs with its defaults even when not listed", examples=[{"proxy": {"config": {"targets": [{"name": "api-1", "url": "http://127.0.0.1:3001"}]}}}])
+    middlewares: list[MiddlewareSettings] = Field(default_factory=list, description="named middlewares (auth, cors, rate_limit, fault, transform) that endpoints use", examples=[[{"name": "browser-cors", "plugin": "cors", "config": {"origins": ["https://app.example.com"], "path": "/api/*"}}]])
+    endpoints: list[EndpointSettings] = Field(min_length=1, description="the routes, and what answers each; at least one", examples=[[{"path": "/hello", "handler": "static", "config": {"static": {"body": {"message": "hello"}}}}]])
 
     @field_validator("version", mode="before")
     @classmethod
@@ -201,8 +202,8 @@ class BlueprintSettings(StrictModel):
 class MiddlewareFilter(StrictModel):
     """Keys every middleware config accepts; plugins extend this model with their own."""
 
-    path: str | None = Field(None, description="glob; `*` matches within and across segments")
-    methods: list[str] | None = None
+    path: str | None = Field(None, description="a path glob: the middleware applies to the requests it matches, besides endpoints that list the middleware; `*` matches within and across segments", examples=["/api/*"])
+    methods: list[str] | None = Field(None, description="the methods the middleware applies to (with `path`, both must match); default: all", examples=[["POST", "PUT", "DELETE"]])
 
     @field_validator("methods")
     @classmethod

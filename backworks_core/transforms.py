@@ -165,8 +165,8 @@ PathPrefix = Annotated[UrlPath, AfterValidator(_check_url_prefix)]
 class RegexReplace(StrictModel):
     """`re.sub(pattern, replacement, text)` over every match; `\\1` and `\\g<name>` groups."""
 
-    pattern: str
-    replacement: str = ""
+    pattern: str = Field(description="a Python regular expression", examples=["/v1/"])
+    replacement: str = Field("", description="what each match becomes (\\1 and \\g<name> insert groups); default: the match is removed", examples=["/v2/"])
 
     @field_validator("pattern")
     @classmethod
@@ -200,17 +200,17 @@ class PathRewrite(RegexReplace):
 class PathTransform(StrictModel):
     """strip_prefix, then add_prefix, then each rewrite; the query string is not touched."""
 
-    strip_prefix: PathPrefix | None = Field(None, description="removed on a segment boundary")
-    add_prefix: PathPrefix | None = None
-    rewrite: list[PathRewrite] = Field(default_factory=list, description="after the prefixes, in order")
+    strip_prefix: PathPrefix | None = Field(None, description="removed on a segment boundary", examples=["/api"])
+    add_prefix: PathPrefix | None = Field(None, description="added in front of the path, after strip_prefix", examples=["/v2"])
+    rewrite: list[PathRewrite] = Field(default_factory=list, description="after the prefixes, in order", examples=[[{"pattern": "^/users/(\\d+)$", "replacement": "/accounts/\\1"}]])
 
 
 class QueryTransform(StrictModel):
     """remove, rename, then set; repeated keys and the order of the rest are kept."""
 
-    set: dict[str, ValueTemplate] = Field(default_factory=dict, description="one value per key (templates allowed)")
-    remove: list[str] = Field(default_factory=list)
-    rename: dict[str, str] = Field(default_factory=dict)
+    set: dict[str, ValueTemplate] = Field(default_factory=dict, description="one value per key (templates allowed)", examples=[{"api_key": "{{env.API_KEY}}"}])
+    remove: list[str] = Field(default_factory=list, description="query parameters removed (every value)", examples=[["debug"]])
+    rename: dict[str, str] = Field(default_factory=dict, description="query parameters renamed: old name to new name", examples=[{"q": "search"}])
 
     @field_validator("set", "rename", "remove")
     @classmethod
@@ -226,10 +226,10 @@ class QueryTransform(StrictModel):
 class BodyTransform(StrictModel):
     """JSON operations by dotted path (remove, rename, set), then regex replace on text."""
 
-    set: dict[JsonPathText, BodyValue] = Field(default_factory=dict, description="JSON path -> value (templates allowed)")
-    remove: list[JsonPathText] = Field(default_factory=list)
-    rename: dict[JsonPathText, JsonPathText] = Field(default_factory=dict)
-    replace: list[RegexReplace] = Field(default_factory=list, description="regexes over text bodies")
+    set: dict[JsonPathText, BodyValue] = Field(default_factory=dict, description="JSON path -> value (templates allowed)", examples=[{"meta.source": "backworks"}])
+    remove: list[JsonPathText] = Field(default_factory=list, description="JSON paths removed", examples=[["internal_id"]])
+    rename: dict[JsonPathText, JsonPathText] = Field(default_factory=dict, description="JSON members moved: old path to new path", examples=[{"user_name": "username"}])
+    replace: list[RegexReplace] = Field(default_factory=list, description="regexes over text bodies", examples=[[{"pattern": "http://internal\\.example\\.com", "replacement": "https://api.example.com"}]])
 
     @field_validator("rename")
     @classmethod
@@ -242,9 +242,9 @@ class BodyTransform(StrictModel):
 class HeaderTransform(StrictModel):
     """The header operations both directions share: remove, rename, then set."""
 
-    headers: dict[str, str] = Field(default_factory=dict, description="set these headers (templates allowed)")
-    remove_headers: list[str] = Field(default_factory=list)
-    rename_headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, description="set these headers (templates allowed)", examples=[{"X-Gateway": "backworks"}])
+    remove_headers: list[str] = Field(default_factory=list, description="headers removed", examples=[["X-Debug"]])
+    rename_headers: dict[str, str] = Field(default_factory=dict, description="headers renamed: old name to new name", examples=[{"X-Request-Source": "X-Source"}])
 
     @field_validator("headers")
     @classmethod
@@ -268,18 +268,18 @@ class HeaderTransform(StrictModel):
 class RequestTransform(HeaderTransform):
     """`transform_request`: headers, path, query and body."""
 
-    path: PathTransform | None = None
-    query: QueryTransform | None = None
-    body: BodyTransform | None = None
+    path: PathTransform | None = Field(None, description="path operations: strip_prefix, add_prefix, rewrite", examples=[{"strip_prefix": "/api"}])
+    query: QueryTransform | None = Field(None, description="query string operations: remove, rename, set", examples=[{"remove": ["debug"]}])
+    body: BodyTransform | None = Field(None, description="JSON body operations and text replacements", examples=[{"remove": ["internal_id"]}])
 
 
 class ResponseTransform(HeaderTransform):
     """`transform_response`: headers, status_map and body."""
 
     status_map: dict[Annotated[int, Field(ge=100, le=599)], Annotated[int, Field(ge=100, le=599)]] = Field(
-        default_factory=dict, description="replace one status code with another"
+        default_factory=dict, description="replace one status code with another", examples=[{502: 503}]
     )
-    body: BodyTransform | None = None
+    body: BodyTransform | None = Field(None, description="JSON body operations and text replacements", examples=[{"set": {"served_by": "backworks"}}])
 
 
 # ------------------------------------------------------------------------- path pieces
@@ -711,5 +711,5 @@ CompiledHeaderTransform = CompiledTransform
 class EndpointTransform(StrictModel):
     """An endpoint's own `transform:`, applied around its handler (innermost for a proxy)."""
 
-    request: RequestTransform | None = None
-    response: ResponseTransform | None = None
+    request: RequestTransform | None = Field(None, description="applied to the request before the handler (for a proxy, after the pool's and config.proxy's transforms)", examples=[{"headers": {"X-Source": "gateway"}}])
+    response: ResponseTransform | None = Field(None, description="applied to the answer after the handler (for a proxy, before the pool's transforms)", examples=[{"remove_headers": ["Server"]}])

@@ -363,7 +363,10 @@ def full_blueprint(upstream_port: int) -> dict[str, object]:
     """Configuration e: bench_blueprint with one target and every feature on. The pool gets active
     health checks (the demo backend's GET /health, every second), a circuit breaker and outlier
     detection (their defaults) and retries; the metrics plugin serves Prometheus at /metrics; the
-    auth plugin verifies an HS256 bearer token on every /users request (a middleware)."""
+    middlewares, in the order a user would list them: CORS, a rate limit per client address that
+    the load never reaches (the bucket is still taken from on every request), the auth plugin
+    verifying an HS256 bearer token on every /users request, fault injection switched on only by
+    its header (never sent here); request bodies limited to 1 MB."""
     blueprint = bench_blueprint([upstream_port])
     blueprint["name"] = "backworks-bench-full"
     plugins = blueprint["plugins"]
@@ -375,7 +378,13 @@ def full_blueprint(upstream_port: int) -> dict[str, object]:
     proxy["retries"] = {"attempts": 1}
     plugins["metrics"] = {}
     plugins["auth"] = {"config": {"jwt_secret": BENCH_JWT_SECRET}}
-    blueprint["middlewares"] = [{"name": "members", "plugin": "auth", "config": {"path": "/users*"}}]
+    blueprint["server"] = {"max_body_size": "1mb"}
+    blueprint["middlewares"] = [
+        {"name": "browsers", "plugin": "cors", "config": {"path": "/*", "origins": ["https://app.example.com"], "credentials": True}},
+        {"name": "per-client", "plugin": "rate_limit", "config": {"path": "/*", "requests": 1_000_000, "per": "1s"}},
+        {"name": "members", "plugin": "auth", "config": {"path": "/users*"}},
+        {"name": "chaos", "plugin": "fault", "config": {"path": "/*", "allow_header": True}},
+    ]
     return blueprint
 
 

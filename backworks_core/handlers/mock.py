@@ -81,14 +81,13 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Annotated, Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from backworks_core.context import Forward, RequestContext, stamp_request
+from backworks_core.context import Forward, RequestContext, reason_phrase, stamp_request
 from backworks_core.model import StrictModel
 from backworks_core.router import parse_template
 from backworks_core.validation import Duration
@@ -168,12 +167,12 @@ def _check_header_value(name: str, value: str) -> None:
 class MockWhen(StrictModel):
     """The conditions an example answers under; all given ones must hold."""
 
-    path: dict[str, Text] = Field(default_factory=dict, description="path parameters, compared as strings")
+    path: dict[str, Text] = Field(default_factory=dict, description="path parameters, compared as strings", examples=[{"id": "42"}])
     query: dict[str, Text | list[Text]] = Field(
-        default_factory=dict, description="query parameters: a value, or the key's values in order"
+        default_factory=dict, description="query parameters: a value, or the key's values in order", examples=[{"status": "shipped"}]
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="request headers: names case-insensitive, values exact")
-    body: Any = Field(None, description="JSON the request body must contain (objects recursively, arrays equal)")
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers: names case-insensitive, values exact", examples=[{"Accept": "application/json"}])
+    body: Any = Field(None, description="JSON the request body must contain (objects recursively, arrays equal)", examples=[{"currency": "EUR"}])
 
     @field_validator("headers")
     @classmethod
@@ -201,12 +200,12 @@ class MockWhen(StrictModel):
 class MockExample(StrictModel):
     """One recorded answer."""
 
-    when: MockWhen | None = Field(None, description="conditions; none (or empty): the fallback")
-    status: int = Field(200, description="the HTTP status, 100 to 599", json_schema_extra={"minimum": 100, "maximum": 599})
-    headers: dict[str, str | list[str]] = Field(default_factory=dict, description="response headers; a list sends the header several times")
-    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered")
-    body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)")
-    latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency")
+    when: MockWhen | None = Field(None, description="conditions; none (or empty): the fallback", examples=[{"path": {"id": "42"}}])
+    status: int = Field(200, description="the HTTP status, 100 to 599", json_schema_extra={"minimum": 100, "maximum": 599}, examples=[404])
+    headers: dict[str, str | list[str]] = Field(default_factory=dict, description="response headers; a list sends the header several times", examples=[{"X-Total-Count": "1"}])
+    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered", examples=[{"id": 42, "status": "shipped"}])
+    body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)", examples=["iVBORw0KGgo="])
+    latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency", examples=["120ms"])
 
     @field_validator("status")
     @classmethod
@@ -255,10 +254,10 @@ class MockExample(StrictModel):
 
 
 class MockConfig(StrictModel):
-    examples: list[MockExample] = Field(default_factory=list, description="recorded answers, matched against each request")
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the bodies (informational)")
-    passthrough: bool = Field(False, description="no match and no fallback: pass the request on to the real upstream")
-    replay_latency: bool = Field(False, description="wait each example's `latency` (at most 60 s) before answering")
+    examples: list[MockExample] = Field(default_factory=list, description="recorded answers, matched against each request", examples=[[{"when": {"path": {"id": "42"}}, "body": {"id": 42, "status": "shipped"}}, {"status": 404, "body": {"error": "no such order"}}]])
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the bodies (informational)", examples=[{"type": "object", "properties": {"id": {"type": "integer"}}}])
+    passthrough: bool = Field(False, description="no match and no fallback: pass the request on to the real upstream", examples=[True])
+    replay_latency: bool = Field(False, description="wait each example's `latency` (at most 60 s) before answering", examples=[True])
 
     @model_validator(mode="after")
     def _something_answers(self) -> MockConfig:
@@ -396,7 +395,7 @@ class _Answer:
         if content and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", default_type.encode()))
         latency = min(example.latency or 0.0, MAX_LATENCY)
-        return cls(index, example.status, _reason(example.status), tuple(fields), content, latency)
+        return cls(index, example.status, reason_phrase(example.status).encode(), tuple(fields), content, latency)
 
     def response(self, is_head: bool) -> http.Response:
         fields = list(self.fields)
@@ -405,13 +404,6 @@ class _Answer:
         now = time.time()
         content = b"" if is_head else self.content
         return http.Response(b"HTTP/1.1", self.status, self.reason, http.Headers(fields), content, None, now, now)
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
 
 
 def _header_bytes(value: str) -> bytes:

@@ -26,7 +26,7 @@ from mitmproxy import http
 from mitmproxy.coretypes.multidict import MultiDict
 from pydantic import Field
 
-from backworks_core.context import Identity, RequestContext
+from backworks_core.context import Identity, RequestContext, reason_phrase
 from backworks_core.model import StrictModel
 from backworks_core.templates import has_crlf
 from backworks_core.validation import PositiveDuration
@@ -39,7 +39,7 @@ DEFAULT_FUNCTION = "handler"
 
 
 class PythonConfig(StrictModel):
-    timeout: PositiveDuration = Field(30.0, description="a handler running longer is answered with 504")
+    timeout: PositiveDuration = Field(30.0, description="a handler running longer is answered with 504", examples=["5s"])
 
 
 class HandlerLoadError(ValueError):
@@ -170,6 +170,7 @@ def to_response(result: Any) -> http.Response:
         body = result.get("body")
     content, content_type = _encode_body(body)
     response = http.Response.make(status, content)
+    response.reason = response.reason or reason_phrase(status)
     if content_type and content:
         response.headers["Content-Type"] = content_type
     for name, value in headers.items():

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from http import HTTPStatus
 from typing import Any
 
 from mitmproxy import http
 from pydantic import Field, field_validator
 
-from backworks_core.context import RequestContext, template_context
+from backworks_core.context import RequestContext, reason_phrase, template_context
 from backworks_core.model import StrictModel
 from backworks_core.templates import (
     CompiledValue,
@@ -26,10 +25,10 @@ from backworks_core.validation import Duration
 
 
 class StaticConfig(StrictModel):
-    status: int = Field(200, ge=100, le=599)
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as text)")
-    delay: Duration = Field(0, description="wait this long before answering")
+    status: int = Field(200, ge=100, le=599, description="the HTTP status", examples=[201])
+    headers: dict[str, str] = Field(default_factory=dict, description="response headers (templates allowed)", examples=[{"Cache-Control": "max-age=60"}])
+    body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as text)", examples=[{"id": "{{path.id}}", "status": "shipped"}, "pong"])
+    delay: Duration = Field(0, description="wait this long before answering", examples=["250ms"])
 
     _safe_headers = field_validator("headers")(check_header_templates)
 
@@ -81,14 +80,9 @@ class StaticHandler:
             headers[name] = value
         now = time.time()
         # Built directly: Response.make re-validates and re-encodes what is already known here.
-        return http.Response(b"HTTP/1.1", self.status, _reason(self.status), headers, content, None, now, now)
+        return http.Response(b"HTTP/1.1", self.status, reason_phrase(self.status).encode(), headers, content, None, now, now)
 
 
 _EMPTY_CONTEXT = TemplateContext()
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""

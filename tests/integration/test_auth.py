@@ -153,6 +153,7 @@ plugins:
   auth:
     config:
       jwt_secret: "<secret>"
+      audit: all
       public_key: keys/public.pem
       algorithms: [HS256, RS256]
       issuer: backworks

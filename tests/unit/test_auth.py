@@ -875,6 +875,7 @@ plugins:
       token_sources: [header, cookie:session, query:access_token]
       forward_claims: {X-User: sub, X-Org: org.id, X-Roles: roles}
       strip_token: %(strip)s
+      audit: %(audit)s
       roles: {admin: ["resources:*"], user: ["resources:read"]}
 middlewares:
   - name: authenticate
@@ -898,9 +899,9 @@ endpoints:
 
 @pytest.fixture
 def gateway_for(project, compile_gateway):  # type: ignore[no-untyped-def]
-    def build(strip: bool = False):  # type: ignore[no-untyped-def]
+    def build(strip: bool = False, audit: str = "all"):  # type: ignore[no-untyped-def]
         project.write("handlers/echo.py", ECHO)
-        return compile_gateway(project.blueprint(GATEWAY % {"secret": SECRET, "strip": "true" if strip else "false"}))
+        return compile_gateway(project.blueprint(GATEWAY % {"secret": SECRET, "strip": "true" if strip else "false", "audit": audit}))
 
     return build
 
@@ -1056,6 +1057,17 @@ async def test_audit_log_names_who_what_and_why_never_the_token(gateway_for, sen
         assert token not in caplog.text
         for part in token.split("."):
             assert part not in caplog.text
+
+
+@pytest.mark.parametrize(("audit", "expected"), [("denied", ["WARNING"]), ("none", [])])
+async def test_audit_logs_allowed_requests_only_when_asked(gateway_for, send, caplog, audit: str, expected: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """The default (`denied`) keeps a line per request out of mitmproxy's log dispatch."""
+    gateway = gateway_for(audit=audit)
+    with caplog.at_level(logging.DEBUG, logger="addons.auth"):
+        allowed = await send(gateway, "GET", "/api/resources/1", headers={"Authorization": f"Bearer {token_for()}"})
+        denied = await send(gateway, "GET", "/api/resources/1")
+    assert (allowed.response.status_code, denied.response.status_code) == (200, 401)
+    assert [r.levelname for r in caplog.records if r.name == "addons.auth"] == expected
 
 
 async def test_plugin_methods_for_the_user_handlers(keys: Keys) -> None:

@@ -226,7 +226,7 @@ def test_schema_is_json_schema_2020_12(schema):
 
     known = {
         "$defs", "$id", "$ref", "$schema", "additionalProperties", "allOf", "anyOf", "const", "default",
-        "description", "enum", "exclusiveMinimum", "if", "items", "maximum", "minItems", "minLength", "minimum",
+        "description", "enum", "examples", "exclusiveMinimum", "if", "items", "maximum", "minItems", "minLength", "minimum",
         "oneOf", "pattern", "properties", "required", "then", "title", "type",
     }
 

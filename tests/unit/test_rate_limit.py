@@ -306,6 +306,7 @@ async def test_limit_429_with_the_standard_error_and_headers(project: Project, c
     assert "Retry-After" not in answers[0].response.headers
     denied = answers[3]
     assert denied.response.headers["Retry-After"] == "1"
+    assert denied.response.reason == "Too Many Requests"  # mitmproxy's own table has no phrase for 429
     body = body_json(denied.response)
     assert body == {"error": "rate limit exceeded: 3 request(s) per 3s; retry after 1s", "status": 429, "request_id": body["request_id"]}
     assert denied.response.headers["X-Request-ID"] == body["request_id"]
