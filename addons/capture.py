@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import IO, Literal
 
 from mitmproxy import command, exceptions, http
-from mitmproxy.utils import human
 from pydantic import BaseModel, Field, field_validator
 
 from backworks_core.capture import formats
@@ -26,7 +25,7 @@ from backworks_core.capture.model import Exchange
 from backworks_core.capture.redact import RedactionRules, redact_exchange
 from backworks_core.gateway import glob_to_regex
 from backworks_core.loader import LoadedBlueprint
-from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel
+from backworks_core.model import HTTP_METHODS, BlueprintPath, Size, StrictModel
 from backworks_core.plugins import Plugin
 from backworks_core.telemetry import record_for
 
@@ -51,7 +50,7 @@ class CaptureConfig(StrictModel):
     hosts: list[str] | None = Field(None, description="host globs to record (`*.example.com`); default all", examples=[["*.example.com"]])
     redact: RedactConfig = Field(default_factory=RedactConfig, description="what is hidden in the files written: credentials and token-like values, and the names listed", examples=[{"headers": ["X-Api-Key"]}])
     max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint", examples=[10])
-    max_body: str = Field("1m", description="bodies larger than this are recorded empty", examples=["256k"])
+    max_body: Size = Field("1m", validate_default=True, description="bodies larger than this are recorded empty", examples=["256k"])
     api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'", examples=["Orders API"])
 
     @field_validator("methods")
@@ -64,17 +63,6 @@ class CaptureConfig(StrictModel):
         if unknown:
             raise ValueError(f"unknown HTTP method {unknown[0]!r}")
         return upper
-
-    @field_validator("max_body")
-    @classmethod
-    def _size(cls, value: str) -> str:
-        try:
-            size = human.parse_size(value)
-        except ValueError:
-            size = None
-        if size is None or size < 0:
-            raise ValueError(f"expected a size such as 512k or 1m, got {value!r}")
-        return value
 
     @property
     def journal_path(self) -> str:
@@ -139,7 +127,7 @@ class CapturePlugin(Plugin):
             return
         self.filter = CaptureFilter(config)
         self.rules = RedactionRules.build(config.redact.enabled, config.redact.headers, config.redact.fields)
-        self.max_body = human.parse_size(config.max_body) or 0
+        self.max_body = config.max_body
         self.api_name = config.api_name or f"{blueprint.settings.name} (captured)"
         if not config.redact.enabled:
             logger.warning("capture: redaction is off; credentials in the traffic will be written to %s", config.journal_path)

@@ -569,6 +569,10 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
     for spec in blueprint.endpoints:
         if spec.plugin in blueprint.failed_plugins:
             continue
+        try:
+            parse_template(spec.settings.path)
+        except ValueError:
+            continue  # the loader reported the path; routing it would raise here instead
         loc = ("endpoints", spec.index)
         try:
             handler = _build_handler(spec, blueprint, plugins)

@@ -3,6 +3,7 @@
 #   prometheus, promtool   Debian package `prometheus`   (tests/integration/prometheus.py)
 #   chromium               Debian package `chromium`
 #   redis-server           Debian package `redis-server` (tests/integration/test_rate_limit.py)
+#   curl                   Debian package `curl`         (tests/integration/test_readmes.py runs the READMEs' commands)
 # `./run.sh test` calls this on every run: when everything is installed it prints nothing and costs
 # a few `command -v` lookups. It installs with apt-get as root, or with sudo when that needs no
 # password. When it cannot, it prints one line per missing tool saying how to install it and still
@@ -12,7 +13,7 @@
 # BACKWORKS_SYSTEM_TOOLS_DRY_RUN=1 prints the commands that would run instead of running them.
 set -uo pipefail
 
-TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium redis-server:redis-server}"
+TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium redis-server:redis-server curl:curl}"
 
 missing_tools=() missing_packages=()
 for pair in $TOOLS; do

@@ -98,11 +98,13 @@ def test_filters(config: dict, method: str, host: str, path: str, wanted: bool) 
 def test_config_is_strict_and_says_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="unknown HTTP method 'FETCH'"):
         CaptureConfig(methods=["fetch"])
-    with pytest.raises(ValueError, match="expected a size such as 512k"):
+    with pytest.raises(ValueError, match="expected a size: a number of bytes, or a string such as 512k"):
         CaptureConfig(max_body="lots")
     with pytest.raises(ValueError, match="format"):
         CaptureConfig(format="xml")
     assert CaptureConfig(output="x.yaml").journal_path == "x.yaml.jsonl"
+    # the size type every other size key uses: "10mb" as well as "10m"
+    assert CaptureConfig(max_body="10mb").max_body == CaptureConfig(max_body="10m").max_body == 10 << 20
 
 
 async def test_each_finished_flow_is_in_the_journal_at_once_redacted(stack) -> None:  # type: ignore[no-untyped-def]
