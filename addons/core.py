@@ -92,6 +92,20 @@ def internal_error(flow: http.HTTPFlow, request_id: str) -> http.Response:
     return json_error(500, message, request_id)
 
 
+def drop_head_body(flow: http.HTTPFlow) -> None:
+    """A response to HEAD has the GET's headers and no body (RFC 9110 9.3.2).
+
+    Handlers answer HEAD as GET, and mitmproxy sends whatever body an addon sets: on a
+    keep-alive connection those bytes would be read as the start of the next response.
+    """
+    response = flow.response
+    if response is None or flow.request.method.upper() != "HEAD" or response.stream or not response.raw_content:
+        return
+    if "content-length" not in response.headers and "transfer-encoding" not in response.headers:
+        response.headers["content-length"] = str(len(response.raw_content))
+    response.raw_content = b""
+
+
 def mark_error(flow: http.HTTPFlow) -> None:
     """Flows Backworks answered with an error of its own stand out in mitmweb's list.
 
@@ -306,6 +320,7 @@ class Backworks:
 
     def response(self, flow: http.HTTPFlow) -> None:
         stamp_response(flow)
+        drop_head_body(flow)
         mark_error(flow)
         self._finished(flow)
 

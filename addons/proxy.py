@@ -13,6 +13,7 @@ import asyncio
 import math
 import os
 import random
+import re
 import ssl
 from http import HTTPStatus
 import logging
@@ -350,6 +351,23 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header ("header injection")
+
+
+def unsendable_header(headers: Iterable[tuple[str, str]]) -> str | None:
+    """Why a request header cannot go upstream, if one cannot: mitmproxy accepts control
+    characters and bytes that are not UTF-8 (as lone surrogates); the upstream client does not."""
+    for name, value in headers:
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            return f"request header {name!r} holds a control character"
+        try:
+            name.encode()
+            value.encode()
+        except UnicodeEncodeError:
+            return f"request header {name!r} is not UTF-8"
+    return None
+
+
 def _first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """A repeated name counts by its first value, as `{{query.NAME}}` templates read it."""
     first: dict[str, str] = {}
@@ -413,7 +431,8 @@ class UpstreamPath:
                 if kind == "literal":
                     rendered.append(value)
                 else:
-                    rendered.append(quote(ctx.params[value], safe="/" if kind == "path" else ""))
+                    # surrogateescape: a parameter of invalid UTF-8 goes on as the bytes the client sent
+                    rendered.append(quote(ctx.params[value], safe="/" if kind == "path" else "", errors="surrogateescape"))
             path = "/" + "/".join(rendered)
         else:
             path = request_path
@@ -510,6 +529,8 @@ class ProxyHandler:
                         path = transform.apply_target(path, tctx)
         except ValueError as exc:  # a value from the request would carry CR or LF
             return ctx.error(400, f"request transform refused: {exc}")
+        if (refused := unsendable_header(headers)) is not None:
+            return ctx.error(400, refused)
         if ctx.body_stream is not None:
             if self.reshapes_request:
                 logger.info("[%s] body transforms skipped: the request body streams (larger than the buffer limit)", ctx.request_id)

@@ -181,8 +181,22 @@ def reason_phrase(status: int) -> str:
         return ""
 
 
+def utf8(text: str) -> bytes:
+    """Text as UTF-8. A request's invalid UTF-8 reaches Python as lone surrogates (mitmproxy
+    decodes with surrogateescape); they become "?" instead of failing the answer."""
+    return text.encode("utf-8", "replace")
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON as UTF-8; with \\u escapes when the text holds lone surrogates (see `utf8`)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> http.Response:
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = json_bytes(body)
     response = http.Response.make(status, payload, {"Content-Type": "application/json"})
     if not response.reason:
         response.reason = reason_phrase(status)

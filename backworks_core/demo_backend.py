@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,16 @@ def make_app(name: str) -> web.Application:
     async def create(request: web.Request) -> web.Response:
         try:
             payload = await request.json()
-        except ValueError:
+        # RecursionError: `[[[…` nested too deep; RequestPayloadError: a Content-Encoding the body does not match
+        except (ValueError, RecursionError, RequestPayloadError):
             return await reply(request, {"backend": name, "error": "expected a JSON body"}, 400)
         return await reply(request, {"backend": name, "created": payload}, 201)
 
     async def echo(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except RequestPayloadError:
+            return await reply(request, {"backend": name, "error": "the body does not match its Content-Encoding"}, 400)
         return await reply(
             request,
             {

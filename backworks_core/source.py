@@ -29,6 +29,11 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Aliases let a few lines stand for an exponentially large document (a "billion laughs" bomb).
+# Without aliases a file cannot hold more values than characters; beyond that, aliases may add
+# this many values and merge-key entries before building stops with an error.
+_ALIAS_ALLOWANCE = 100_000
+_MAX_DEPTH = 100  # mappings and lists inside each other; far beyond any real blueprint
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,19 @@ def load_file(path: Path, env: Mapping[str, str] | None = None) -> SourceDocumen
     """Read and parse a blueprint file; an unreadable file becomes a diagnostic, not a crash."""
     filename = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raw = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM is allowed
+    except OSError as exc:
         return SourceDocument(
-            filename, None, diagnostics=[Diagnostic(filename, 0, 0, "", f"cannot read blueprint: {reason}")]
+            filename, None, diagnostics=[Diagnostic(filename, 0, 0, "", f"cannot read blueprint: {exc.strerror or exc}")]
         )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # located like any other error: the first bad byte
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = len(raw[line_start : exc.start].decode("utf-8", "replace")) + 1
+        message = f"cannot read blueprint: byte 0x{raw[exc.start]:02x} is not UTF-8 ({exc.reason}); a blueprint is UTF-8 text"
+        return SourceDocument(filename, None, diagnostics=[Diagnostic(filename, line, col, "", message)])
     return parse_yaml(text, filename, os.environ if env is None else env)
 
 
@@ -101,7 +113,7 @@ def parse_yaml(text: str, filename: str, env: Mapping[str, str]) -> SourceDocume
             loader.dispose()
     except yaml.YAMLError as exc:
         return SourceDocument(filename, None, diagnostics=[_syntax_diagnostic(filename, text, exc)])
-    builder = _Builder(SourceDocument(filename, None), env)
+    builder = _Builder(SourceDocument(filename, None), env, budget=len(text) + _ALIAS_ALLOWANCE)
     if root is not None:
         builder.doc.data = builder.build(root, ())
     return builder.doc
@@ -124,7 +136,10 @@ def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[str], l
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that gives each alias use its own start mark (PyYAML reuses the anchor's)."""
+    """SafeLoader that gives each alias use its own start mark (PyYAML reuses the anchor's),
+    and refuses nesting deeper than _MAX_DEPTH (PyYAML's composer recurses: RecursionError)."""
+
+    depth = 0  # collections open around the node being composed
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         if self.check_event(yaml.AliasEvent):
@@ -133,7 +148,16 @@ class _Loader(yaml.SafeLoader):
             alias = copy.copy(node)  # shallow: shares `value`, so cycles stay detectable
             alias.start_mark = mark
             return alias
-        return super().compose_node(parent, index)
+        if not self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            return super().compose_node(parent, index)
+        if self.depth >= _MAX_DEPTH:
+            problem = f"values nested more than {_MAX_DEPTH} levels deep"
+            raise yaml.composer.ComposerError(None, None, problem, self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _position(node: yaml.Node) -> Position:
@@ -166,9 +190,10 @@ def _syntax_diagnostic(filename: str, text: str, exc: yaml.YAMLError) -> Diagnos
 class _Builder:
     """Turns a node graph into plain values, recording positions and problems on `doc`."""
 
-    def __init__(self, doc: SourceDocument, env: Mapping[str, str]) -> None:
+    def __init__(self, doc: SourceDocument, env: Mapping[str, str], budget: int = 10**9) -> None:
         self.doc = doc
         self.env = env
+        self.budget = budget  # values and merge entries left to build (see _ALIAS_ALLOWANCE)
         self.constructor = yaml.SafeLoader("")
         self.active: set[int] = set()  # collections being built, to stop recursive aliases
         self.merging: set[int] = set()  # mappings whose merge keys are being expanded
@@ -184,7 +209,23 @@ class _Builder:
         if poison:
             self.doc.error_locs.add(loc)
 
+    def spend(self, node: yaml.Node, loc: Loc, cost: int = 1) -> bool:
+        """False once aliases have expanded the document past its budget; reported once."""
+        exhausted = self.budget < 0
+        self.budget -= cost
+        if self.budget >= 0:
+            return True
+        if not exhausted:
+            message = "aliases expand this blueprint to too many values (an alias bomb?); write the values out instead"
+            self.error(loc, _position(node), message)
+        return False
+
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        if not self.spend(node, loc):
+            return None
+        if len(loc) > _MAX_DEPTH:  # aliases nest what the composer saw flat
+            self.error(loc[:_MAX_DEPTH], _position(node), f"values nested more than {_MAX_DEPTH} levels deep (through aliases)")
+            return None
         self.doc.value_positions[loc] = _position(node)
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, loc)
@@ -203,14 +244,10 @@ class _Builder:
             self.active.discard(id(node.value))
 
     def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
-        if node.tag == _TIMESTAMP_TAG:
-            value: Any = node.value  # dates stay text: the blueprint holds plain values only
-        else:
-            try:
-                value = self.constructor.construct_object(node, deep=True)
-            except yaml.constructor.ConstructorError:
-                self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}")
-                return node.value
+        value, problem = _construct(self.constructor, node)
+        if problem is not None:
+            self.error(loc, _position(node), problem)
+            return node.value
         if isinstance(value, str):
             return self.expand(value, loc, _position(node))
         return value
@@ -235,13 +272,11 @@ class _Builder:
             message = "a mapping key must be a plain value, not a list or mapping"
             self.error(loc, _position(node), message, poison=False)  # the key is skipped
             return False, None
-        if node.tag == _TIMESTAMP_TAG:
-            return True, node.value
-        try:
-            return True, self.constructor.construct_object(node, deep=True)
-        except yaml.constructor.ConstructorError:
-            self.error(loc, _position(node), f"unsupported YAML tag {node.tag!r}", poison=False)
+        key, problem = _construct(self.constructor, node)
+        if problem is not None:
+            self.error(loc, _position(node), problem, poison=False)
             return False, None
+        return True, key
 
     def entries(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
         """The effective key -> (key node, value node) of a mapping, merge keys applied.
@@ -258,6 +293,8 @@ class _Builder:
     def _entries(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
         merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         explicit: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        if not self.spend(node, loc, len(node.value)):
+            return {}
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 for source in self.merge_sources(value_node, loc):
@@ -303,6 +340,24 @@ class _Builder:
             self.doc.key_positions[loc + (key,)] = _position(key_node)
             result[key] = self.build(value_node, loc + (key,))
         return result
+
+
+def _construct(constructor: yaml.SafeLoader, node: yaml.ScalarNode) -> tuple[Any, str | None]:
+    """A scalar as its YAML type, or why it cannot be one; the blueprint holds plain values only."""
+    if node.tag == _TIMESTAMP_TAG:
+        return node.value, None  # dates stay text
+    try:
+        value = constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError:
+        return None, f"unsupported YAML tag {node.tag!r}"
+    except (ValueError, KeyError, TypeError):  # `!!int x`, `!!bool maybe`, a number of 5000 digits
+        shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+        return None, f"cannot read {shown!r} as {node.tag.rsplit(':', 1)[-1]}"
+    if not isinstance(value, str | int | float | bool | None):  # `!!binary` gives bytes
+        return None, f"unsupported YAML tag {node.tag!r}"
+    if isinstance(value, int) and len(node.value) > 1000:  # 0x…: Python could not even print it
+        return None, f"a number of {len(node.value)} characters is too long (at most 1000)"
+    return value, None
 
 
 def _show_key(key: Any) -> str:

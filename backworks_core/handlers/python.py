@@ -26,7 +26,7 @@ from mitmproxy import http
 from mitmproxy.coretypes.multidict import MultiDict
 from pydantic import Field
 
-from backworks_core.context import Identity, RequestContext, reason_phrase
+from backworks_core.context import Identity, RequestContext, json_bytes, reason_phrase, utf8
 from backworks_core.model import StrictModel
 from backworks_core.templates import has_crlf
 from backworks_core.validation import PositiveDuration
@@ -147,7 +147,7 @@ class HandlerRequest:
             return None
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: `[[[[…` nested 100,000 deep
             return None
 
     def __repr__(self) -> str:
@@ -187,8 +187,8 @@ def _encode_body(body: Any) -> tuple[bytes, str | None]:
     if isinstance(body, bytes | bytearray):
         return bytes(body), "application/octet-stream"
     if isinstance(body, str):
-        return body.encode(), "text/plain; charset=utf-8"
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), "application/json"
+        return utf8(body), "text/plain; charset=utf-8"
+    return json_bytes(body), "application/json"
 
 
 class PythonHandler:

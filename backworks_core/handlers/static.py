@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from mitmproxy import http
 from pydantic import Field, field_validator
 
-from backworks_core.context import RequestContext, reason_phrase, template_context
+from backworks_core.context import RequestContext, json_bytes, reason_phrase, template_context, utf8
 from backworks_core.model import StrictModel
 from backworks_core.templates import (
     CompiledValue,
@@ -56,8 +55,8 @@ class StaticHandler:
 
     def _encode(self, value: Any) -> bytes:
         if self.body_is_text:
-            return str(value).encode()
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+            return utf8(str(value))
+        return json_bytes(value)
 
     async def __call__(self, ctx: RequestContext) -> http.Response:
         if self.delay:

@@ -292,3 +292,18 @@ async def test_handler_file_is_watched(addon, project):
     with taddons.context(addon) as tctx:
         tctx.configure(addon, blueprint=str(path))
         assert addon.gateway.blueprint.files == {path.resolve(), (project.root / "h.py").resolve()}
+
+
+async def test_a_head_request_gets_the_get_headers_and_no_body(addon, good_blueprint):
+    # Found by tests/reliability/test_request_fuzz.py: the body went out after the head, and on a
+    # keep-alive connection the client read it as the start of the next response.
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, blueprint=str(good_blueprint))
+        get = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")
+        await tctx.cycle(addon, get)
+        head = make_flow("HEAD", "/hello", mode="reverse:http://127.0.0.1:9")
+        await tctx.cycle(addon, head)
+        assert head.response.status_code == 200
+        assert head.response.raw_content == b""
+        assert head.response.headers["content-length"] == str(len(get.response.raw_content)) != "0"
+        assert head.response.headers["content-type"] == get.response.headers["content-type"]

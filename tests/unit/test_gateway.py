@@ -237,3 +237,13 @@ async def test_plugin_handler_that_raises_is_a_500(make_gateway, send, caplog):
 )
 def test_glob_to_regex(glob, path, matches):
     assert bool(glob_to_regex(glob).match(path)) is matches
+
+
+async def test_an_unmatched_path_of_invalid_utf8_is_a_404_not_a_500(make_gateway, send):
+    # Found by tests/reliability/test_request_fuzz.py: the 404's JSON could not be encoded.
+    gateway = make_gateway()
+    flow = await send(gateway, "GET", "/x", reverse=True)
+    flow.request.data.path = b"/hello/\xff\xfe"
+    flow.response = None
+    await gateway.handle(flow, reverse_mode=True, direct=False)
+    assert_error_body(flow.response, 404, "no endpoint matches GET /hello/\udcff\udcfe")

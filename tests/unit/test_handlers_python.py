@@ -411,3 +411,23 @@ def test_load_errors_are_located(project, load_errors):
     assert messages[4].startswith("cannot import module 'no_such_package_bw.views': No module named 'no_such_package_bw'")
     assert messages[5] == "inline handler has a syntax error on its line 1: expected ':'"
     assert messages[6] == "the inline code has no function 'handler' (it defines: not_the_handler)"
+
+
+# Found by tests/reliability/test_request_fuzz.py (each was a 500 "handler failed"/"cannot be sent").
+
+
+async def test_json_nested_too_deep_for_python_is_no_json_not_a_handler_failure(python_gateway, send):
+    flow = await send(python_gateway, "POST", "/echo/x", headers={"Content-Type": "application/json"}, body="[" * 100_000)
+    assert flow.response.status_code == 200
+    assert body_json(flow.response)["json"] is None
+
+
+async def test_a_lone_surrogate_from_the_request_json_can_be_sent_back(python_gateway, send):
+    flow = await send(python_gateway, "POST", "/echo/x", headers={"Content-Type": "application/json"}, body='{"a": "\\ud800"}')
+    assert flow.response.status_code == 200
+    assert body_json(flow.response)["json"] == {"a": "\ud800"}  # as \u escapes: still valid JSON
+
+
+def test_text_with_lone_surrogates_is_sent_as_utf8():
+    response = to_response("caf\udce9")  # how mitmproxy hands over invalid UTF-8 (surrogateescape)
+    assert response.get_content() == b"caf?"

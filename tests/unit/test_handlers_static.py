@@ -218,3 +218,18 @@ def test_static_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown name 'nope'"):
         StaticConfig(body={"a": ["{{nope}}"]})
     assert StaticConfig(delay="1.5s").delay == 1.5
+
+
+# Found by tests/reliability/test_request_fuzz.py: invalid UTF-8 in the path made these a 500.
+
+
+@pytest.mark.parametrize(("body", "expected"), [('{body: {greeting: "hi {{path.name}}"}}', {"greeting": "hi \udcff\udcfe"}), ('{body: "hi {{path.name}}"}', "hi ??")])
+async def test_a_path_parameter_of_invalid_utf8_renders(static_gateway, send, body, expected):
+    gateway = static_gateway(body, path="/greet/{name}")
+    flow = await send(gateway, "GET", "/greet/x")
+    flow.request.data.path = b"/greet/\xff\xfe"
+    flow.response = None
+    await gateway.handle(flow, reverse_mode=True, direct=False)
+    assert flow.response.status_code == 200
+    content = flow.response.get_content()
+    assert (json.loads(content) if content.startswith(b"{") else content.decode()) == expected

@@ -738,3 +738,43 @@ async def test_health_probe_of_an_https_target_added_by_a_reload_uses_its_tls_se
         assert passed, new.health.status()["secure"]["last_error"]
     finally:
         await client.close()
+
+
+# Found by tests/reliability/test_request_fuzz.py: each of these was a 500 "the handler failed".
+
+
+async def test_what_the_upstream_client_cannot_send_is_a_400_and_raw_bytes_go_on_as_sent(project, compile_gateway, backends) -> None:  # type: ignore[no-untyped-def]
+    backend = await backends("b")
+    blueprint = project.blueprint(
+        f"""
+        name: raw-bytes
+        plugins:
+          proxy:
+            config:
+              targets: [{{name: b, url: "{backend.url}"}}]
+        endpoints:
+          - path: /users/{{id}}
+            handler: proxy
+            config: {{proxy: {{path: "/people/{{id}}"}}}}
+        """
+    )
+    gateway = compile_gateway(blueprint)
+    try:
+        invalid_utf8 = make_flow("GET", "/users/x")
+        invalid_utf8.request.data.path = b"/users/\xff\xfe"  # mitmproxy: "/users/\udcff\udcfe"
+        await gateway.handle(invalid_utf8, reverse_mode=True, direct=False)
+        assert invalid_utf8.response.status_code == 200 and len(backend.requests) == 1
+
+        control = make_flow("GET", "/users/1", headers={"X-Bad": "a\x0bb"})
+        await gateway.handle(control, reverse_mode=True, direct=False)
+        assert control.response.status_code == 400
+        assert body_json(control.response)["error"] == "request header 'X-Bad' holds a control character"
+
+        latin1 = make_flow("GET", "/users/1")
+        latin1.request.headers.fields += ((b"X-Latin", b"caf\xe9"),)
+        await gateway.handle(latin1, reverse_mode=True, direct=False)
+        assert latin1.response.status_code == 400
+        assert body_json(latin1.response)["error"] == "request header 'X-Latin' is not UTF-8"
+        assert len(backend.requests) == 1  # neither went upstream
+    finally:
+        await gateway.endpoints[0].handler.client.close()

@@ -243,6 +243,30 @@ def test_a_mapping_merging_itself_is_an_error() -> None:
     assert rendered(doc) == ["bp.yaml:2:7: s: recursive alias: a mapping cannot merge itself"]
 
 
+def alias_bomb(levels: int, merge: bool = False) -> str:
+    """A "billion laughs": each level uses the previous one nine times (9**levels values)."""
+    lines = ["a0: &a0 {k: v}" if merge else "a0: &a0 [lol]"]
+    for i in range(1, levels):
+        uses = ", ".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} {{<<: [{uses}], k{i}: v}}" if merge else f"a{i}: &a{i} [{uses}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["aliases", "merge-keys"])
+def test_an_alias_bomb_is_one_located_error_not_a_hang(merge: bool) -> None:
+    # Found by tests/reliability/test_blueprint_fuzz.py: 7 levels took 21 s, 9 would take hours.
+    doc = parse(alias_bomb(12, merge))
+    errors = [d for d in doc.diagnostics if "alias bomb" in d.message]
+    assert len(errors) == 1 and errors[0].line >= 1 and errors[0].key_path.startswith("a")
+    assert len(doc.value_positions) < 200_000
+
+
+def test_moderate_alias_reuse_stays_within_the_budget() -> None:
+    doc = parse(alias_bomb(5) + alias_bomb(5, merge=True).replace("a", "m"))  # 9**4 = 6561 values
+    assert doc.diagnostics == []
+    assert len(doc.data["a4"]) == 9 and doc.data["m4"]["k"] == "v"
+
+
 def test_a_collection_as_a_key_is_an_error_and_the_entry_is_skipped() -> None:
     doc = parse("name: x\n? [a, b]\n: 1\n")
     assert doc.data == {"name": "x"}
@@ -416,3 +440,57 @@ def test_all_source_problems_fit_in_one_blueprint_error() -> None:
         "  bp.yaml:3:1: b: duplicate key 'b' (first at line 2)\n"
         "  bp.yaml:3:4: b: environment variable Y is not set (write ${Y:-default} to give a default)"
     )
+
+
+# --------------------------------------------------------------------------------------
+# Hostile input (found by tests/reliability/test_blueprint_fuzz.py): located errors, never a crash
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: " + "[" * 5000 + "]" * 5000, "a: " + "{b: " * 600 + "1" + "}" * 600, "".join("  " * i + "k:\n" for i in range(600))],
+    ids=["flow-lists", "flow-maps", "block-maps"],
+)
+def test_deep_nesting_is_a_located_error_not_a_recursion_error(text: str) -> None:
+    doc = parse(text)
+    assert doc.data is None
+    [diagnostic] = doc.diagnostics
+    assert diagnostic.line >= 1 and diagnostic.message == "invalid YAML: values nested more than 100 levels deep"
+
+
+def test_deep_nesting_through_aliases_is_a_located_error() -> None:
+    lines = ["a0: &a0 " + "[" * 90 + "]" * 90]
+    lines += [f"a{i}: &a{i} " + "[" * 90 + f"*a{i - 1}" + "]" * 90 for i in range(1, 4)]
+    doc = parse("\n".join(lines) + "\n")
+    assert doc.diagnostics and all("nested more than 100 levels deep (through aliases)" in d.message for d in doc.diagnostics)
+    # located at the value that goes past the limit: inside a0, reached from a1
+    assert (doc.diagnostics[0].line, doc.diagnostics[0].key_path[:3]) == (1, "a1[")
+
+
+def test_nesting_up_to_the_limit_is_fine() -> None:
+    doc = parse("a: " + "[" * 99 + "]" * 99 + "\n")
+    assert doc.diagnostics == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: !!int x\n", "bp.yaml:1:4: a: cannot read 'x' as int"),
+        ("a: !!float abc\n", "bp.yaml:1:4: a: cannot read 'abc' as float"),
+        ("a: !!bool maybe\n", "bp.yaml:1:4: a: cannot read 'maybe' as bool"),
+        ("a: " + "1" * 5000 + "\n", "bp.yaml:1:4: a: cannot read '1111111111111111111111111111111111111...' as int"),
+        ("a: 0x" + "f" * 5000 + "\n", "bp.yaml:1:4: a: a number of 5002 characters is too long (at most 1000)"),
+        ("a: !!binary aGVsbG8=\n", "bp.yaml:1:4: a: unsupported YAML tag 'tag:yaml.org,2002:binary'"),
+        ("? !!int x\n: 1\n", "bp.yaml:1:3: cannot read 'x' as int"),
+    ],
+)
+def test_scalars_that_cannot_be_built_are_located_errors(text: str, expected: str) -> None:
+    assert rendered(parse(text)) == [expected]
+
+
+def test_a_file_that_is_not_utf8_is_located_at_its_first_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: ok\ndescription: caf\xe9 \xff\n".encode("latin-1"))
+    doc = load_file(path, {})
+    assert doc.data is None
+    assert rendered(doc) == [f"{path}:2:17: cannot read blueprint: byte 0xe9 is not UTF-8 (invalid continuation byte); a blueprint is UTF-8 text"]
