@@ -27,6 +27,18 @@ SCRIPT = ROOT / "backworks.py"
 BIN = Path(sys.executable).parent
 
 
+def stop_process_group(process: subprocess.Popen | None) -> None:
+    """SIGTERM to a process started with start_new_session=True and its children; SIGKILL after 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -227,14 +239,7 @@ class Proxy:
         return request(method, path, port=self.port, **kwargs)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_process_group(self.process)
 
 
 class ResettingServer:

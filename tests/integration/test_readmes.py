@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import BIN, ROOT, free_port, wait_for_port
+from tests.integration.harness import BIN, ROOT, free_port, stop_process_group, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -338,14 +337,7 @@ class Service:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_process_group(self.process)
 
 
 def wait_for_text(path: Path, text: str, timeout: float) -> None:

@@ -9,22 +9,20 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
 from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from addons.dashboard import status_page_endpoints
 from backworks_core.cli import main
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import compile_blueprint
 from backworks_core.reference import Example, builtin_registry, examples, missing, render, walk
+from tests.certs import private_pem, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "configuration.md"
@@ -74,26 +72,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding the files examples name: certificates, keys, a Python handler."""
     root = tmp_path_factory.mktemp("reference-examples")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reference.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    cert = self_signed(key, "reference.example", ip=None, days=30)
+    key_pem = private_pem(key)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     (root / "certs").mkdir()
-    (root / "certs" / "gateway.pem").write_bytes(cert_pem + private_pem)
+    (root / "certs" / "gateway.pem").write_bytes(cert_pem + key_pem)
     (root / "certs" / "upstream-ca.pem").write_bytes(cert_pem)
     (root / "keys").mkdir()
-    (root / "keys" / "private.pem").write_bytes(private_pem)
+    (root / "keys" / "private.pem").write_bytes(key_pem)
     (root / "keys" / "public.pem").write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
