@@ -230,7 +230,7 @@ class Gateway:
         if ctx.endpoint.guard is not None:
             refusal = ctx.endpoint.guard.check_held(flow.request)
             if refusal is not None:
-                flow.response = refusal.response(ctx)
+                flow.response = await self.refuse(ctx, refusal)
                 _comment(flow, ctx)
                 return
         ctx.buffer_limit = relay.buffer_limit if relay is not None else None
@@ -265,7 +265,7 @@ class Gateway:
         if isinstance(routed, RequestContext) and routed.endpoint.guard is not None:
             refusal = routed.endpoint.guard.check_head(flow.request)
             if refusal is not None:  # the body is read into the relay and dropped: never held, never sent on
-                refused_ctx, routed, refused = routed, refusal.response(routed), True
+                refused_ctx, routed, refused = routed, await self.refuse(routed, refusal), True
                 _comment(flow, refused_ctx)
 
         async def job(web_request: web.BaseRequest) -> RelayAnswer:
@@ -293,13 +293,13 @@ class Gateway:
                     body = await _read_capped(web_request, cap)  # whole, as mitmproxy would hold it
                     if body is None:
                         assert cap is not None
-                        answer = (too_large(cap) if max_body is not None else Refusal(
+                        answer = await self.refuse(ctx, too_large(cap) if max_body is not None else Refusal(
                             413, f"a request body validated against a schema is held whole: at most {cap} bytes (backworks_buffer_limit)", "max_body_size"
-                        )).response(ctx)
+                        ))
                     else:
                         flow.request.content = body
                         refusal = guard.check_schema(flow.request) if validating else None
-                        answer = refusal.response(ctx) if refusal is not None else None
+                        answer = await self.refuse(ctx, refusal) if refusal is not None else None
                 if answer is None:
                     answer = await self.answer(ctx)
                 if isinstance(answer, Forward):  # nothing mitmproxy could still forward: the body is gone
@@ -312,7 +312,7 @@ class Gateway:
                 if isinstance(answer, StreamedResponse):
                     answer.close()
                 await _drain(web_request)
-                answer = too_large(max_body).response(ctx)
+                answer = await self.refuse(ctx, too_large(max_body))
             if isinstance(answer, StreamedResponse):
                 ctx.notes["streamed"] = "both" if "streamed" in ctx.notes else "response"
             _comment(flow, ctx)
@@ -348,6 +348,20 @@ class Gateway:
         if guard is None or guard.check_head(request) is None:
             return False
         return await self.handle_streaming(flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
+
+    async def refuse(self, ctx: RequestContext, refusal: Refusal) -> http.Response:
+        """A request-limit refusal (413/431/422/415/400), made before any middleware runs; with the
+        CORS headers of the endpoint's cors middlewares all the same, so that a page on another
+        origin can read why (as Kong's cors plugin decorates other plugins' refusals)."""
+        response = refusal.response(ctx)
+        path = ctx.request.path.split("?", 1)[0]
+        chain = [m for m in self.middlewares_for(ctx.endpoint, ctx.request.method, path) if getattr(m.instance, "answers_preflights", False)]
+        for middleware in reversed(chain):  # the first in blueprint order decides, as in `answer`
+            try:
+                await middleware.instance.on_response(ctx, response)
+            except Exception:  # the refusal stands without CORS headers: nothing goes through
+                logger.exception("[%s] middleware %r failed on a refusal", ctx.request_id, middleware.name)
+        return response
 
     async def answer(self, ctx: RequestContext) -> Answer:
         """Middlewares, then the handler, then the middlewares' `on_response` in reverse."""

@@ -162,6 +162,34 @@ async def test_refused_before_middlewares(project, compile_gateway, send) -> Non
     assert (await send(gateway, "POST", "/v", body="{}")).response.status_code == 503
 
 
+async def test_refusals_carry_the_cors_headers(project, compile_gateway, send) -> None:
+    """A page on another origin can read why its request was refused; other origins get none."""
+    gateway = compile_gateway(project.blueprint("""
+        name: cors-refusals
+        middlewares:
+          - name: browsers
+            plugin: cors
+            config: {path: "/*", origins: ["https://app.example.com"], expose_headers: [X-Request-ID]}
+        endpoints:
+          - path: /v
+            method: POST
+            handler: static
+            config:
+              static: {body: 1}
+              limits: {max_body_size: 16}
+              validate: {schema: {type: object}}
+        """))
+    origin = {"Origin": "https://app.example.com"}
+    too_big = await send(gateway, "POST", "/v", body="{}" + " " * 20, headers=origin)
+    invalid = await send(gateway, "POST", "/v", body="[]", headers=origin)
+    assert (too_big.response.status_code, invalid.response.status_code) == (413, 422)
+    for flow in (too_big, invalid):
+        assert flow.response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert flow.response.headers["Access-Control-Expose-Headers"] == "X-Request-ID"
+    stranger = await send(gateway, "POST", "/v", body="[]", headers={"Origin": "https://evil.example"})
+    assert stranger.response.status_code == 422 and "Access-Control-Allow-Origin" not in stranger.response.headers
+
+
 def test_bad_schema_is_a_located_error(project, load_errors) -> None:
     path = project.blueprint("""
         name: bad
