@@ -41,7 +41,6 @@ middleware, replaced in tests.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,7 +54,6 @@ from backworks_core.model import MiddlewareFilter, StrictModel
 from backworks_core.plugins import Plugin
 from backworks_core.validation import Duration, parse_duration
 
-logger = logging.getLogger(__name__)
 
 DEFAULT_HEADER = "X-Backworks-Fault"
 
@@ -139,8 +137,6 @@ class FaultMiddleware:
         self.max_header_delay = config.max_header_delay
         self.rng: Callable[[], float] = random.random
         self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
-        if self.allow_header:
-            logger.warning("fault middleware %r: any client can inject faults with the %s header (allow_header: true)", name, self.header)
 
     def _rolled(self, percent: float) -> bool:
         return percent >= 100 or (percent > 0 and self.rng() * 100 < percent)
@@ -193,6 +189,14 @@ class FaultPlugin(Plugin):
     name = "fault"
     description = "fault injection: added latency and aborts, at a percentage or on request"
     MiddlewareConfig = FaultMiddlewareConfig
+
+    @classmethod
+    def lint_middleware(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        """A located warning (also in `backworks validate`), not only a log line at run time."""
+        assert isinstance(config, FaultMiddlewareConfig)
+        if not config.allow_header:
+            return []
+        return [(("allow_header",), f"any client can inject faults with the {config.header} header: for test environments only")]
 
     def build_middleware(self, middleware: MiddlewareSpec, config: BaseModel) -> FaultMiddleware:
         assert isinstance(middleware.config, FaultMiddlewareConfig)

@@ -338,6 +338,8 @@ class _Loader:
             if config is not None:
                 assert isinstance(config, MiddlewareFilter)
                 specs.append(MiddlewareSpec(index, middleware.name, middleware.plugin, config))
+                for sub_loc, message in plugin.lint_middleware(config):
+                    self.warn(loc + ("config",) + tuple(sub_loc), message)
         return specs
 
     def check_unused_middlewares(self, middlewares: list[MiddlewareSpec], endpoints: list[EndpointSpec]) -> None:

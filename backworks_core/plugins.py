@@ -65,6 +65,11 @@ class Plugin:
         return []
 
     @classmethod
+    def lint_middleware(cls, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
+        """Warnings about a valid `middlewares[].config` (location inside it, message)."""
+        return []
+
+    @classmethod
     def lint_section(cls, section: str, config: BaseModel) -> list[tuple[tuple[str | int, ...], str]]:
         """Warnings about a valid endpoint `config.<section>` block (location inside it, message)."""
         return []

@@ -102,6 +102,15 @@ async def test_off_skips_configured_faults(project, compile_gateway, send) -> No
     assert flow.response.status_code == 200
 
 
+def test_an_open_switch_header_is_a_located_warning(project, compile_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = compile_gateway(project.blueprint(blueprint("{abort: {status: 503}, allow_header: true, header: X-Chaos}")))
+    assert [str(w).split(": warning: ", 1)[1] for w in gateway.warnings] == [
+        "middlewares[0].config.allow_header: any client can inject faults with the X-Chaos header: for test environments only"
+    ]
+    quiet = compile_gateway(project.blueprint(blueprint("{abort: {status: 503}}")))
+    assert quiet.warnings == []
+
+
 def test_parse_fault_header() -> None:
     assert parse_fault_header("on", 10) == "on"
     assert parse_fault_header("delay=1s", 10) == Plan(1.0, None)
