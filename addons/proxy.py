@@ -57,7 +57,7 @@ class TargetConfig(StrictModel):
     timeout: PositiveDuration | None = Field(None, description="the longest one try at this target may take (the pool's `timeout` still bounds the whole request)", examples=["5s"])
     retry_attempts: int | None = Field(None, ge=0, description="extra tries when neither the endpoint nor the pool sets `retries` (the first target chosen decides)", examples=[2])
     health_check: HealthCheckConfig | None = Field(None, description="this target's own health check: the keys it sets override the pool's `health_check`", examples=[{"path": "/healthz"}])
-    max_connections: int | None = Field(None, ge=1, description="connections to this target at most (validated, not applied yet in this release)", examples=[100])
+    max_connections: int | None = Field(None, ge=1, description="connections to this target at most (128 when unset); the balancer prefers targets with one free, and a try on a full target waits for one within its timeout", examples=[100])
     tls_verify: bool = Field(True, description="verify an https target's certificate", examples=[False])
     ca_file: BlueprintPath | None = Field(None, description="PEM file of CAs to verify an https target with", examples=["certs/upstream-ca.pem"])
 
@@ -175,6 +175,7 @@ class Target:
     retry_attempts: int | None = None
     ssl_context: ssl.SSLContext | None = None  # https targets only
     health_check: HealthCheckConfig | None = None
+    max_connections: int | None = None
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
@@ -188,6 +189,7 @@ class Target:
             retry_attempts=config.retry_attempts,
             ssl_context=target_ssl_context(config) if parts.scheme == "https" else None,
             health_check=config.health_check,
+            max_connections=config.max_connections,
         )
 
 
@@ -221,6 +223,7 @@ class Pool:
         self.targets = [Target.from_config(t) for t in config.targets]
         self.backends = [Backend(t.name, t.weight) for t in self.targets]
         self.target_by_name = {t.name: t for t in self.targets}
+        self.capped = any(t.max_connections is not None for t in self.targets)
         self.balancer = make_balancer(config.load_balancing, self.backends, rng)
         retries = config.retries or RetryConfig()
         self.budget = RetryBudget(retries.budget_percent, retries.min_retry_concurrency)
@@ -283,10 +286,22 @@ class Pool:
         return breaker is None or breaker.available()
 
     def candidates(self, tried: set[str]) -> list[Backend]:
-        """Targets that can take this try: untried ones while any remain; none if none can."""
+        """Targets that can take this try: untried ones while any remain; none if none can.
+
+        Of those, the ones with a connection free under their `max_connections`, when any: a
+        full target is passed over while another has room (nginx's `max_conns`), and waited
+        for only when all are full.
+        """
         usable = [b for b in self.backends if self.available(b.name)]
-        fresh = [b for b in usable if b.name not in tried]
-        return fresh or usable
+        fresh = [b for b in usable if b.name not in tried] or usable
+        if not self.capped:
+            return fresh
+        return [b for b in fresh if self.has_room(b)] or fresh
+
+    def has_room(self, backend: Backend) -> bool:
+        """Fewer tries in flight to this target than its `max_connections`."""
+        cap = self.target_by_name[backend.name].max_connections
+        return cap is None or backend.in_flight < cap
 
     def retry_after(self) -> int:
         """Whole seconds until some target may take traffic again (at least 1)."""
@@ -580,6 +595,9 @@ class ProxyHandler:
                 tried.append(target.name)
                 remaining = deadline - loop.time()
                 per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)
+                queued = target.max_connections is not None and backend.in_flight >= target.max_connections
+                if queued:  # every connection busy: the try waits for one (within per_try)
+                    ctx.notes["queued"] = target.name
                 backend.in_flight += 1
                 try_started = loop.time()
                 try:
@@ -591,6 +609,7 @@ class ProxyHandler:
                         timeout=max(per_try, 0.001),
                         ssl_context=target.ssl_context,
                         buffer_limit=ctx.buffer_limit,
+                        max_connections=target.max_connections,
                     )
                     failure = None
                     pool.record(target.name, reply.status, permit)
@@ -650,7 +669,8 @@ class ProxyHandler:
         logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
         ctx.notes["upstream_error"] = failure.kind
         if failure.kind == "timeout":
-            return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)})")
+            busy = f"; it waited for one of the target's {target.max_connections} connections (max_connections)" if queued else ""
+            return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)}{busy})")
         return ctx.error(502, f"upstream {tried[-1]} failed: {failure} (tries: {len(tried)})")
 
     def unavailable(self, ctx: RequestContext) -> http.Response:
@@ -774,9 +794,6 @@ class ProxyPlugin(Plugin):
             if pool.hash_on != "ip" and pool.load_balancing not in ("ip_hash", "consistent_hash"):
                 notes.append((loc + ("hash_on",), f"hash_on is used by ip_hash and consistent_hash, not by {pool.load_balancing}"))
             for index, target in enumerate(pool.targets):
-                for key in ("max_connections",):
-                    if getattr(target, key) is not None:
-                        notes.append((loc + ("targets", index, key), f"{key} is validated but not applied yet in this release"))
                 if target.weight != 1 and pool.load_balancing in ("round_robin", "ip_hash"):
                     notes.append((loc + ("targets", index, "weight"), f"{pool.load_balancing} ignores weights"))
         return notes

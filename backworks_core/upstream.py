@@ -126,13 +126,20 @@ async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[byte
     return prefix, False
 
 
+DEFAULT_CONNECTIONS_PER_TARGET = 128
+"""Connections to one target at most when its `max_connections` is not set."""
+
+
 class UpstreamClient:
     """One pooled keep-alive client per addon, shared by every blueprint version."""
 
-    def __init__(self, *, limit: int = 512, limit_per_host: int = 128) -> None:
+    def __init__(self, *, limit: int = 512, limit_per_host: int = DEFAULT_CONNECTIONS_PER_TARGET) -> None:
         self._limit = limit
         self._limit_per_host = limit_per_host
-        self._session: aiohttp.ClientSession | None = None
+        # One session per connection limit: aiohttp caps connections per host and connector, so
+        # a target's `max_connections` needs a connector of its own limit (targets sharing a
+        # limit share the connector, each host still counted on its own).
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._probe_session: aiohttp.ClientSession | None = None
 
     def probe_session(self) -> aiohttp.ClientSession:
@@ -146,18 +153,22 @@ class UpstreamClient:
             )
         return self._probe_session
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _get_session(self, per_host: int | None = None) -> aiohttp.ClientSession:
+        """The session whose connector allows `per_host` connections to each target: beyond
+        that, a try waits for one of them to be free (within its timeout)."""
+        per_host = per_host or self._limit_per_host
+        session = self._sessions.get(per_host)
+        if session is None or session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=60
+                limit=max(self._limit, per_host), limit_per_host=per_host, ttl_dns_cache=60
             )
-            self._session = aiohttp.ClientSession(
+            session = self._sessions[per_host] = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # bodies pass through byte for byte
                 cookie_jar=aiohttp.DummyCookieJar(),  # never mix cookies between clients
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
-        return self._session
+        return session
 
     async def send(
         self,
@@ -169,11 +180,14 @@ class UpstreamClient:
         timeout: float,
         ssl_context: ssl.SSLContext | bool | None = None,
         buffer_limit: int | None = None,
+        max_connections: int | None = None,
     ) -> UpstreamReply:
         """One try. `timeout` covers the answer up to its head and buffered body; a streamed
         request body, and a body streamed on past `buffer_limit`, are held to it as an idle
-        timeout instead (no progress for that long), so a large transfer is not cut short."""
-        session = self._get_session()
+        timeout instead (no progress for that long), so a large transfer is not cut short.
+        `max_connections`: the target's cap; waiting for a free connection counts against
+        `timeout`."""
+        session = self._get_session(max_connections)
         started = time.monotonic()
         streaming_request = isinstance(body, BodyStream)
         response: aiohttp.ClientResponse | None = None
@@ -217,7 +231,8 @@ class UpstreamClient:
             raise
 
     async def close(self) -> None:
-        for session in (self._session, self._probe_session):
+        for session in (*self._sessions.values(), self._probe_session):
             if session is not None and not session.closed:
                 await session.close()
-        self._session = self._probe_session = None
+        self._sessions.clear()
+        self._probe_session = None

@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4)")
     parser.add_argument("--py-spy", help="the py-spy to use")
+    parser.add_argument("--keep", type=Path, help="copy py-spy's raw (collapsed-stack) files into this directory, for a closer look")
     args = parser.parse_args(argv)
     keys = [k for k in "abe" if k in args.configs]
     if not keys or set(args.configs) - set("abe"):
@@ -137,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     path.write_text(yaml.safe_dump(blueprints[key], sort_keys=False))
                     argv += ["-s", str(ROOT / "backworks.py"), "--set", f"blueprint={path}", "--set", "connection_strategy=lazy"]
                 results[key] = profile_one(key, argv, port, bench_token(), args, py_spy, procs, work)
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(work / f"{key}.raw", args.keep / f"{key}.raw")
         finally:
             procs.stop_all()
 
@@ -147,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         print(f"| {name} | " + " | ".join(f"{results[k].get(name, 0.0):.2f}" for k in keys) + " |")
     print("| total | " + " | ".join(f"{sum(results[k].values()):.2f}" for k in keys) + " |")
+    if args.keep:
+        print(f"\nraw py-spy stacks kept in {args.keep}/<configuration>.raw")
     return 0
 
 

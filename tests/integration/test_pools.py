@@ -6,6 +6,7 @@ import asyncio
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,41 @@ def test_the_path_and_query_reach_the_upstream_byte_for_byte(tmp_path: Path, mak
     reply = proxy.get("/r%61w/a%2Fb?q=%2F&x=%41+b")
     assert reply.status == 200, reply.body
     assert reply.json == {"raw": "/r%61w/a%2Fb?q=%2F&x=%41+b"}
+
+
+def test_max_connections_holds_through_mitmdump(tmp_path: Path, make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    """Eight clients at once on a target that takes two connections: all answered, two at a time."""
+    in_flight = {"now": 0, "peak": 0}
+    peers: set[object] = set()
+
+    async def slow(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        in_flight["now"] += 1
+        in_flight["peak"] = max(in_flight["peak"], in_flight["now"])
+        try:
+            await asyncio.sleep(0.2)
+            return web.json_response({"upstream": "capped"})
+        finally:
+            in_flight["now"] -= 1
+
+    capped = make_upstream("capped", routes={"/slow": slow})
+    blueprint = tmp_path / "blueprint.yaml"
+    blueprint.write_text(
+        textwrap.dedent(
+            f"""
+            name: capped
+            plugins:
+              proxy:
+                config:
+                  targets: [{{name: capped, url: "{capped.url}", max_connections: 2}}]
+            endpoints:
+              - {{path: /slow, method: GET, handler: proxy}}
+            """
+        )
+    )
+    proxy = start_proxy(blueprint)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: proxy.get("/slow", timeout=20), range(8)))
+    assert [r.status for r in replies] == [200] * 8
+    assert in_flight["peak"] == 2  # without the cap the eight arrive together
+    assert len(peers) == 2

@@ -51,6 +51,8 @@ class Backend:
         self.requests: list[str] = []
         self.probes: list[str] = []
         self.in_flight = 0
+        self.peak_in_flight = 0
+        self.connections: set[Any] = set()  # the client ends of the connections requests came on
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -63,7 +65,9 @@ class Backend:
             self.probes.append(request.path)
             return web.Response(status=self.health_status, text="health")
         self.requests.append(request.path)
+        self.connections.add(request.transport.get_extra_info("peername") if request.transport else None)
         self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -486,6 +490,85 @@ async def test_bulkhead_refuses_requests_beyond_max_concurrent(project, compile_
         # the refusals said nothing about the targets: their breakers are untouched
         assert {n: br.state for n, br in handler.pool.breakers.items()} == {"a": "closed", "b": "closed"}
         assert (await send(gateway, "GET", "/x")).response.status_code == 200
+    finally:
+        await handler.client.close()
+
+
+async def test_max_connections_caps_the_connections_to_a_target_and_queues_the_rest(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
+    slow = await backends("slow", delay=0.2)
+    blueprint = project.blueprint(
+        f"""
+        name: capped
+        plugins:
+          proxy:
+            config:
+              targets: [{{name: slow, url: "{slow.url}", max_connections: 2}}]
+        endpoints:
+          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
+        """
+    )
+    gateway = compile_gateway(blueprint)
+    handler = gateway.endpoints[0].handler
+    try:
+        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(6))), 10)
+        assert [f.response.status_code for f in flows] == [200] * 6  # queued, not refused
+        assert slow.peak_in_flight == 2
+        assert len(slow.connections) == 2  # two connections, each reused
+    finally:
+        await handler.client.close()
+
+
+async def test_a_full_target_is_passed_over_while_another_has_room(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
+    small, large = await backends("small", delay=0.3), await backends("large", delay=0.3)
+    blueprint = project.blueprint(
+        f"""
+        name: capped
+        plugins:
+          proxy:
+            config:
+              targets:
+                - {{name: small, url: "{small.url}", max_connections: 1}}
+                - {{name: large, url: "{large.url}"}}
+        endpoints:
+          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
+        """
+    )
+    gateway = compile_gateway(blueprint)
+    handler = gateway.endpoints[0].handler
+    try:
+        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(4))), 10)
+        assert [f.response.status_code for f in flows] == [200] * 4
+        assert (len(small.requests), len(large.requests)) == (1, 3)  # round robin alone would give 2 and 2
+        assert small.peak_in_flight == 1
+    finally:
+        await handler.client.close()
+
+
+async def test_waiting_for_a_connection_counts_against_the_timeout(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
+    slow = await backends("slow", delay=1.0)
+    blueprint = project.blueprint(
+        f"""
+        name: capped
+        plugins:
+          proxy:
+            config:
+              targets: [{{name: slow, url: "{slow.url}", max_connections: 1}}]
+              timeout: 1.5s
+        endpoints:
+          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
+        """
+    )
+    gateway = compile_gateway(blueprint)
+    handler = gateway.endpoints[0].handler
+    try:
+        first, second = await asyncio.wait_for(asyncio.gather(send(gateway, "GET", "/a"), send(gateway, "GET", "/b")), 10)
+        assert sorted([first.response.status_code, second.response.status_code]) == [200, 504]
+        late = first if first.response.status_code == 504 else second
+        assert body_json(late.response)["error"] == (
+            "upstream slow did not answer in time (tries: 1; it waited for one of the target's 1 connections (max_connections))"
+        )
+        assert "queued=slow" in late.comment
+        assert slow.peak_in_flight == 1  # the second was sent only once the first had its answer
     finally:
         await handler.client.close()
 

@@ -85,7 +85,7 @@ class ScriptedUpstream:
         self.first_failure = first_failure
         self.budget_seen: list[int] = []
 
-    async def send(self, method, url, headers, body, *, timeout, ssl_context=None, buffer_limit=None):  # type: ignore[no-untyped-def]
+    async def send(self, method, url, headers, body, *, timeout, ssl_context=None, buffer_limit=None, max_connections=None):  # type: ignore[no-untyped-def]
         from backworks_core.upstream import UpstreamError, UpstreamReply
 
         self.budget_seen.append(self.pool.budget.active_retries)

@@ -277,7 +277,7 @@ class RecordingUpstream:
         self.sent: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
         self.status, self.body = status, body
 
-    async def send(self, method, url, headers, body, *, timeout, ssl_context=None, buffer_limit=None):  # type: ignore[no-untyped-def]
+    async def send(self, method, url, headers, body, *, timeout, ssl_context=None, buffer_limit=None, max_connections=None):  # type: ignore[no-untyped-def]
         from backworks_core.upstream import UpstreamReply
 
         self.sent.append((method, url, list(headers), body))
