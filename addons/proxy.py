@@ -3,13 +3,15 @@
 Backworks owns the upstream exchange (see backworks_core.upstream) so that timeouts, retries
 and failover are decided per request: a pool's balancer (addons.balancing) picks a target, and
 failed tries go to untried targets under the retry rules and budget of addons.retry. WebSocket
-upgrades are handed back to mitmproxy, pointed at the chosen target. Health checks, outlier
-detection and circuit breakers are validated but not applied yet (warned about at load).
+upgrades are handed back to mitmproxy, pointed at the chosen target. Health checks
+(addons.health), outlier detection (addons.outlier) and circuit breakers (addons.breaker) keep
+failing targets out of the balancer's candidates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import random
@@ -69,9 +71,11 @@ class TargetConfig(StrictModel):
         if not os.path.isfile(value):
             raise ValueError(f"CA file {value} not found")
         try:
-            ssl.create_default_context(cafile=value)
+            verified_context(value, _file_stamp(value))
         except ssl.SSLError as exc:
             raise ValueError(f"CA file {value} holds no usable PEM certificate ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise ValueError(f"CA file {value} cannot be read ({exc.strerror or exc})") from None
         return value
 
     @field_validator("url")
@@ -195,11 +199,30 @@ class Target:
 
 def target_ssl_context(config: TargetConfig) -> ssl.SSLContext:
     """Verified against the system CAs, or `ca_file`; `tls_verify: false` turns checking off."""
-    context = ssl.create_default_context(cafile=config.ca_file)
     if not config.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        return unverified_context()
+    return verified_context(config.ca_file, _file_stamp(config.ca_file) if config.ca_file else None)
+
+
+@functools.lru_cache(maxsize=32)
+def verified_context(ca_file: str | None, stamp: tuple[int, int] | None) -> ssl.SSLContext:
+    """One context per CA file version, shared by every target that uses it: loading the CAs
+    takes ~50 ms, paid once rather than per target and per reload. `stamp` (mtime, size) makes
+    an edited CA file a new entry."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+@functools.lru_cache(maxsize=1)
+def unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _file_stamp(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_mtime_ns, status.st_size
 
 
 class Pool:

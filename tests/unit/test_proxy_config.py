@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,25 @@ def test_strip_prefix(path, prefix, expected):
 )
 def test_add_prefix(path, prefix, expected):
     assert add_prefix(path, prefix) == expected
+
+
+def test_https_targets_share_one_tls_context_per_ca_file_version(tmp_path: Path) -> None:
+    """Loading CAs takes ~50 ms: paid once per CA file (and again once it is edited), not per target."""
+    from tests.certs import write_self_signed
+
+    ca, _ = write_self_signed(tmp_path / "one")
+    other, _ = write_self_signed(tmp_path / "two")
+
+    def target(name: str, **settings: object) -> Target:
+        return Target.from_config(TargetConfig.model_validate({"name": name, "url": "https://127.0.0.1:8443", **settings}))
+
+    first, second = target("a", ca_file=str(ca)), target("b", ca_file=str(ca))
+    assert first.ssl_context is second.ssl_context
+    assert target("c", ca_file=str(other)).ssl_context is not first.ssl_context
+    assert target("d").ssl_context is target("e").ssl_context is not first.ssl_context  # the system CAs
+    unverified = target("f", tls_verify=False).ssl_context
+    assert unverified is not None and unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
+    assert first.ssl_context is not None and first.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    ca.write_bytes(other.read_bytes() + b"\n")  # edited: a new version, read again
+    assert target("g", ca_file=str(ca)).ssl_context is not first.ssl_context
+    assert Target.from_config(TargetConfig.model_validate({"name": "h", "url": "http://127.0.0.1:80"})).ssl_context is None
