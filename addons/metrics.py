@@ -31,7 +31,7 @@ from backworks_core.model import StrictModel, UrlPath
 from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.pages import InternalEndpoint, Page, SidePort, page_response
 from backworks_core.plugins import Plugin, Section
-from backworks_core.telemetry import RequestRecord, record_for, status_class
+from backworks_core.telemetry import Attempt, RequestRecord, record_for, status_class
 
 if TYPE_CHECKING:
     from addons.proxy import Pool
@@ -124,6 +124,21 @@ class GatewayMetrics:
         self.upstream_duration = Histogram(
             "backworks_upstream_request_duration_seconds", "Time of one try upstream, until its head arrived or it failed.", ["pool", "target"], buckets=self.buckets, registry=registry
         )
+        # Pools with `metrics: {detailed: true}` also get their tries by endpoint template: the
+        # label set is bounded by the blueprint (endpoints x targets), never by request input.
+        self.upstream_by_endpoint = Counter(
+            "backworks_upstream_endpoint_requests",
+            "Tries sent upstream by endpoint template, pool, target and outcome (pools with metrics.detailed).",
+            ["endpoint", "pool", "target", "outcome"],
+            registry=registry,
+        )
+        self.upstream_by_endpoint_duration = Histogram(
+            "backworks_upstream_endpoint_request_duration_seconds",
+            "Time of one try upstream by endpoint template, pool and target (pools with metrics.detailed).",
+            ["endpoint", "pool", "target"],
+            buckets=self.buckets,
+            registry=registry,
+        )
         self.retries = Counter("backworks_upstream_retries", "Tries after the first.", ["pool"], registry=registry)
         self.failovers = Counter("backworks_upstream_failovers", "Retries that went to another target than the try before.", ["pool"], registry=registry)
         self.auth_denials = Counter("backworks_auth_denials", "Requests the auth middleware denied, by reason code and status.", ["reason", "status"], registry=registry)
@@ -135,6 +150,8 @@ class GatewayMetrics:
         self.reloads = Counter("backworks_blueprint_loads", "Blueprints that went live (the first one included).", registry=registry)
         registry.register(TargetCollector(pools))
         self.disabled_pools: frozenset[str] = frozenset()
+        self.detailed_pools: frozenset[str] = frozenset()
+        self._endpoint_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._upstream_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -154,6 +171,8 @@ class GatewayMetrics:
                     try_children = self._upstream_children[try_key] = (self.upstream.labels(*try_key), self.upstream_duration.labels(*try_key[:2]))
                 try_children[0].inc()
                 try_children[1].observe(attempt.seconds)
+                if attempt.pool in self.detailed_pools:
+                    self._observe_by_endpoint(record.endpoint, attempt)
             if record.retries:
                 self.retries.labels(record.attempts[0].pool).inc(record.retries)
             if record.failovers:
@@ -165,11 +184,20 @@ class GatewayMetrics:
         if record.error is not None and status is not None:
             self.errors.labels(str(status)).inc()
 
-    def went_live(self, blueprint: LoadedBlueprint, disabled_pools: Iterable[str]) -> None:
+    def _observe_by_endpoint(self, endpoint: str, attempt: Attempt) -> None:
+        key = (endpoint, attempt.pool, attempt.target, attempt.outcome)
+        children = self._endpoint_children.get(key)
+        if children is None:
+            children = self._endpoint_children[key] = (self.upstream_by_endpoint.labels(*key), self.upstream_by_endpoint_duration.labels(*key[:3]))
+        children[0].inc()
+        children[1].observe(attempt.seconds)
+
+    def went_live(self, blueprint: LoadedBlueprint, disabled_pools: Iterable[str], detailed_pools: Iterable[str] = ()) -> None:
         self.blueprint.clear()
         self.blueprint.labels(blueprint.settings.name, blueprint.settings.version).set(1)
         self.reloads.inc()
         self.disabled_pools = frozenset(disabled_pools)
+        self.detailed_pools = frozenset(detailed_pools) - self.disabled_pools
 
     # -- exposition -----------------------------------------------------------------------
 
@@ -256,13 +284,13 @@ class MetricsPlugin(Plugin):
     def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
         assert config is None or isinstance(config, MetricsConfig)
         proxy = blueprint.plugin_configs.get("proxy")
-        self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
+        self.metrics.went_live(blueprint, _pools_without_metrics(proxy), _pools_with_detail(proxy))
         wanted = tuple(config.buckets) if config is not None and config.buckets is not None else DEFAULT_BUCKETS
         if wanted != self.metrics.buckets:
             # Histograms cannot change buckets in place: start a fresh registry (counters restart,
             # which Prometheus' rate() handles like a process restart).
             self.metrics = GatewayMetrics(wanted, pools=self._pools, in_flight=self._in_flight)
-            self.metrics.went_live(blueprint, _pools_without_metrics(proxy))
+            self.metrics.went_live(blueprint, _pools_without_metrics(proxy), _pools_with_detail(proxy))
         path = config.path if config is not None else "/metrics"
         self.side_port.apply(config.host if config is not None else "127.0.0.1", config.port if config is not None else None, {path: self._scrape})
 
@@ -280,10 +308,20 @@ class MetricsPlugin(Plugin):
         await self.side_port.done()
 
 
-def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
-    """Pools whose `metrics: {enabled: false}` keeps their upstream series out."""
+def _pool_metrics(proxy: BaseModel | None) -> list[tuple[str, Any]]:
+    """(pool name, its `metrics` settings) for every pool that has them."""
     if proxy is None:
         return []
     pools: list[tuple[str, Any]] = [("default", proxy)] + list(getattr(proxy, "upstreams", {}).items())
-    return [name for name, pool in pools if getattr(pool, "metrics", None) is not None and not pool.metrics.enabled]
+    return [(name, pool.metrics) for name, pool in pools if getattr(pool, "metrics", None) is not None]
+
+
+def _pools_without_metrics(proxy: BaseModel | None) -> list[str]:
+    """Pools whose `metrics: {enabled: false}` keeps their upstream series out."""
+    return [name for name, metrics in _pool_metrics(proxy) if not metrics.enabled]
+
+
+def _pools_with_detail(proxy: BaseModel | None) -> list[str]:
+    """Pools whose `metrics: {detailed: true}` adds their tries by endpoint template."""
+    return [name for name, metrics in _pool_metrics(proxy) if metrics.enabled and metrics.detailed]
 

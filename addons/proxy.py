@@ -101,7 +101,7 @@ class RetryConfig(StrictModel):
 
 class ProxyMetricsConfig(StrictModel):
     enabled: bool = Field(True, description="false leaves this pool's upstream series out of the metrics", examples=[False])
-    detailed: bool = Field(False, description="validated, not applied yet in this release (targets always have their own series)", examples=[True])
+    detailed: bool = Field(False, description="also count this pool's tries by endpoint template (backworks_upstream_endpoint_*); targets always have their own series", examples=[True])
 
 
 class PoolConfig(StrictModel):
@@ -812,8 +812,8 @@ class ProxyPlugin(Plugin):
         pools: list[tuple[tuple[str | int, ...], PoolConfig]] = [((), config)]
         pools += [(("upstreams", name), pool) for name, pool in config.upstreams.items()]
         for loc, pool in pools:
-            if pool.metrics is not None and "detailed" in pool.metrics.model_fields_set:
-                notes.append((loc + ("metrics", "detailed"), "detailed is validated but not applied yet in this release (targets always have their own series)"))
+            if pool.metrics is not None and pool.metrics.detailed and not pool.metrics.enabled:
+                notes.append((loc + ("metrics", "detailed"), "detailed has no effect while enabled is false"))
             if pool.hash_on != "ip" and pool.load_balancing not in ("ip_hash", "consistent_hash"):
                 notes.append((loc + ("hash_on",), f"hash_on is used by ip_hash and consistent_hash, not by {pool.load_balancing}"))
             for index, target in enumerate(pool.targets):

@@ -34,6 +34,7 @@ def write_blueprint(folder: Path, targets: list[Upstream], metrics: str = "{}", 
         {lines}
               circuit_breaker: {{failure_threshold: 5}}
               retries: {{attempts: 1}}
+              metrics: {{detailed: true}}
           metrics: {metrics}
           auth:
             config:
@@ -120,6 +121,9 @@ def test_exposed_text_passes_promtool_and_counts_what_happened(shop) -> None:
     assert value('backworks_request_duration_seconds_count{endpoint="/users/{id}",method="GET"}') == 8
     assert value('backworks_upstream_request_duration_seconds_count{pool="default",target="backend-1"}') >= 6
     assert value('backworks_circuit_breaker_state{pool="default",state="closed",target="backend-1"}') == 1
+    # the pool's metrics.detailed: its tries by endpoint template as well
+    assert value('backworks_upstream_endpoint_requests_total{endpoint="/users/{id}",outcome="connect_failure",pool="default",target="backend-2"}') >= 1
+    assert value('backworks_upstream_endpoint_request_duration_seconds_count{endpoint="/users/{id}",pool="default",target="backend-1"}') >= 6
     assert value('backworks_blueprint_info{name="shop",version="2.1.0"}') == 1
     assert value("backworks_requests_in_flight") == 1  # the scrape itself
 

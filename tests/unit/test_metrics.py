@@ -154,6 +154,31 @@ def test_pools_with_metrics_disabled_keep_their_upstream_series_out() -> None:
     assert value(metrics, "backworks_upstream_retries_total", pool="default") is None
 
 
+def test_detailed_pools_count_their_tries_by_endpoint_template_too() -> None:
+    metrics = GatewayMetrics(buckets=(0.1, 1.0))
+    metrics.detailed_pools = frozenset({"default"})
+    metrics.observe(proxied_record(), 200, 0.4)
+    metrics.observe(proxied_record(endpoint="/orders"), 200, 0.4)
+    metrics.observe(proxied_record(pool="plain", attempts=[Attempt("plain", "p", "2xx", 0.01, 200)]), 200, 0.1)
+    by_endpoint = "backworks_upstream_endpoint_requests_total"
+    assert value(metrics, by_endpoint, endpoint="/users/{id}", pool="default", target="a", outcome="5xx") == 1
+    assert value(metrics, by_endpoint, endpoint="/users/{id}", pool="default", target="b", outcome="2xx") == 1
+    assert value(metrics, by_endpoint, endpoint="/orders", pool="default", target="b", outcome="2xx") == 1
+    assert value(metrics, by_endpoint, endpoint="/users/{id}", pool="plain", target="p", outcome="2xx") is None  # not detailed
+    assert value(metrics, "backworks_upstream_requests_total", pool="plain", target="p", outcome="2xx") == 1
+    duration = "backworks_upstream_endpoint_request_duration_seconds_count"
+    assert value(metrics, duration, endpoint="/orders", pool="default", target="a") == 1
+    # the pool's own series are unchanged by the detail
+    assert value(metrics, "backworks_upstream_requests_total", pool="default", target="b", outcome="2xx") == 2
+
+
+def test_a_pool_without_detail_adds_no_endpoint_series() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe(proxied_record(), 200, 0.4)
+    names = {s.name for family in metrics.registry.collect() for s in family.samples}
+    assert not any(name.startswith("backworks_upstream_endpoint_") for name in names)
+
+
 def test_method_label_is_other_for_junk_methods() -> None:
     metrics = GatewayMetrics()
     for junk in ("BREW", "PROPFIND", "X" * 200):
@@ -645,6 +670,9 @@ async def test_pool_metrics_disabled_in_the_blueprint(project, stack) -> None:  
                 quiet:
                   targets: [{name: q, url: "http://127.0.0.1:2"}]
                   metrics: {enabled: false}
+                detailed:
+                  targets: [{name: d, url: "http://127.0.0.1:3"}]
+                  metrics: {detailed: true}
         endpoints:
           - {path: /x, handler: proxy}
         """
@@ -652,6 +680,7 @@ async def test_pool_metrics_disabled_in_the_blueprint(project, stack) -> None:  
     with taddons.context(core, plugin, proxy) as tctx:
         tctx.configure(core, blueprint=str(path))
         assert plugin.metrics.disabled_pools == frozenset({"quiet"})
+        assert plugin.metrics.detailed_pools == frozenset({"detailed"})
         loud = proxied_record()
         quiet = proxied_record(pool="quiet", attempts=[Attempt("quiet", "q", "2xx", 0.01, 200)])
         plugin.metrics.observe(loud, 200, 0.1)
