@@ -3,7 +3,7 @@
 
 Starts the same demo-backend upstream and the same mitmdump processes as bench/throughput.py
 (configuration a, bare `mitmdump --mode reverse`, and e, Backworks with every feature on, or b,
-the plain proxy), loads each in turn with wrk, samples it with py-spy and prints the CPU time per
+the plain proxy, or f, the floor: an addon doing only the aiohttp exchange), loads each in turn with wrk, samples it with py-spy and prints the CPU time per
 request by where it is spent (mitmproxy's hook dispatch, its HTTP layers, asyncio, aiohttp,
 Backworks' own code, the rest). It explains the gap that throughput.py measures; it is not a
 throughput figure (sampling slows the process a little).
@@ -32,11 +32,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import HOST, Processes, bench_blueprint, bench_token, free_ports, full_blueprint, mitmdump_path, upstream_name, wait_listening  # noqa: E402
+from throughput import FLOOR_ADDON, HOST, Processes, bench_blueprint, bench_token, free_ports, full_blueprint, mitmdump_path, upstream_name, wait_listening  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path.home() / ".cache" / "backworks-bench"
-LABELS = {"a": "bare mitmdump --mode reverse", "b": "Backworks proxy, pool of 1", "e": "Backworks, every feature on"}
+LABELS = {"a": "bare mitmdump --mode reverse", "b": "Backworks proxy, pool of 1", "e": "Backworks, every feature on", "f": "floor: aiohttp exchange only"}
 GROUPS = (
     ("Backworks' own code", ("(addons/", "(backworks_core/")),
     ("aiohttp (Backworks' upstream exchange)", ("aiohttp/", "multidict/", "yarl/")),
@@ -108,16 +108,16 @@ def profile_one(key: str, argv: list[str], port: int, token: str, args: argparse
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="ae", help="a (bare), b (proxy) and/or e (every feature on); default ae")
+    parser.add_argument("--configs", default="ae", help="a (bare), b (proxy), e (every feature on) and/or f (the floor: bench/floor_addon.py); default ae")
     parser.add_argument("--seconds", type=int, default=10, help="seconds of samples per configuration (default 10)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     parser.add_argument("--connections", type=int, default=4, help="wrk connections (default 4)")
     parser.add_argument("--py-spy", help="the py-spy to use")
     parser.add_argument("--keep", type=Path, help="copy py-spy's raw (collapsed-stack) files into this directory, for a closer look")
     args = parser.parse_args(argv)
-    keys = [k for k in "abe" if k in args.configs]
-    if not keys or set(args.configs) - set("abe"):
-        parser.error("--configs takes a, b and e")
+    keys = [k for k in "abef" if k in args.configs]
+    if not keys or set(args.configs) - set("abef"):
+        parser.error("--configs takes a, b, e and f")
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (bench/setup.sh installs it)")
     py_spy = find_py_spy(args.py_spy)
@@ -137,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     path = work / f"{key}.yaml"
                     path.write_text(yaml.safe_dump(blueprints[key], sort_keys=False))
                     argv += ["-s", str(ROOT / "backworks.py"), "--set", f"blueprint={path}", "--set", "connection_strategy=lazy"]
+                elif key == "f":
+                    argv += ["-s", str(FLOOR_ADDON), "--set", "connection_strategy=lazy"]
                 results[key] = profile_one(key, argv, port, bench_token(), args, py_spy, procs, work)
                 if args.keep:
                     args.keep.mkdir(parents=True, exist_ok=True)
