@@ -82,6 +82,7 @@ from jwt.algorithms import get_default_algorithms
 from mitmproxy import http
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import Identity, RequestContext
 from backworks_core.gateway import BuildError
 from backworks_core.model import BlueprintPath, MiddlewareFilter, StrictModel
@@ -542,7 +543,7 @@ def extract_token(request: http.Request, sources: Sequence[str]) -> ExtractedTok
     """
     for source in sources:
         if source == "header":
-            values = request.headers.get_all("authorization")
+            values = fast_headers.values(request.headers, "authorization")
             if len(values) > 1:
                 raise TokenRejected("ambiguous", "more than one Authorization header")
             if not values:
@@ -1214,13 +1215,13 @@ def forward_claims(request: http.Request, identity: Identity, mapping: Mapping[s
     """
     dropped: list[str] = []
     for header, claim in mapping.items():
-        request.headers.pop(header, None)  # removes every copy: a client cannot pre-set X-User
+        fast_headers.remove(request.headers, header)  # every copy: a client cannot pre-set X-User
         value = claim_header_value(claim_value(identity.claims, claim))
         if value is None:
             if claim_value(identity.claims, claim) is not None:
                 dropped.append(header)
             continue
-        request.headers[header] = value
+        fast_headers.put(request.headers, header, value)
     return dropped
 
 

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext
 from backworks_core.gateway import PREFLIGHT, is_preflight
 from backworks_core.loader import MiddlewareSpec
@@ -230,13 +231,13 @@ def _quote(value: str, limit: int = 100) -> str:
 
 def merge_vary(headers: http.Headers, names: Sequence[str]) -> None:
     """Add `names` to Vary without repeating one already there; `Vary: *` already covers all."""
-    present = [part.strip() for value in headers.get_all("vary") for part in value.split(",") if part.strip()]
+    present = [part.strip() for value in fast_headers.values(headers, "vary") for part in value.split(",") if part.strip()]
     if "*" in present:
         return
     known = {p.lower() for p in present}
     added = [n for n in names if n.lower() not in known]
     if added:
-        headers["Vary"] = ", ".join(present + added)
+        fast_headers.put(headers, "Vary", ", ".join(present + added))
 
 
 class CorsPolicy:
@@ -314,7 +315,7 @@ class CorsMiddleware:
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
         request = ctx.flow.request
-        origin = request.headers.get("origin")
+        origin = fast_headers.get(request.headers, "origin")
         if origin is None or not is_preflight(request):
             return None  # actual requests: on_response
         method = ctx.state.get(PREFLIGHT) or request.headers["access-control-request-method"].strip()
@@ -333,20 +334,19 @@ class CorsMiddleware:
 
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None:
         request = ctx.flow.request
-        origin = request.headers.get("origin")
+        origin = fast_headers.get(request.headers, "origin")
         if origin is None or ANSWERED in ctx.state:
             return  # not a CORS request, or a preflight answered by a cors middleware
         # Several cors middlewares: each replaces the last one's headers, so the first in
         # blueprint order (its on_response runs last) decides, as it does for preflights.
         decision = self.policy.actual_headers(origin, request.method)
         for name in ACTUAL_HEADERS:
-            response.headers.pop(name, None)
+            fast_headers.remove(response.headers, name)
         if isinstance(decision, Refusal):
             ctx.notes["cors"] = f"refused:{decision.reason}"
         else:
             ctx.notes["cors"] = "allowed"
-            for name, value in decision.items():
-                response.headers[name] = value
+            fast_headers.put_all(response.headers, decision.items())
         if not (self.policy.origins.any and not self.policy.credentials):
             merge_vary(response.headers, ("Origin",))
 

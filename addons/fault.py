@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 from pydantic import BaseModel, Field, model_validator
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import RequestContext
 from backworks_core.loader import MiddlewareSpec
 from backworks_core.model import MiddlewareFilter, StrictModel
@@ -144,7 +145,7 @@ class FaultMiddleware:
     def plan(self, ctx: RequestContext) -> tuple[Plan, bool] | http.Response:
         """The faults for this request and whether the header chose them; or the 400 of a bad header."""
         request = ctx.flow.request
-        if self.allow_header and self.header in request.headers:
+        if self.allow_header and fast_headers.has(request.headers, self.header):
             value = request.headers.get_all(self.header)
             del request.headers[self.header]  # the upstream never sees it
             try:

@@ -33,6 +33,7 @@ from addons.breaker import Bulkhead, CircuitBreaker, CircuitBreakerConfig, Permi
 from addons.health import HealthChecker, HealthCheckConfig, effective_config, http_probe
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
+from backworks_core import headers as fast_headers
 from backworks_core.transforms import CompiledTransform, RequestTransform, ResponseTransform, add_prefix, strip_prefix
 from backworks_core.telemetry import Attempt, outcome_of
 from backworks_core.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context, traceparent_for
@@ -42,7 +43,7 @@ from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPa
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.templates import TemplateContext
-from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end
+from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_fields
 from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -503,6 +504,13 @@ class ProxyHandler:
         self.reshapes_response = any(t.touches_body for t in self.response_transforms)
         self.forwarded = pool.config.forwarded_headers
         self.preserve_host = pool.config.preserve_host
+        # What of the client's header fields never goes upstream as it came (besides hop-by-hop
+        # fields): Backworks sets these itself, or (Host, Content-Length) the upstream client does.
+        self.replaced_fields = frozenset(
+            {b"content-length", REQUEST_ID_HEADER.lower().encode(), TRACEPARENT_HEADER.encode()}
+            | (set() if self.preserve_host else {b"host"})
+            | ({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"} if self.forwarded else set())
+        )
         # Endpoint retries win; otherwise decided per request (the first target's retry_attempts).
         self.retries = retry_policy(config.retries, None, None, len(pool.backends)) if config.retries else None
         self.rng = random.Random()
@@ -533,18 +541,14 @@ class ProxyHandler:
 
     def upstream_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.flow.request
-        headers = end_to_end([(k, v) for k, v in request.headers.items(multi=True)])
-        drop = {"content-length"} if self.preserve_host else {"content-length", "host"}
-        headers = [(n, v) for n, v in headers if n.lower() not in drop]
+        headers = end_to_end_fields(request.headers.fields, self.replaced_fields, "utf-8")
         if self.forwarded:
             client_ip = ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else ""
-            prior = request.headers.get("X-Forwarded-For")
-            headers = [(n, v) for n, v in headers if n.lower() not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")]
+            prior = fast_headers.get(request.headers, "X-Forwarded-For")
             headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
             headers.append(("X-Forwarded-Proto", "https" if ctx.flow.client_conn.tls_established else "http"))
             headers.append(("X-Forwarded-Host", request.host_header or request.pretty_host))
         # The id Backworks logs and answers with, so upstream logs line up with ours.
-        headers = [(n, v) for n, v in headers if n.lower() not in (REQUEST_ID_HEADER.lower(), TRACEPARENT_HEADER)]
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
         headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id)))
         return headers
@@ -730,10 +734,9 @@ class ProxyHandler:
         self, ctx: RequestContext, reply: UpstreamReply, started: float, is_head: bool, tctx: TemplateContext
     ) -> http.Response | StreamedResponse:
         """The client's answer; one larger than the buffer limit streams on (its length as sent)."""
-        fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers]
-        fields = end_to_end(fields)
-        if not is_head and reply.status not in (204, 304) and not reply.streamed:
-            fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
+        sized = not is_head and reply.status not in (204, 304) and not reply.streamed
+        fields = end_to_end_fields(reply.headers, _CONTENT_LENGTH if sized else _NOTHING, "latin-1")
+        if sized:
             fields.append(("content-length", str(len(reply.body))))
         status = reply.status
         reshape = self.reshapes_response
@@ -770,8 +773,13 @@ class ProxyHandler:
         return response
 
 
+_CONTENT_LENGTH = frozenset({b"content-length"})
+_NOTHING: frozenset[bytes] = frozenset()
+
+
 def is_websocket_upgrade(request: http.Request) -> bool:
-    return request.headers.get("upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("connection", "").lower()
+    upgrade = fast_headers.get(request.headers, "upgrade")
+    return upgrade is not None and upgrade.lower() == "websocket" and "upgrade" in (fast_headers.get(request.headers, "connection") or "").lower()
 
 
 def _header_bytes(value: str) -> bytes:

@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from mitmproxy import http
 from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import RequestContext
 from backworks_core.model import MiddlewareFilter
 from backworks_core.plugins import Plugin
@@ -507,8 +508,7 @@ class RateLimitMiddleware:
         if not decisions:
             return
         strictest = min(decisions.values(), key=lambda d: d.severity)
-        for name, value in strictest.headers().items():
-            response.headers[name] = value
+        fast_headers.put_all(response.headers, strictest.headers().items())
 
     async def close(self) -> None:
         await self.store.close()

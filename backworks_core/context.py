@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from mitmproxy import http
 
+from backworks_core import headers as fast_headers
 from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.telemetry import RequestRecord
 from backworks_core.templates import TemplateContext
@@ -24,6 +25,9 @@ TRACEPARENT_HEADER = "traceparent"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}\Z")
 # W3C Trace Context, version 00: version-traceid-parentid-flags, lower-case hex, ids not all zero.
 _TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})\Z")
+
+
+_HEX_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def parse_traceparent(value: str) -> str | None:
@@ -41,11 +45,11 @@ def request_id_for(flow: http.HTTPFlow) -> str:
     existing = flow.metadata.get("backworks.request_id")
     if existing:
         return existing
-    offered = flow.request.headers.get(REQUEST_ID_HEADER, "")
-    if _VALID_REQUEST_ID.match(offered):
+    offered = fast_headers.get(flow.request.headers, REQUEST_ID_HEADER, "")
+    if offered and _VALID_REQUEST_ID.match(offered):
         request_id = offered
     else:
-        request_id = parse_traceparent(flow.request.headers.get(TRACEPARENT_HEADER, "")) or secrets.token_hex(16)
+        request_id = parse_traceparent(fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or "") or secrets.token_hex(16)
     flow.metadata["backworks.request_id"] = request_id
     return request_id
 
@@ -61,11 +65,11 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
     decided = flow.metadata.get("backworks.traceparent")
     if decided:
         return decided
-    incoming = flow.request.headers.get(TRACEPARENT_HEADER, "")
-    if parse_traceparent(incoming):
+    incoming = fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or ""
+    if incoming and parse_traceparent(incoming):
         traceparent = incoming.strip()
     else:
-        own = re.fullmatch(r"[0-9a-fA-F]{32}", request_id) and request_id.strip("0")
+        own = _HEX_TRACE_ID.fullmatch(request_id) and request_id.strip("0")
         trace_id = request_id.lower() if own else secrets.token_hex(16)
         traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-00"
     flow.metadata["backworks.traceparent"] = traceparent
@@ -74,9 +78,7 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
 
 def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
     """The request as mitmproxy forwards it: carrying the request id and a trace context."""
-    headers = flow.request.headers
-    headers[REQUEST_ID_HEADER] = request_id
-    headers[TRACEPARENT_HEADER] = traceparent_for(flow, request_id)
+    fast_headers.put_all(flow.request.headers, ((REQUEST_ID_HEADER, request_id), (TRACEPARENT_HEADER, traceparent_for(flow, request_id))))
 
 
 def stamp_response(flow: http.HTTPFlow) -> None:
@@ -85,8 +87,8 @@ def stamp_response(flow: http.HTTPFlow) -> None:
     if not request_id or flow.response is None or peek_state(flow).get("stamped") is flow.response:
         return
     flow_state(flow)["stamped"] = flow.response  # once per answer: responseheaders, then response
-    if REQUEST_ID_HEADER not in flow.response.headers:
-        flow.response.headers[REQUEST_ID_HEADER] = request_id
+    if not fast_headers.has(flow.response.headers, REQUEST_ID_HEADER):
+        fast_headers.put(flow.response.headers, REQUEST_ID_HEADER, request_id)
 
 
 @dataclass

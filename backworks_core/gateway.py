@@ -17,6 +17,7 @@ from mitmproxy import http
 
 from aiohttp import web
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import (
     Answer,
     Forward,
@@ -63,7 +64,10 @@ PREFLIGHT = "preflight"
 
 def is_preflight(request: http.Request) -> bool:
     """A CORS preflight: OPTIONS with an Origin and an Access-Control-Request-Method."""
-    return request.method.upper() == "OPTIONS" and "origin" in request.headers and bool(request.headers.get("access-control-request-method", "").strip())
+    if request.method.upper() != "OPTIONS":
+        return False
+    headers = request.headers
+    return fast_headers.has(headers, "origin") and bool((fast_headers.get(headers, "access-control-request-method") or "").strip())
 
 
 def glob_to_regex(glob: str) -> re.Pattern[str]:
@@ -329,7 +333,7 @@ class Gateway:
     def may_refuse_head(self, request: http.Request) -> bool:
         """Cheap, for every request's `requestheaders`: a body whose head could break some endpoint's limit."""
         length = declared_length(request)
-        if length == 0 or (length is None and "transfer-encoding" not in request.headers):
+        if length == 0 or (length is None and not fast_headers.has(request.headers, "transfer-encoding")):
             return False  # no body to keep from being read: the `request` hook refuses it
         if self.body_floor is not None and length is not None and length > self.body_floor:
             return True

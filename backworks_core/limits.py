@@ -55,6 +55,7 @@ from jsonschema.exceptions import best_match
 from mitmproxy import http
 from pydantic import Field, field_validator
 
+from backworks_core import headers as fast_headers
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext, json_response
 from backworks_core.model import ServerSettings, Size, StrictModel
 
@@ -110,8 +111,8 @@ def header_size(request: http.Request) -> int:
 
 
 def declared_length(request: http.Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None or "transfer-encoding" in request.headers:
+    value = fast_headers.get(request.headers, "content-length")
+    if value is None or fast_headers.has(request.headers, "transfer-encoding"):
         return None
     try:
         return int(value)

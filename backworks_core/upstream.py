@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,15 +36,18 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop hop-by-hop headers, including any the Connection header names."""
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+HOP_BY_HOP_FIELDS = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+def end_to_end_fields(fields: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes], encoding: str) -> list[tuple[str, str]]:
+    """The fields that may travel past this hop, decoded: hop-by-hop ones and any the Connection
+    header names are dropped, and so are the lower-case names in `drop`; one pass. `encoding` is
+    mitmproxy's ("utf-8", with surrogate escapes) for a client's request, "latin-1" for what
+    aiohttp read from an upstream."""
+    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")}
+    dropped = HOP_BY_HOP_FIELDS | drop | named if named else HOP_BY_HOP_FIELDS | drop
+    errors = "surrogateescape" if encoding == "utf-8" else "strict"
+    return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in fields if name.lower() not in dropped]
 
 
 class UpstreamError(Exception):

@@ -11,8 +11,8 @@ throughput figure (sampling slows the process a little).
 py-spy is not a Backworks dependency: the script uses `py-spy` from PATH, or installs it once into
 a venv of its own under ~/.cache/backworks-bench (--py-spy names another).
 
-    .venv/bin/python bench/profile.py                  # a and e, 10 s of samples each
-    .venv/bin/python bench/profile.py --configs abe --seconds 20
+    .venv/bin/python bench/cpu_profile.py                  # a and e, 10 s of samples each
+    .venv/bin/python bench/cpu_profile.py --configs abe --seconds 20
 """
 
 from __future__ import annotations
