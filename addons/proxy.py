@@ -515,6 +515,15 @@ class ProxyHandler:
         self.retries = retry_policy(config.retries, None, None, len(pool.backends)) if config.retries else None
         self.rng = random.Random()
         self.sleep = asyncio.sleep
+        self._target_policies: dict[str, RetryPolicy] = {}
+
+    def _policy_for(self, target: Target) -> RetryPolicy:
+        """The pool's retry rules as the first target chosen sets them, built once per target."""
+        policy = self._target_policies.get(target.name)
+        if policy is None:
+            pool = self.pool
+            policy = self._target_policies[target.name] = retry_policy(None, pool.config.retries, target.retry_attempts, len(pool.backends))
+        return policy
 
     def reshape_request(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, tctx: TemplateContext
@@ -618,7 +627,7 @@ class ProxyHandler:
                 if reply is not None:
                     reply.close()  # retried instead of passed on
                 if policy is None:  # the first target chosen decides `retry_attempts`
-                    policy = self.retries or retry_policy(None, pool.config.retries, target.retry_attempts, len(pool.backends))
+                    policy = self.retries or self._policy_for(target)
                 tried.append(target.name)
                 remaining = deadline - loop.time()
                 per_try = min(t for t in (remaining, policy.per_try_timeout, target.timeout) if t is not None)

@@ -60,6 +60,7 @@ Decisions where the blueprint format is silent (documented here and in the refer
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import json
@@ -409,7 +410,12 @@ def _key_text(value: str) -> str:
 
 def client_ip(flow: http.HTTPFlow) -> str:
     peer = flow.client_conn.peername
-    host = str(peer[0]) if peer else ""
+    return _normal_address(str(peer[0]) if peer else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_address(host: str) -> str:
+    """One spelling per client address (IPv4-mapped IPv6 as IPv4); parsed once per address."""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
