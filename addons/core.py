@@ -24,6 +24,7 @@ from mitmproxy.utils import human
 from backworks_core.context import json_error, request_id_for, stamp_response
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.gcfreeze import Freezer
 from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.loader import LoadedBlueprint
@@ -146,6 +147,7 @@ class Backworks:
         self._watched: set[Path] = set()
         self._watcher: asyncio.Task[None] | None = None
         self.relay = StreamRelay()
+        self.freezer = Freezer()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -174,12 +176,25 @@ class Backworks:
             "request and response bodies stream through. mitmproxy's stream_large_bodies, when "
             "set lower, applies instead.",
         )
+        loader.add_option(
+            "backworks_gc_freeze",
+            bool,
+            True,
+            "Once running, freeze the objects that live as long as the process (mitmproxy, "
+            "Backworks, the blueprint) out of Python's garbage collection, so that full "
+            "collections do not pause every request in flight for tens of milliseconds.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "mode" in updated and any(m.startswith("reverse:") for m in ctx.options.mode):
             # Reverse mode connects upstream eagerly; Backworks answers most requests itself.
             if ctx.options.connection_strategy == "eager":
                 ctx.options.connection_strategy = "lazy"
+        if "backworks_gc_freeze" in updated:
+            if not ctx.options.backworks_gc_freeze:
+                self.freezer.stop()
+            elif self._watcher is not None and not self.freezer.active:  # turned on while running
+                self.freezer.freeze()
         if {"backworks_buffer_limit", "stream_large_bodies"} & updated:
             self.relay.buffer_limit = buffer_limit(ctx.options.backworks_buffer_limit, ctx.options.stream_large_bodies)
         if "blueprint" in updated:
@@ -195,11 +210,14 @@ class Backworks:
     def running(self) -> None:
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if ctx.options.backworks_gc_freeze:
+            self.freezer.freeze()  # after startup: what is alive now lives as long as the process
 
     async def done(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        self.freezer.stop()
         await self.relay.stop()
 
     def live_pools(self) -> list:  # list[addons.proxy.Pool]
@@ -220,6 +238,8 @@ class Backworks:
             extension.apply_gateway(gateway)
         self.observers = [o for o in (*self.plugins.values(), *self.extensions) if callable(getattr(o, "observe", None))]
         verb = "reloaded" if previous is not None else "loaded"
+        if previous is not None:
+            self.freezer.reloaded()
         logger.info(
             "backworks: %s blueprint %r (%s) with %d endpoint(s)",
             verb,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -307,3 +308,48 @@ async def test_a_head_request_gets_the_get_headers_and_no_body(addon, good_bluep
         assert head.response.raw_content == b""
         assert head.response.headers["content-length"] == str(len(get.response.raw_content)) != "0"
         assert head.response.headers["content-type"] == get.response.headers["content-type"]
+
+
+# -- garbage collection ---------------------------------------------------------------------
+
+
+async def test_running_freezes_long_lived_objects_and_a_reload_lets_the_old_blueprint_go(addon, good_blueprint):
+    import gc
+    import weakref
+
+    assert gc.get_freeze_count() == 0
+    try:
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, blueprint=str(good_blueprint))
+            first = weakref.ref(addon.gateway)
+            addon.freezer.settle = 0.05
+            addon.running()
+            assert gc.get_freeze_count() > 0  # the blueprint among them
+            good_blueprint.write_text(GOOD.replace("VERSION", "two"))
+            assert addon.reload()
+            assert gc.get_freeze_count() == 0  # unfrozen at once: the old version can be freed
+            gc.collect()
+            assert first() is None
+            await asyncio.sleep(0.2)
+            assert gc.get_freeze_count() > 0  # frozen again once the old version is gone
+            await addon.done()
+            assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+
+
+async def test_gc_freeze_can_be_turned_off(addon, good_blueprint):
+    import gc
+
+    try:
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, blueprint=str(good_blueprint), backworks_gc_freeze=False)
+            addon.running()
+            assert gc.get_freeze_count() == 0
+            tctx.configure(addon, backworks_gc_freeze=True)  # on while running: frozen at once
+            assert gc.get_freeze_count() > 0
+            tctx.configure(addon, backworks_gc_freeze=False)  # off while running: unfrozen at once
+            assert gc.get_freeze_count() == 0
+            await addon.done()
+    finally:
+        gc.unfreeze()
