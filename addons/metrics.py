@@ -259,6 +259,8 @@ class MetricsPlugin(Plugin):
         disable_created_metrics()
         self.metrics = GatewayMetrics(pools=self._pools, in_flight=self._in_flight)
         self.side_port = SidePort("metrics")
+        # Counting costs CPU on every request: only while something can read the counts.
+        self.counting = False
 
     def _pools(self) -> Sequence[Pool]:
         return self.core.live_pools() if self.core is not None else []
@@ -283,6 +285,7 @@ class MetricsPlugin(Plugin):
 
     def apply_blueprint(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> None:
         assert config is None or isinstance(config, MetricsConfig)
+        self.counting = config is not None or any(e.handler == "metrics" for e in blueprint.endpoints)
         proxy = blueprint.plugin_configs.get("proxy")
         self.metrics.went_live(blueprint, _pools_without_metrics(proxy), _pools_with_detail(proxy))
         wanted = tuple(config.buckets) if config is not None and config.buckets is not None else DEFAULT_BUCKETS
@@ -295,6 +298,8 @@ class MetricsPlugin(Plugin):
         self.side_port.apply(config.host if config is not None else "127.0.0.1", config.port if config is not None else None, {path: self._scrape})
 
     def observe(self, flow: http.HTTPFlow) -> None:
+        if not self.counting:
+            return  # neither `plugins.metrics` nor a `handler: metrics` endpoint: nobody reads them
         record = record_for(flow)
         if record is None or record.internal or peek_state(flow).get(OBSERVED):
             return  # scrapes and status-page polls are not the API's traffic

@@ -203,8 +203,8 @@ def test_two_gateway_metrics_never_clash_and_count_apart() -> None:
 
 
 def test_a_second_metrics_plugin_is_independent_of_the_first() -> None:
-    first = MetricsPlugin()
-    second = MetricsPlugin()  # what mitmproxy's re-execution of backworks.py does
+    first = counting_plugin()
+    second = counting_plugin()  # what mitmproxy's re-execution of backworks.py does
     flow = make_flow("GET", "/users/1")
     flow_state(flow)[RECORD] = proxied_record()
     flow.response = http_response(200)
@@ -218,8 +218,15 @@ def http_response(status: int) -> http.Response:
     return tutils.tresp(status_code=status)
 
 
-def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
+def counting_plugin() -> MetricsPlugin:
+    """A plugin as a blueprint with `plugins.metrics` leaves it: counting."""
     plugin = MetricsPlugin()
+    plugin.counting = True
+    return plugin
+
+
+def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
+    plugin = counting_plugin()
     flow = make_flow("GET", "/users/1")
     flow_state(flow)[RECORD] = proxied_record()
     flow.response = http_response(502)
@@ -231,7 +238,7 @@ def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
 
 
 def test_the_plugin_ignores_flows_without_a_record() -> None:
-    plugin = MetricsPlugin()
+    plugin = counting_plugin()
     flow = make_flow("GET", "/x")
     flow.response = http_response(200)
     before = sample_count(plugin.metrics)
@@ -240,7 +247,7 @@ def test_the_plugin_ignores_flows_without_a_record() -> None:
 
 
 def test_an_errored_flow_is_counted_without_a_status() -> None:
-    plugin = MetricsPlugin()
+    plugin = counting_plugin()
     flow = make_flow("GET", "/users/1")
     flow_state(flow)[RECORD] = proxied_record()
     flow.error = mflow.Error("client disconnected")
@@ -587,6 +594,27 @@ async def test_without_the_plugin_in_the_blueprint_there_is_no_metrics_route(pro
         flow = make_flow("GET", "/metrics", mode="reverse:http://127.0.0.1:9")
         await core.request(flow)
         assert flow.response.status_code == 404
+        await plugin.done()
+
+
+async def test_nothing_is_counted_while_nothing_can_read_the_counts(project, stack) -> None:  # type: ignore[no-untyped-def]
+    core, plugin, _ = stack
+    quiet = project.blueprint(APP.format(plugins="", extra=""))
+    handler = project.blueprint(APP.format(plugins="", extra="  - {path: /stats, handler: metrics, config: {metrics: {format: json}}}"), name="handler.yaml")
+    labels = {"endpoint": "/hello", "method": "GET", "status_class": "2xx"}
+    with taddons.context(core, plugin) as tctx:
+        tctx.configure(core, blueprint=str(quiet))
+        flow = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")
+        await core.request(flow)
+        await finish(core, plugin, flow)
+        assert flow.response.status_code == 200 and not plugin.counting
+        assert value(plugin.metrics, "backworks_requests_total", **labels) is None
+        tctx.configure(core, blueprint=str(handler))  # a `handler: metrics` endpoint reads them
+        flow = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")
+        await core.request(flow)
+        await finish(core, plugin, flow)
+        assert plugin.counting
+        assert value(plugin.metrics, "backworks_requests_total", **labels) == 1
         await plugin.done()
 
 
