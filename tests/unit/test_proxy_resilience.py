@@ -134,6 +134,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str =
     raise AssertionError(f"{what}: not after {timeout}s")
 
 
+async def at_once(send, gateway, count: int) -> list[Any]:  # type: ignore[no-untyped-def]
+    """`count` GET requests sent together (paths /x0, /x1, ...), their flows in order; 10 s at most."""
+    return list(await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(count))), 10))
+
+
 def health_tasks() -> set[str]:
     return {t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("health check") and not t.done()}
 
@@ -338,8 +343,9 @@ def test_adopt_starts_afresh_when_the_settings_changed() -> None:
 # -- the handler -----------------------------------------------------------------------------------
 
 
-def proxy_blueprint(project, targets: list[tuple[str, str]], pool: str, upstreams: str = "") -> Path:  # type: ignore[no-untyped-def]
-    lines = "\n".join(f'        - {{name: {n}, url: "{u}"}}' for n, u in targets)
+def proxy_blueprint(project, targets: list[tuple[str, ...]], pool: str, upstreams: str = "") -> Path:  # type: ignore[no-untyped-def]
+    """`targets`: (name, url) or (name, url, more inline keys such as "max_connections: 2")."""
+    lines = "\n".join(f'        - {{name: {n}, url: "{u}"{", " + more[0] if more else ""}}}' for n, u, *more in targets)
     text = textwrap.dedent(
         """
         name: resilience
@@ -427,7 +433,7 @@ async def test_half_open_max_calls_holds_under_concurrent_requests(project, comp
         assert breaker.state == "open"
         slow.status, slow.delay = 200, 0.3
         await until(lambda: breaker.state == "half_open", what="half-open after recovery_timeout")
-        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(6))), 10)
+        flows = await at_once(send, gateway, 6)
         statuses = Counter(f.response.status_code for f in flows)
         assert statuses == {200: 2, 503: 4}, statuses
         assert len(slow.requests) == 3  # the first failure, then only the two trials
@@ -478,7 +484,7 @@ async def test_bulkhead_refuses_requests_beyond_max_concurrent(project, compile_
     gateway = compile_gateway(blueprint)
     handler = gateway.endpoints[0].handler
     try:
-        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", "/x") for _ in range(5))), 10)
+        flows = await at_once(send, gateway, 5)
         assert Counter(f.response.status_code for f in flows) == {200: 2, 503: 3}
         for flow in flows:
             if flow.response.status_code == 503:
@@ -496,21 +502,11 @@ async def test_bulkhead_refuses_requests_beyond_max_concurrent(project, compile_
 
 async def test_max_connections_caps_the_connections_to_a_target_and_queues_the_rest(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
     slow = await backends("slow", delay=0.2)
-    blueprint = project.blueprint(
-        f"""
-        name: capped
-        plugins:
-          proxy:
-            config:
-              targets: [{{name: slow, url: "{slow.url}", max_connections: 2}}]
-        endpoints:
-          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
-        """
-    )
+    blueprint = proxy_blueprint(project, [("slow", slow.url, "max_connections: 2")], "")
     gateway = compile_gateway(blueprint)
     handler = gateway.endpoints[0].handler
     try:
-        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(6))), 10)
+        flows = await at_once(send, gateway, 6)
         assert [f.response.status_code for f in flows] == [200] * 6  # queued, not refused
         assert slow.peak_in_flight == 2
         assert len(slow.connections) == 2  # two connections, each reused
@@ -520,23 +516,11 @@ async def test_max_connections_caps_the_connections_to_a_target_and_queues_the_r
 
 async def test_a_full_target_is_passed_over_while_another_has_room(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
     small, large = await backends("small", delay=0.3), await backends("large", delay=0.3)
-    blueprint = project.blueprint(
-        f"""
-        name: capped
-        plugins:
-          proxy:
-            config:
-              targets:
-                - {{name: small, url: "{small.url}", max_connections: 1}}
-                - {{name: large, url: "{large.url}"}}
-        endpoints:
-          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
-        """
-    )
+    blueprint = proxy_blueprint(project, [("small", small.url, "max_connections: 1"), ("large", large.url)], "")
     gateway = compile_gateway(blueprint)
     handler = gateway.endpoints[0].handler
     try:
-        flows = await asyncio.wait_for(asyncio.gather(*(send(gateway, "GET", f"/x{i}") for i in range(4))), 10)
+        flows = await at_once(send, gateway, 4)
         assert [f.response.status_code for f in flows] == [200] * 4
         assert (len(small.requests), len(large.requests)) == (1, 3)  # round robin alone would give 2 and 2
         assert small.peak_in_flight == 1
@@ -546,18 +530,7 @@ async def test_a_full_target_is_passed_over_while_another_has_room(project, comp
 
 async def test_waiting_for_a_connection_counts_against_the_timeout(project, compile_gateway, send, backends) -> None:  # type: ignore[no-untyped-def]
     slow = await backends("slow", delay=1.0)
-    blueprint = project.blueprint(
-        f"""
-        name: capped
-        plugins:
-          proxy:
-            config:
-              targets: [{{name: slow, url: "{slow.url}", max_connections: 1}}]
-              timeout: 1.5s
-        endpoints:
-          - {{path: "/{{rest:path}}", method: ANY, handler: proxy}}
-        """
-    )
+    blueprint = proxy_blueprint(project, [("slow", slow.url, "max_connections: 1")], "timeout: 1.5s")
     gateway = compile_gateway(blueprint)
     handler = gateway.endpoints[0].handler
     try:
