@@ -317,23 +317,23 @@ async def test_running_freezes_long_lived_objects_and_a_reload_lets_the_old_blue
     import gc
     import weakref
 
-    assert gc.get_freeze_count() == 0
+    baseline = gc.get_freeze_count()  # Python 3.12 starts with a few hundred frozen objects of its own
     try:
         with taddons.context(addon) as tctx:
             tctx.configure(addon, blueprint=str(good_blueprint))
             first = weakref.ref(addon.gateway)
             addon.freezer.settle = 0.05
             addon.running()
-            assert gc.get_freeze_count() > 0  # the blueprint among them
+            assert gc.get_freeze_count() > baseline + 1000  # mitmproxy, Backworks, the blueprint
             good_blueprint.write_text(GOOD.replace("VERSION", "two"))
             assert addon.reload()
-            assert gc.get_freeze_count() == 0  # unfrozen at once: the old version can be freed
+            assert gc.get_freeze_count() <= baseline  # unfrozen at once: the old version can be freed
             gc.collect()
             assert first() is None
             await asyncio.sleep(0.2)
-            assert gc.get_freeze_count() > 0  # frozen again once the old version is gone
+            assert gc.get_freeze_count() > baseline + 1000  # frozen again once the old version is gone
             await addon.done()
-            assert gc.get_freeze_count() == 0
+            assert gc.get_freeze_count() <= baseline
     finally:
         gc.unfreeze()
 
@@ -341,15 +341,16 @@ async def test_running_freezes_long_lived_objects_and_a_reload_lets_the_old_blue
 async def test_gc_freeze_can_be_turned_off(addon, good_blueprint):
     import gc
 
+    baseline = gc.get_freeze_count()
     try:
         with taddons.context(addon) as tctx:
             tctx.configure(addon, blueprint=str(good_blueprint), backworks_gc_freeze=False)
             addon.running()
-            assert gc.get_freeze_count() == 0
+            assert gc.get_freeze_count() == baseline  # nothing frozen
             tctx.configure(addon, backworks_gc_freeze=True)  # on while running: frozen at once
-            assert gc.get_freeze_count() > 0
+            assert gc.get_freeze_count() > baseline + 1000
             tctx.configure(addon, backworks_gc_freeze=False)  # off while running: unfrozen at once
-            assert gc.get_freeze_count() == 0
+            assert gc.get_freeze_count() <= baseline
             await addon.done()
     finally:
         gc.unfreeze()
