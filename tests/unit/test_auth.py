@@ -1097,7 +1097,6 @@ INTEROP_CASES = [("HS256", None), ("HS512", None), ("RS256", "rsa"), ("PS256", "
 @pytest.mark.parametrize(("algorithm", "key"), INTEROP_CASES)
 def test_interop_with_jwcrypto(keys: Keys, algorithm: str, key: str | None) -> None:
     """Tokens jwcrypto signs verify here, and tokens issue_token signs verify in jwcrypto."""
-    pytest.importorskip("jwcrypto")
     from jwcrypto import jwk as jose_jwk
     from jwcrypto import jwt as jose_jwt
 
@@ -1123,7 +1122,6 @@ def test_interop_with_jwcrypto(keys: Keys, algorithm: str, key: str | None) -> N
 
 
 def test_interop_jwks_written_by_jwcrypto(keys: Keys) -> None:
-    pytest.importorskip("jwcrypto")
     from jwcrypto import jwk as jose_jwk
 
     key_set = jose_jwk.JWKSet()

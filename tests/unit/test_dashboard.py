@@ -10,7 +10,6 @@ from backworks_core.flowstate import flow_state, peek_state
 
 import json
 from collections.abc import AsyncIterator
-from importlib import resources
 from typing import Any
 
 import pytest
@@ -368,11 +367,6 @@ async def test_dashboard_path_on_the_metrics_path_is_a_located_error(project, st
 # -- the page -------------------------------------------------------------------------------
 
 
-def page_exists() -> bool:
-    return resources.files("addons").joinpath("dashboard_page.html").is_file()
-
-
-@pytest.mark.skipif(not page_exists(), reason="addons/dashboard_page.html is not written yet (someone else is writing it)")
 async def test_the_page_has_its_api_url(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
     html = page_html("/ops/api/status").decode()
     assert "{{API_URL}}" not in html

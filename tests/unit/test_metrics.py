@@ -7,7 +7,6 @@ from backworks_core.flowstate import flow_state, peek_state
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import prometheus_client
 import pytest
@@ -27,10 +26,11 @@ from backworks_core.gateway import compile_blueprint
 from backworks_core.plugins import PluginRegistry
 from backworks_core.telemetry import RECORD, Attempt, RequestRecord, method_label
 
+from tests.integration.prometheus import promtool_path, require
+
 from .conftest import FakeClock, body_json, make_flow
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-PROMTOOL = "/usr/bin/promtool"
 
 
 @pytest.fixture(autouse=True)
@@ -342,11 +342,11 @@ def busy_metrics() -> GatewayMetrics:
     return metrics
 
 
-@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason=f"{PROMTOOL} is not installed (tests/system-tools.sh installs it)")
 def test_the_text_format_passes_promtool(busy_metrics: GatewayMetrics) -> None:
+    promtool = require(promtool_path(), "promtool")  # skipped without it, except under CI
     page = busy_metrics.prometheus("")
     assert page.content_type.startswith("text/plain; version=0.0.4")
-    result = subprocess.run([PROMTOOL, "check", "metrics"], input=page.body, capture_output=True, timeout=30)
+    result = subprocess.run([promtool, "check", "metrics"], input=page.body, capture_output=True, timeout=30)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
 

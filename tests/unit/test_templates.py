@@ -624,7 +624,7 @@ def test_rendered_header_value_can_carry_crlf_from_request() -> None:
 
 def test_mitmproxy_query_and_headers() -> None:
     """The real request objects: MultiDictView query and case-insensitive Headers."""
-    http = pytest.importorskip("mitmproxy.http")
+    from mitmproxy import http
     request = http.Request.make(
         "GET",
         "http://example.com/items?tag=a&tag=b&q=%7B%7Benv.SECRET%7D%7D",
