@@ -43,7 +43,7 @@ from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPa
 from backworks_core.plugins import Plugin, Section
 from backworks_core.router import parse_template
 from backworks_core.templates import TemplateContext
-from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_fields
+from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_fields, hop_by_hop_and
 from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -506,10 +506,12 @@ class ProxyHandler:
         self.preserve_host = pool.config.preserve_host
         # What of the client's header fields never goes upstream as it came (besides hop-by-hop
         # fields): Backworks sets these itself, or (Host, Content-Length) the upstream client does.
-        self.replaced_fields = frozenset(
-            {b"content-length", REQUEST_ID_HEADER.lower().encode(), TRACEPARENT_HEADER.encode()}
-            | (set() if self.preserve_host else {b"host"})
-            | ({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"} if self.forwarded else set())
+        self.replaced_fields = hop_by_hop_and(
+            "content-length",
+            REQUEST_ID_HEADER,
+            TRACEPARENT_HEADER,
+            *(() if self.preserve_host else ("host",)),
+            *(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host") if self.forwarded else ()),
         )
         # Endpoint retries win; otherwise decided per request (the first target's retry_attempts).
         self.retries = retry_policy(config.retries, None, None, len(pool.backends)) if config.retries else None
@@ -744,7 +746,7 @@ class ProxyHandler:
     ) -> http.Response | StreamedResponse:
         """The client's answer; one larger than the buffer limit streams on (its length as sent)."""
         sized = not is_head and reply.status not in (204, 304) and not reply.streamed
-        fields = end_to_end_fields(reply.headers, _CONTENT_LENGTH if sized else _NOTHING, "latin-1")
+        fields = end_to_end_fields(reply.headers, _RESIZED_ANSWER_DROPS if sized else _ANSWER_DROPS, "latin-1")
         if sized:
             fields.append(("content-length", str(len(reply.body))))
         status = reply.status
@@ -782,8 +784,8 @@ class ProxyHandler:
         return response
 
 
-_CONTENT_LENGTH = frozenset({b"content-length"})
-_NOTHING: frozenset[bytes] = frozenset()
+_RESIZED_ANSWER_DROPS = hop_by_hop_and("content-length")  # Backworks sets the length of what it holds
+_ANSWER_DROPS = hop_by_hop_and()
 
 
 def is_websocket_upgrade(request: http.Request) -> bool:

@@ -36,16 +36,20 @@ HOP_BY_HOP = frozenset(
 )
 
 
-HOP_BY_HOP_FIELDS = frozenset(name.encode() for name in HOP_BY_HOP)
+def hop_by_hop_and(*names: str) -> frozenset[bytes]:
+    """The lower-case field names `end_to_end_fields` drops: hop-by-hop ones and `names`. Built
+    once (at blueprint load), not per request."""
+    return frozenset(name.lower().encode() for name in (*HOP_BY_HOP, *names))
 
 
-def end_to_end_fields(fields: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes], encoding: str) -> list[tuple[str, str]]:
-    """The fields that may travel past this hop, decoded: hop-by-hop ones and any the Connection
-    header names are dropped, and so are the lower-case names in `drop`; one pass. `encoding` is
+def end_to_end_fields(fields: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes], encoding: str) -> list[tuple[str, str]]:
+    """The fields that may travel past this hop, decoded, in one pass: those named in `dropped`
+    (from `hop_by_hop_and`) and any the Connection header names are left out. `encoding` is
     mitmproxy's ("utf-8", with surrogate escapes) for a client's request, "latin-1" for what
     aiohttp read from an upstream."""
     named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")}
-    dropped = HOP_BY_HOP_FIELDS | drop | named if named else HOP_BY_HOP_FIELDS | drop
+    if named:
+        dropped = dropped | named
     errors = "surrogateescape" if encoding == "utf-8" else "strict"
     return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in fields if name.lower() not in dropped]
 
