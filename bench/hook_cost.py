@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import cProfile
 import pstats
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from addons.core import Backworks  # noqa: E402
 from addons.dashboard import Dashboard  # noqa: E402
 from backworks_core.plugins import PluginRegistry  # noqa: E402
 from floor_addon import Floor  # noqa: E402
-from throughput import HOST, bench_blueprint, bench_token, free_ports, full_blueprint, upstream_name  # noqa: E402
+from throughput import HOST, Processes, bench_blueprint, bench_token, free_ports, full_blueprint, upstream_name, wait_listening  # noqa: E402
 
 Hooks = Callable[[http.HTTPFlow], Coroutine[Any, Any, None]]
 
@@ -167,29 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.requests < 1 or args.repeats < 1:
         parser.error("--requests and --repeats must be at least 1")
     (upstream_port,) = free_ports(1)
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", upstream_name(0)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        import socket
-
-        while True:
-            try:
-                socket.create_connection((HOST, upstream_port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or upstream.poll() is not None:
-                    raise SystemExit("the demo backend did not start") from None
-                time.sleep(0.1)
-        with tempfile.TemporaryDirectory(prefix="backworks-hook-cost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="backworks-hook-cost-") as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            name = upstream_name(0)
+            procs.start(name, [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
+            wait_listening(procs, name, upstream_port)
             asyncio.run(run_all(args, upstream_port, Path(tmp)))
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
+        finally:
+            procs.stop_all()
     return 0
 
 
