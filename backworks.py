@@ -8,14 +8,26 @@ but not the modules it imports; every addon therefore keeps its state on its own
 from __future__ import annotations
 
 from addons import builtin_plugins
+from addons.admin import AdminListener
 from addons.core import Backworks
 from addons.dashboard import Dashboard
+from addons.exposure import TargetGuard
+from addons.header_timeout import HeaderTimeout
+from addons.upstream_connect import UpstreamConnectGuard
 from backworks_core.plugins import PluginRegistry
 
 registry = PluginRegistry.discover(builtin_plugins())
 plugins = [plugin() for plugin in registry.plugins.values()]
 core = Backworks(registry, plugins)
 dashboard = Dashboard(core)
-core.extensions.append(dashboard)
+admin = AdminListener(core)  # serves the status page and metrics on 127.0.0.1:9901 (server.admin)
+target_guard = TargetGuard(core)  # regular mode: no pass-through, tunnel or raw relay to a pool target
+core.extensions += [dashboard, admin, target_guard]
 
-addons = [core, dashboard, *plugins]
+# First: its requestheaders stops the header timer before any addon's own (async) work on the head.
+header_timeout = HeaderTimeout()
+
+# mitmproxy's own upstream connections (passthrough, WebSocket): failures named, not described.
+upstream_connect = UpstreamConnectGuard(core)
+
+addons = [header_timeout, core, dashboard, admin, target_guard, *plugins, upstream_connect]

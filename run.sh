@@ -26,15 +26,29 @@ install() {
   fi
 }
 
+BACKEND_PID=""
+
+# A background job of a non-interactive shell ignores SIGINT, so the demo backend would outlive
+# a Ctrl-C sent to the whole process group: it is stopped here, with SIGTERM, on every way out.
+stop_backend() {
+  if [ -n "$BACKEND_PID" ]; then
+    kill "$BACKEND_PID" 2>/dev/null || true
+    wait "$BACKEND_PID" 2>/dev/null || true
+    BACKEND_PID=""
+  fi
+}
+
 demo() {
-  local backend_port="${DEMO_BACKEND_PORT:-3001}" port="${BACKWORKS_PORT:-8080}"
-  export DEMO_BACKEND_URL="http://127.0.0.1:${backend_port}" BACKWORKS_PORT="$port"
+  local backend_port="${DEMO_BACKEND_PORT:-3001}" port="${BACKWORKS_PORT:-8080}" admin_port="${BACKWORKS_ADMIN_PORT:-9901}"
+  export DEMO_BACKEND_URL="http://127.0.0.1:${backend_port}" BACKWORKS_PORT="$port" BACKWORKS_ADMIN_PORT="$admin_port"
   "$VENV/bin/backworks" demo-backend --port "$backend_port" --name demo-backend &
-  local backend_pid=$!
-  trap 'kill "$backend_pid" 2>/dev/null || true' EXIT INT TERM
+  BACKEND_PID=$!  # global: the EXIT trap runs after this function has returned
+  trap stop_backend EXIT
+  trap 'stop_backend; exit 130' INT
+  trap 'stop_backend; exit 143' TERM
   for _ in $(seq 100); do  # up to 10 s for the backend to listen
     (exec 3<>"/dev/tcp/127.0.0.1/${backend_port}") 2>/dev/null && break
-    kill -0 "$backend_pid" 2>/dev/null || { echo "run.sh: the demo backend did not start (see above)" >&2; exit 1; }
+    kill -0 "$BACKEND_PID" 2>/dev/null || { echo "run.sh: the demo backend did not start (see above)" >&2; exit 1; }
     sleep 0.1
   done
   cat >&2 <<MSG
@@ -48,6 +62,8 @@ Try:
   curl http://127.0.0.1:${port}/api/users
   curl http://127.0.0.1:${port}/api/users/2
   curl -i http://127.0.0.1:${port}/nothing-here
+The status page (admin listener, loopback only): http://127.0.0.1:${admin_port}/__backworks
+  curl http://127.0.0.1:${admin_port}/__backworks/api/status
 
 MSG
   "$VENV/bin/backworks" run blueprints/demo.yaml "$@"

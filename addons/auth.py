@@ -39,8 +39,9 @@ Decisions where the blueprint format is silent (documented here and in the refer
   for both cases, as the format says (RFC 6750 would leave the error out when no token is
   sent); a valid token lacking the role or permission is `403` with `error="insufficient_scope"`.
   An exception inside the middleware denies with `500`: never forwarded (fail closed).
-- `forward_claims` first removes any same-named header the client sent (no spoofing), then sets
-  it from the claim (strings as they are, numbers and booleans as JSON, lists joined with ", ",
+- `forward_claims` names are removed from every client request the blueprint handles (any case,
+  `_` or `-`; backworks_core/forwarding.py, via `AuthPlugin.identity_headers`) before any
+  middleware runs; this middleware removes them again (no spoofing), then sets each from the claim (strings as they are, numbers and booleans as JSON, lists joined with ", ",
   objects as compact JSON); a value with control characters is not sent. `strip_token` removes
   the credential from every configured source (bearer `Authorization`, the named cookies and
   query parameters), not only the one that was used.
@@ -132,6 +133,8 @@ RESERVED_FORWARD_HEADERS = frozenset(
     }
 )
 
+# The gateway writes these itself (forwarding headers, trace context): a claim cannot take them over.
+NOT_CLAIM_HEADERS = frozenset({"traceparent", "tracestate", "forwarded", "x-real-ip"})
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: header and cookie names
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 b64token
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -249,7 +252,8 @@ def _token_source(value: str) -> str:
 def _forward_header(value: str) -> str:
     if not _TOKEN_CHARS.match(value):
         raise ValueError(f"{value!r} is not a valid header name")
-    if value.lower() in RESERVED_FORWARD_HEADERS or value.lower().startswith("proxy-"):
+    normal = value.lower().replace("_", "-")  # as a WSGI server folds it: Content_Length is Content-Length
+    if normal in RESERVED_FORWARD_HEADERS or normal.startswith(("proxy-", "x-forwarded-")) or normal in NOT_CLAIM_HEADERS:
         raise ValueError(f"header {value!r} cannot carry a claim")
     return value
 
@@ -1357,6 +1361,35 @@ def _note(username: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------
+# Demo secrets: a shared secret that has been published (in a repository, a tutorial, jwt.io)
+# lets anyone who read it sign tokens for any user and role. Compared on letters and digits only.
+KNOWN_DEMO_SECRETS = frozenset(
+    {
+        "secret", "secretkey", "changeme", "changeit", "password", "passw0rd", "default", "test", "testing", "example",
+        "yoursecretkey", "yoursecret", "yourjwtsecret", "your256bitsecret", "your384bitsecret", "your512bitsecret",
+        "mysecret", "mysecretkey", "myjwtsecret", "supersecret", "supersecretkey", "topsecret", "jwtsecret", "jwtsecretkey",
+        "shhhhh", "keyboardcat", "s3cr3t", "authapidemosecretdonotuseinproduction",
+    }
+)
+# Words that only a placeholder holds ("demo-secret-do-not-use-in-production", "change-me-please").
+DEMO_SECRET_MARKERS = ("demo", "donotuse", "dontuse", "notforproduction", "inproduction", "insecure", "notsecure", "changeme", "changethis", "replaceme", "replacethis", "yoursecret", "placeholder", "example", "bitsecret")
+DEMO_SECRET_HINT = "set a long random secret from the environment, e.g. jwt_secret: \"${JWT_SECRET}\" with JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+
+
+def demo_secret_reason(secret: str) -> str | None:
+    """Why `secret` is a published or placeholder value (a lint warning), or None."""
+    compact = "".join(c for c in secret.lower() if c.isalnum())
+    if compact in KNOWN_DEMO_SECRETS:
+        return "a well-known example value"
+    marker = next((m for m in DEMO_SECRET_MARKERS if m in compact), None)
+    if marker is not None:
+        return f"a placeholder (it says {marker!r})"
+    for size in range(1, min(16, len(secret) // 2) + 1):  # "s3cr3t-s3cr3t-…", "aaaa…": no randomness in it
+        if secret[size:] == secret[:-size]:  # periodic: the same `size` characters over and over
+            return f"a {size}-character pattern repeated"
+    return None
+
+
 # The plugin
 
 
@@ -1377,6 +1410,14 @@ class AuthPlugin(Plugin):
         assert isinstance(config, AuthConfig)
         notes: list[tuple[tuple[str | int, ...], str]] = []
         hmac_algorithms = [a for a in config.allowed_algorithms if a in HMAC_ALGORITHMS]
+        if config.jwt_secret is not None and hmac_algorithms and (reason := demo_secret_reason(config.jwt_secret)) is not None:
+            notes.append(
+                (
+                    ("jwt_secret",),
+                    f"jwt_secret is {reason}: anyone who has read it (in this repository, a README, a tutorial) can forge tokens "
+                    f"for any user and role; {DEMO_SECRET_HINT}",
+                )
+            )
         if config.secret is not None:
             if not hmac_algorithms:
                 notes.append((("jwt_secret",), "jwt_secret is not used: no HS* algorithm is in algorithms"))
@@ -1393,6 +1434,11 @@ class AuthPlugin(Plugin):
         if config.users_file is not None and config.signing_algorithm is None:
             notes.append((("users_file",), "auth.login/auth.register cannot issue tokens: add jwt_secret, or a private_key fitting an algorithm"))
         return notes
+
+    @classmethod
+    def identity_headers(cls, config: BaseModel) -> list[str]:
+        assert isinstance(config, AuthConfig)
+        return list(config.forward_claims)
 
     def authenticator_for(self, config: AuthConfig) -> Authenticator:
         """One per config: the middlewares and handlers of a blueprint share its JWKS cache."""

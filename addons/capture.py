@@ -22,10 +22,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from backworks_core.capture import formats
 from backworks_core.capture.model import Exchange
-from backworks_core.capture.redact import RedactionRules, redact_exchange
-from backworks_core.gateway import glob_to_regex
+from backworks_core.capture.redact import RedactionRules, redact_exchange, redact_target
+from backworks_core.files import open_append_private
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, Size, StrictModel
+from backworks_core.paths import PathGlob
 from backworks_core.plugins import Plugin
 from backworks_core.telemetry import record_for
 
@@ -52,6 +53,11 @@ class CaptureConfig(StrictModel):
     max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint", examples=[10])
     max_body: Size = Field("1m", validate_default=True, description="bodies larger than this are recorded empty", examples=["256k"])
     api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'", examples=["Orders API"])
+    log_flows: bool = Field(
+        False,
+        description="log one line per flow with its path and query redacted as the files are; `backworks capture` turns this on and mitmdump's own flow lines (unredacted) off",
+        examples=[True],
+    )
 
     @field_validator("methods")
     @classmethod
@@ -73,8 +79,8 @@ class CaptureFilter:
     """The include/exclude/methods/hosts decision, compiled once per blueprint."""
 
     def __init__(self, config: CaptureConfig) -> None:
-        self.include = [glob_to_regex(g) for g in config.include]
-        self.exclude = [glob_to_regex(g) for g in config.exclude]
+        self.include = [PathGlob(g) for g in config.include]
+        self.exclude = [PathGlob(g) for g in config.exclude]
         self.methods = frozenset(config.methods) if config.methods is not None else None
         self.hosts = [re.compile(fnmatch.translate(h.lower())) for h in config.hosts] if config.hosts is not None else None
 
@@ -90,8 +96,9 @@ class CaptureFilter:
 
 def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange | None:
     """The flow as `mock-from` would read it from a flow file, with bodies over `max_body` left out
-    (a streamed body was never held, and is empty here too)."""
-    exchange = formats.exchange_from_flow(flow)
+    (a streamed body was never held, and is empty here too). Bodies are decoded bounded by
+    `max_body` (backworks_core.bodies): a Content-Encoding bomb is recorded empty, never inflated."""
+    exchange = formats.exchange_from_flow(flow, max_body)
     if exchange is None:
         return None
     if len(exchange.request_body) > max_body:
@@ -99,6 +106,22 @@ def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange | None:
     if len(exchange.response_body) > max_body:
         exchange = replace(exchange, response_body=b"")
     return exchange
+
+
+def flow_line(flow: http.HTTPFlow, rules: RedactionRules, recorded: bool) -> str:
+    """mitmdump's one-line flow summary, with the target redacted as the files redact it."""
+    request = flow.request
+    client = flow.client_conn.peername
+    who = f"{client[0]}:{client[1]}: " if client else ""
+    host = f"[{request.host}]" if ":" in request.host else request.host
+    default = {"http": 80, "https": 443}.get(request.scheme)
+    origin = "" if request.method.upper() == "CONNECT" else f"{request.scheme}://{host}{'' if request.port == default else f':{request.port}'}"
+    target = f"{host}:{request.port}" if request.method.upper() == "CONNECT" else redact_target(request.path, rules)
+    if flow.response is not None:
+        answer = f"{flow.response.status_code} {flow.response.reason} {len(flow.response.raw_content or b'')}b"
+    else:
+        answer = f"error: {flow.error.msg}" if flow.error is not None else "no response"
+    return f"{who}{request.method} {origin}{target} << {answer}{'' if recorded else ' (not recorded)'}"
 
 
 class CapturePlugin(Plugin):
@@ -137,8 +160,8 @@ class CapturePlugin(Plugin):
 
     def _open_journal(self, path: str) -> None:
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._journal = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the addon's life
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._journal = open_append_private(path)  # 0600, O_EXCL|O_NOFOLLOW; an existing one only if it is ours
         except OSError as exc:
             raise exceptions.OptionsError(f"capture: cannot write the journal {path}: {exc.strerror or exc}") from None
         self._journal_path = path
@@ -152,21 +175,21 @@ class CapturePlugin(Plugin):
 
     def observe(self, flow: http.HTTPFlow) -> None:
         """Called by the core once per finished flow."""
-        if self._journal is None or self.filter is None or flow.response is None:
+        if self._journal is None or self.filter is None or self.config is None:
             return
         record = record_for(flow)
         if record is not None and record.internal:
             return  # the status page and metrics are not the API
         request = flow.request
-        if not self.filter.wants(request.method, request.pretty_host, request.path.split("?", 1)[0]):
-            return
-        recorded = exchange_from_flow(flow, self.max_body)
-        if recorded is None:  # a WebSocket, a CONNECT: not an API call to mock
-            return
-        exchange = redact_exchange(recorded, self.rules)
-        self._journal.write(exchange.to_json() + "\n")
-        self._journal.flush()  # in the kernel's hands: a crash of this process loses nothing
-        self.recorded += 1
+        wanted = flow.response is not None and self.filter.wants(request.method, request.pretty_host, request.path.split("?", 1)[0])
+        recorded = exchange_from_flow(flow, self.max_body) if wanted else None  # None: a WebSocket, a CONNECT
+        if recorded is not None:
+            exchange = redact_exchange(recorded, self.rules)
+            self._journal.write(exchange.to_json() + "\n")
+            self._journal.flush()  # in the kernel's hands: a crash of this process loses nothing
+            self.recorded += 1
+        if self.config.log_flows:
+            logger.info("%s", flow_line(flow, self.rules, recorded is not None))
 
     def save(self) -> str:
         """Build the output from the journal; returns what was written."""

@@ -325,7 +325,7 @@ class Backworks:
                 await gateway.handle_streaming(flow, reverse_mode=reverse, direct=direct, relay=self.relay)
         except Exception:
             request_id = request_id_for(flow)
-            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
+            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys
             relayed = flow_state(flow).pop(RELAYED, None)
             if relayed is not None:
                 flow.request.url = relayed.url
@@ -378,5 +378,5 @@ class Backworks:
         except Exception:
             # mitmproxy would log and forward the flow: a bug here must deny instead.
             request_id = request_id_for(flow)
-            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path)
+            logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys
             flow.response = internal_error(flow, request_id)

@@ -1,6 +1,6 @@
 """The status page: every pool and target, the endpoints and the recent errors, live.
 
-A person reads it at a glance at `dashboard.path` on the proxy listener (or on `dashboard.port`);
+A person reads it at a glance at `dashboard.path` on the admin listener (addons/admin.py);
 the page redraws itself every second from the JSON API beside it (`<path>/api/status`), which
 tools may read too. The numbers are those of the last minute (addons.stats); Prometheus (the
 metrics plugin) keeps the history.
@@ -23,7 +23,7 @@ from addons.stats import RollingWindow
 from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.flowstate import flow_state, peek_state
-from backworks_core.pages import InternalEndpoint, Page, SidePort
+from backworks_core.pages import InternalEndpoint, Page
 from backworks_core.telemetry import PASSTHROUGH, RequestRecord, record_for
 
 if TYPE_CHECKING:
@@ -57,10 +57,10 @@ def status_page_endpoints(
     page: Callable[[str], Page] = lambda api: Page(200, "text/html", b""),
     api: Callable[[], Page] = lambda: Page(200, "application/json", b"{}"),
 ) -> list[InternalEndpoint]:
-    """The page at `dashboard.path` and its JSON API beside it, unless the page has a port of its
-    own; `backworks validate` calls it without the pages, to find clashes with endpoints."""
+    """The page at `dashboard.path` and its JSON API beside it (on the admin listener); `backworks
+    validate` calls it without the pages, to find clashes with endpoints."""
     settings = blueprint.settings.dashboard
-    if not settings.enabled or settings.port is not None:
+    if not settings.enabled:
         return []
     path = settings.path.rstrip("/") or "/"
     api_path = (path if path != "/" else "") + API_SUFFIX
@@ -87,7 +87,6 @@ class Dashboard:
         self.endpoints: dict[str, RollingWindow] = {}
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.loaded_at: float | None = None
-        self.side_port = SidePort("status page")
 
     # -- the core's extension points ------------------------------------------------------
 
@@ -101,12 +100,6 @@ class Dashboard:
         self.endpoints = {k: v for k, v in self.endpoints.items() if k in labels}
         live = {(pool.name, row["name"]) for pool in self._pools() for row in pool.describe()}
         self.targets = {k: v for k, v in self.targets.items() if k in live}
-        settings = gateway.blueprint.settings.dashboard
-        routes = {"/": lambda _: self.page(API_SUFFIX), API_SUFFIX: lambda _: self.api()}
-        self.side_port.apply(settings.host, settings.port if settings.enabled else None, routes)
-
-    async def done(self) -> None:
-        await self.side_port.done()
 
     # -- observing ------------------------------------------------------------------------
 

@@ -154,20 +154,26 @@ def describe_error(exc: BaseException) -> str:
 def http_probe(
     session: aiohttp.ClientSession,
     ssl_context_for: Callable[[str], ssl.SSLContext | None] | None = None,
+    authorization_for: Callable[[str], str | None] | None = None,
 ) -> Probe:
     """A probe that GETs the URL with `session`; redirects are not followed (a 3xx is the answer).
 
     `ssl_context_for(url)` gives an https target's context (its ca_file / tls_verify), None for
-    the default verification.
+    the default verification; `authorization_for(url)` the Authorization value of a target's URL
+    credentials (the URLs probed never hold them: backworks_core.credentials).
     """
 
     async def probe(url: str, timeout: float) -> int:
         context = ssl_context_for(url) if ssl_context_for is not None else None
+        authorization = authorization_for(url) if authorization_for is not None else None
+        headers = {"User-Agent": "backworks-health-check"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         async with session.get(
             url,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
-            headers={"User-Agent": "backworks-health-check"},
+            headers=headers,
             ssl=context if context is not None else True,
         ) as response:
             return response.status

@@ -6,7 +6,7 @@ module-level collectors would clash ("Duplicated timeseries"). Label values come
 blueprint (endpoint templates, pools, targets) or from fixed sets of codes, never from the
 request, so the number of series is bounded by the blueprint whatever clients send.
 
-Exposed at `config.path` on the proxy listener or on `config.port`; a blueprint endpoint with
+Exposed at `config.path` on the admin listener (addons/admin.py); a blueprint endpoint with
 `handler: metrics` serves the same data, in Prometheus text or JSON, as the original did.
 """
 
@@ -29,7 +29,7 @@ from backworks_core.context import Answer, RequestContext
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import StrictModel, UrlPath
 from backworks_core.flowstate import flow_state, peek_state
-from backworks_core.pages import InternalEndpoint, Page, SidePort, page_response
+from backworks_core.pages import InternalEndpoint, Page, page_response
 from backworks_core.plugins import Plugin, Section
 from backworks_core.telemetry import Attempt, RequestRecord, record_for, status_class
 
@@ -50,9 +50,9 @@ HEALTH_FAMILIES = ("backworks_target_healthy", "backworks_target_ejected")
 
 
 class MetricsConfig(StrictModel):
-    path: UrlPath = Field("/metrics", description="where Prometheus scrapes, on the proxy listener", examples=["/prometheus"])
-    port: int | None = Field(None, ge=1, le=65535, description="serve the metrics on their own port instead", examples=[9100])
-    host: str = Field("127.0.0.1", description="the address `port` listens on", examples=["0.0.0.0"])
+    path: UrlPath = Field("/metrics", description="where Prometheus scrapes, on the admin listener (`server.admin`)", examples=["/prometheus"])
+    port: int | None = Field(None, ge=1, le=65535, description="deprecated (a warning): the admin listener's port when neither `server.admin.port` nor `dashboard.port` is set; write `server.admin.port`", examples=[9100])
+    host: str = Field("127.0.0.1", description="deprecated, with `port`: the admin listener's address when `server.admin.host` is not set", examples=["127.0.0.1"])
     buckets: list[float] | None = Field(None, description="latency histogram buckets, in seconds", examples=[[0.01, 0.05, 0.1, 0.5, 1, 5]])
 
     @field_validator("buckets")
@@ -258,7 +258,6 @@ class MetricsPlugin(Plugin):
         # `*_created` samples would double the series for a timestamp Prometheus does not use.
         disable_created_metrics()
         self.metrics = GatewayMetrics(pools=self._pools, in_flight=self._in_flight)
-        self.side_port = SidePort("metrics")
         # Counting costs CPU on every request: only while something can read the counts.
         self.counting = False
 
@@ -274,10 +273,8 @@ class MetricsPlugin(Plugin):
         return MetricsHandler(self, section)
 
     def internal_endpoints(self, config: BaseModel | None, blueprint: LoadedBlueprint) -> list[InternalEndpoint]:
-        if not isinstance(config, MetricsConfig) or config.port is not None:
+        if not isinstance(config, MetricsConfig):
             return []
-        if any(e.handler == "metrics" and e.settings.path == config.path for e in blueprint.endpoints):
-            return []  # the blueprint serves its metrics there itself
         return [InternalEndpoint(config.path, self._scrape, "metrics", ("plugins", "metrics", "config", "path"), "the Prometheus metrics")]
 
     def _scrape(self, headers: Mapping[str, str]) -> Page:
@@ -294,8 +291,6 @@ class MetricsPlugin(Plugin):
             # which Prometheus' rate() handles like a process restart).
             self.metrics = GatewayMetrics(wanted, pools=self._pools, in_flight=self._in_flight)
             self.metrics.went_live(blueprint, _pools_without_metrics(proxy), _pools_with_detail(proxy))
-        path = config.path if config is not None else "/metrics"
-        self.side_port.apply(config.host if config is not None else "127.0.0.1", config.port if config is not None else None, {path: self._scrape})
 
     def observe(self, flow: http.HTTPFlow) -> None:
         if not self.counting:
@@ -308,9 +303,6 @@ class MetricsPlugin(Plugin):
         end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None
         seconds = (end or time.time()) - flow.request.timestamp_start
         self.metrics.observe(record, status, max(0.0, seconds))
-
-    async def done(self) -> None:
-        await self.side_port.done()
 
 
 def _pool_metrics(proxy: BaseModel | None) -> list[tuple[str, Any]]:

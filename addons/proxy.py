@@ -21,12 +21,12 @@ from http import HTTPStatus
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from mitmproxy import command, exceptions, http
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
 from addons.balancing import Backend, Policy, hash_key, make_balancer
 from addons.breaker import Bulkhead, CircuitBreaker, CircuitBreakerConfig, Permit, is_failure
@@ -34,13 +34,18 @@ from addons.health import HealthChecker, HealthCheckConfig, effective_config, ht
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
 from backworks_core import headers as fast_headers
+from backworks_core.bodies import DEFAULT_LIMIT
 from backworks_core.transforms import CompiledTransform, RequestTransform, ResponseTransform, add_prefix, strip_prefix
 from backworks_core.telemetry import Attempt, outcome_of
+from backworks_core.credentials import redact, split_credentials, with_authorization
 from backworks_core.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context, traceparent_for
+from backworks_core.forwarding import client_ip, client_of, forwarded_for
 from backworks_core.gateway import BuildError
+from backworks_core.limits import decoded_limit
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, StrictModel, UrlPath
 from backworks_core.plugins import Plugin, Section
+from backworks_core.paths import PathRefused, upstream_path_problem
 from backworks_core.router import parse_template
 from backworks_core.templates import TemplateContext
 from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_fields, hop_by_hop_and
@@ -55,7 +60,7 @@ StatusCode = Annotated[int, Field(ge=100, le=599)]
 
 class TargetConfig(StrictModel):
     name: str = Field(min_length=1, description="the target's name in logs, metrics and the status page; unique in its pool", examples=["api-1"])
-    url: str = Field(description="http(s)://host[:port][/base/path]", examples=["http://127.0.0.1:3001"])
+    url: str = Field(description="http(s)://[user:password@]host[:port][/base/path]; credentials are sent as Basic auth, replacing a client's Authorization, and never shown", examples=["http://127.0.0.1:3001"])
     weight: float = Field(1.0, gt=0, description="relative share of traffic (weighted_round_robin, least_connections, consistent_hash, random; round_robin and ip_hash ignore it)", examples=[3])
     timeout: PositiveDuration | None = Field(None, description="the longest one try at this target may take (the pool's `timeout` still bounds the whole request)", examples=["5s"])
     retry_attempts: int | None = Field(None, ge=0, description="extra tries when neither the endpoint nor the pool sets `retries` (the first target chosen decides)", examples=[2])
@@ -79,15 +84,34 @@ class TargetConfig(StrictModel):
             raise ValueError(f"CA file {value} cannot be read ({exc.strerror or exc})") from None
         return value
 
+    # Credentials written in `url` (http://user:pass@host), parsed out at load: `url` keeps the
+    # rest, and this the Authorization value they make (backworks_core.credentials).
+    _authorization: str | None = PrivateAttr(None)
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {redact(value)!r}")
         if parts.query or parts.fragment:
-            raise ValueError(f"a target URL takes no query or fragment, got {value!r}")
+            raise ValueError(f"a target URL takes no query or fragment, got {redact(value)!r}")
+        split_credentials(value)  # what RFC 7617 forbids is refused here, located at `url`
         return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> TargetConfig:
+        """Nothing that prints `url` (status, logs, comments, labels, answers) can show a password."""
+        clean, authorization = split_credentials(self.url)
+        if authorization is not None:
+            self.__dict__["url"] = clean  # frozen model: set once, while it is being built
+            self._authorization = authorization
+        return self
+
+    @property
+    def authorization(self) -> str | None:
+        """`Basic …` of the URL's credentials; it replaces a client's Authorization upstream."""
+        return self._authorization
 
 
 class RetryConfig(StrictModel):
@@ -181,10 +205,12 @@ class Target:
     ssl_context: ssl.SSLContext | None = None  # https targets only
     health_check: HealthCheckConfig | None = None
     max_connections: int | None = None
+    # `Basic …` from the URL's credentials (TargetConfig.authorization); never in a repr or log.
+    authorization: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
-        parts = urlsplit(config.url)
+        parts = urlsplit(config.url)  # without credentials: TargetConfig parsed them out
         return cls(
             name=config.name,
             origin=f"{parts.scheme}://{parts.netloc}",
@@ -195,6 +221,7 @@ class Target:
             ssl_context=target_ssl_context(config) if parts.scheme == "https" else None,
             health_check=config.health_check,
             max_connections=config.max_connections,
+            authorization=config.authorization,
         )
 
 
@@ -269,17 +296,25 @@ class Pool:
         # An https target's ca_file/tls_verify for its probes; updated in place by `adopt`, since
         # the checker (and the probe reading this) outlives the pool that created it.
         self.tls_contexts = {t.origin: t.ssl_context for t in self.targets}
+        # The URL credentials a probe sends (a target behind Basic auth answers its probes too).
+        self.probe_authorizations = {t.origin: t.authorization for t in self.targets if t.authorization}
         self._health_wanted = checked
 
     def label(self, target: str) -> str:
         """A target as logs and commands name it: `pool/target` for named pools."""
         return target if self.name == "default" else f"{self.name}/{target}"
 
+    def public_name(self, target: str) -> str:
+        """A target as an error answer names it: its `name` (and pool), never its address."""
+        return f"target {target}" if self.name == "default" else f"target {target} of pool {self.name}"
+
     def start_health_checks(self, client: UpstreamClient) -> HealthChecker | None:
         """Create (once) the checker of this pool; the caller starts it on the running loop."""
         if self.health is None and self._health_wanted:
-            contexts = self.tls_contexts
-            probe = http_probe(client.probe_session(), lambda url: contexts.get(_origin(url)))
+            contexts, authorizations = self.tls_contexts, self.probe_authorizations
+            probe = http_probe(
+                client.probe_session(), lambda url: contexts.get(_origin(url)), lambda url: authorizations.get(_origin(url))
+            )
             self.health = HealthChecker(self.config.targets, self.config.health_check, probe=probe, pool=None if self.name == "default" else self.name)
         return self.health
 
@@ -296,6 +331,9 @@ class Pool:
             previous.tls_contexts.clear()
             previous.tls_contexts.update(self.tls_contexts)
             self.tls_contexts = previous.tls_contexts
+            previous.probe_authorizations.clear()
+            previous.probe_authorizations.update(self.probe_authorizations)
+            self.probe_authorizations = previous.probe_authorizations
             previous.health.update(self.config.targets, self.config.health_check)
             self.health = previous.health
             previous.health = None  # now ours: retiring the old pool must not stop it
@@ -377,7 +415,7 @@ class Pool:
         request = ctx.flow.request
         return hash_key(
             self.config.hash_on,
-            client_ip=ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else "",
+            client_ip=client_ip(ctx.flow),  # the trusted_proxies rule (backworks_core.forwarding)
             path=request.path.split("?", 1)[0],
             headers=request.headers,
             cookies=_first_values(request.cookies.items(multi=True)),
@@ -462,8 +500,19 @@ class UpstreamPath:
                 self.parts.append(("path" if available[segment.value] == "path" else "param", segment.value))
         self.strip = config.strip_prefix
         self.add = config.add_prefix
+        # The template's literal start ("/public/" for /public/{p}): no value may climb out of it.
+        self.prefix = ""
+        if self.parts is not None:
+            literals: list[str] = []
+            for kind, value in self.parts:
+                if kind != "literal":
+                    self.prefix = "/" + "".join(f"{v}/" for v in literals)
+                    break
+                literals.append(value)
 
     def render(self, ctx: RequestContext, request_path: str) -> str:
+        """The upstream path; PathRefused (a 400) when it would leave its template's literal
+        prefix or hold a dot or empty segment (a parameter of `..`, `{x:path}` of `a/../..`)."""
         if self.parts is not None:
             rendered = []
             for kind, value in self.parts:
@@ -473,6 +522,9 @@ class UpstreamPath:
                     # surrogateescape: a parameter of invalid UTF-8 goes on as the bytes the client sent
                     rendered.append(quote(ctx.params[value], safe="/" if kind == "path" else "", errors="surrogateescape"))
             path = "/" + "/".join(rendered)
+            problem = upstream_path_problem(path, self.prefix)
+            if problem is not None:
+                raise PathRefused(problem)
         else:
             path = request_path
         if self.strip:
@@ -528,7 +580,7 @@ class ProxyHandler:
         return policy
 
     def reshape_request(
-        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, tctx: TemplateContext
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, tctx: TemplateContext, body_limit: int = DEFAULT_LIMIT
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         """Run path, query and body transforms on the request as it will be sent upstream."""
         upstream = http.Request(
@@ -546,19 +598,23 @@ class ProxyHandler:
             timestamp_end=0.0,
         )
         for transform in self.request_transforms:
-            transform.apply_request(upstream, tctx)
+            transform.apply_request(upstream, tctx, body_limit=body_limit)  # BodyError: the gateway's 413/415/400
         fields = [(n, v) for n, v in upstream.headers.items(multi=True) if n.lower() != "content-length"]
         return upstream.path, fields, upstream.raw_content or b""
 
     def upstream_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.flow.request
-        headers = end_to_end_fields(request.headers.fields, self.replaced_fields, "utf-8")
+        # The client's Connection tokens were applied to the client's fields when the gateway
+        # admitted the request; here they would also remove the fields the gateway added.
+        headers = end_to_end_fields(request.headers.fields, self.replaced_fields, "utf-8", connection_tokens=False)
         if self.forwarded:
-            client_ip = ctx.flow.client_conn.peername[0] if ctx.flow.client_conn.peername else ""
-            prior = fast_headers.get(request.headers, "X-Forwarded-For")
-            headers.append(("X-Forwarded-For", f"{prior}, {client_ip}" if prior else client_ip))
-            headers.append(("X-Forwarded-Proto", "https" if ctx.flow.client_conn.tls_established else "http"))
-            headers.append(("X-Forwarded-Host", request.host_header or request.pretty_host))
+            # Written by the gateway; a trusted proxy's values kept (server.trusted_proxies).
+            client = client_of(ctx.flow)
+            proto = fast_headers.get(request.headers, "X-Forwarded-Proto") if client.trusted_peer else None
+            host = fast_headers.get(request.headers, "X-Forwarded-Host") if client.trusted_peer else None
+            headers.append(("X-Forwarded-For", forwarded_for(request, client)))
+            headers.append(("X-Forwarded-Proto", proto or ("https" if ctx.flow.client_conn.tls_established else "http")))
+            headers.append(("X-Forwarded-Host", host or request.host_header or request.pretty_host))
         # The id Backworks logs and answers with, so upstream logs line up with ours.
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
         headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id)))
@@ -567,14 +623,17 @@ class ProxyHandler:
     async def __call__(self, ctx: RequestContext) -> Answer:
         request = ctx.flow.request
         raw_path, _, query = request.path.partition("?")
-        path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
+        try:
+            path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
+        except PathRefused as exc:
+            return ctx.error(400, f"request path refused: {exc}")
         tctx = template_context(ctx)
         headers = self.upstream_headers(ctx)
         method = self.method or request.method
         body: bytes | BodyStream = request.raw_content or b""
         try:
             if self.reshapes_request and ctx.body_stream is None:
-                path, headers, body = self.reshape_request(method, path, headers, body, tctx)
+                path, headers, body = self.reshape_request(method, path, headers, body, tctx, decoded_limit(ctx.endpoint.guard))
             else:
                 for transform in self.request_transforms:
                     headers = transform.apply_headers(headers, tctx)
@@ -582,6 +641,9 @@ class ProxyHandler:
                         path = transform.apply_target(path, tctx)
         except ValueError as exc:  # a value from the request would carry CR or LF
             return ctx.error(400, f"request transform refused: {exc}")
+        # What goes upstream (HTTP or WebSocket) after prefixes and transforms: canonical too.
+        if (refused := upstream_path_problem(path.partition("?")[0])) is not None:
+            return ctx.error(400, f"request path refused: {refused}")
         if (refused := unsendable_header(headers)) is not None:
             return ctx.error(400, refused)
         if ctx.body_stream is not None:
@@ -642,7 +704,7 @@ class ProxyHandler:
                     reply = await self.client.send(
                         method,
                         target.origin + target.base_path + path,
-                        headers,
+                        headers if target.authorization is None else with_authorization(headers, target.authorization),
                         body,
                         timeout=max(per_try, 0.001),
                         ssl_context=target.ssl_context,
@@ -706,10 +768,13 @@ class ProxyHandler:
         assert failure is not None
         logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
         ctx.notes["upstream_error"] = failure.kind
+        # The client learns the kind and the target's name; the address and the OS's text stay
+        # in the log line above, under the request id.
+        named = self.pool.public_name(tried[-1])
         if failure.kind == "timeout":
             busy = f"; it waited for one of the target's {target.max_connections} connections (max_connections)" if queued else ""
-            return ctx.error(504, f"upstream {tried[-1]} did not answer in time (tries: {len(tried)}{busy})")
-        return ctx.error(502, f"upstream {tried[-1]} failed: {failure} (tries: {len(tried)})")
+            return ctx.error(504, f"upstream timeout ({named}): no answer in time (tries: {len(tried)}{busy})")
+        return ctx.error(502, f"upstream {failure.phrase} ({named}) (tries: {len(tried)})")
 
     def unavailable(self, ctx: RequestContext) -> http.Response:
         """No target can take traffic (unhealthy, ejected or breaker open): 503 with Retry-After."""
@@ -732,10 +797,13 @@ class ProxyHandler:
         target = self.pool.target_by_name[backend.name]
         # The upgrade needs its hop-by-hop headers back (they were dropped for the HTTP exchange).
         request = ctx.flow.request
-        upgrade = [(n, v) for n, v in request.headers.items(multi=True) if n.lower() in ("connection", "upgrade")]
+        # Connection says Upgrade only: any other token would name a field the gateway set.
+        upgrade = [("Connection", "Upgrade")] + [(n, v) for n, v in request.headers.items(multi=True) if n.lower() == "upgrade"]
         if not self.preserve_host:
             headers = [(n, v) for n, v in headers if n.lower() != "host"]
             headers.insert(0, ("Host", target.origin.split("://", 1)[1]))
+        if target.authorization is not None:  # the same rule as the HTTP exchange's
+            headers = with_authorization(headers, target.authorization)
         ctx.notes["target"] = target.name
         ctx.notes["websocket"] = "yes"
         logger.debug("[%s] websocket upgrade to %s", ctx.request_id, target.name)

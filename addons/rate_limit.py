@@ -20,8 +20,9 @@ with `429`. Three layers, each testable alone:
 
 Decisions where the blueprint format is silent (documented here and in the reference):
 
-- `key`: `ip` (the client's address as mitmproxy sees the connection; an IPv4-mapped IPv6
-  address counts as the IPv4 one), `header:NAME` (all values of the header, joined with ", "),
+- `key`: `ip` (the client's address: the connection's peer, or from a peer listed in
+  `server.trusted_proxies` the right-most untrusted X-Forwarded-For address, see
+  backworks_core/forwarding.py; an IPv4-mapped IPv6 address counts as the IPv4 one), `header:NAME` (all values of the header, joined with ", "),
   `claim:NAME` (from `ctx.user.claims`, set by an auth middleware that runs before this one; a
   name is looked up as written, then as a dotted path, as auth does). A request without the
   header or claim (or with an empty one) falls back to its client address: it is limited,
@@ -60,9 +61,7 @@ Decisions where the blueprint format is silent (documented here and in the refer
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -78,6 +77,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
 from backworks_core import headers as fast_headers
 from backworks_core.context import RequestContext
+from backworks_core.forwarding import client_ip as forwarded_client_ip
 from backworks_core.model import MiddlewareFilter
 from backworks_core.plugins import Plugin
 from backworks_core.validation import PositiveDuration
@@ -409,20 +409,8 @@ def _key_text(value: str) -> str:
 
 
 def client_ip(flow: http.HTTPFlow) -> str:
-    peer = flow.client_conn.peername
-    return _normal_address(str(peer[0]) if peer else "")
-
-
-@functools.lru_cache(maxsize=4096)
-def _normal_address(host: str) -> str:
-    """One spelling per client address (IPv4-mapped IPv6 as IPv4); parsed once per address."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host or "unknown"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    """The client's address by the gateway's one rule (server.trusted_proxies; default: the peer)."""
+    return forwarded_client_ip(flow)
 
 
 def _claim_text(value: Any) -> str | None:

@@ -15,6 +15,7 @@ from mitmproxy import http
 from pydantic import BaseModel, Field
 
 from backworks_core.context import RequestContext, template_context
+from backworks_core.limits import decoded_limit
 from backworks_core.loader import MiddlewareSpec
 from backworks_core.model import MiddlewareFilter
 from backworks_core.plugins import Plugin
@@ -33,12 +34,16 @@ class TransformMiddleware:
         self.name = name
         self.request = CompiledTransform(config.request)
         self.response = CompiledTransform(config.response)
+        # The relay holds a streamed body whole for it (Gateway._transforms_body), never bypasses it.
+        self.transforms_request_body = self.request.touches_body
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
         if self.request.is_empty:
             return None
         try:
-            self.request.apply_request(ctx.flow.request, template_context(ctx))
+            # A body over the endpoint's limit once decoded, undecodable or too deep raises
+            # BodyError: the gateway answers 413/415/400 (backworks_core.bodies).
+            self.request.apply_request(ctx.flow.request, template_context(ctx), body_limit=decoded_limit(ctx.endpoint.guard))
         except ValueError as exc:  # a value taken from the request would carry CR or LF
             return ctx.error(400, f"request transform {self.name!r} refused: {exc}")
         return None

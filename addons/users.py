@@ -90,7 +90,9 @@ from typing import TYPE_CHECKING, Any, Union
 
 from mitmproxy import http
 
+from backworks_core.bodies import loads_json
 from backworks_core.context import Identity, RequestContext, json_response
+from backworks_core.limits import request_body
 
 try:  # POSIX; elsewhere only the in-process locks serialize writers
     import fcntl
@@ -104,7 +106,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FILE_VERSION = 1
-USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+# Usernames: 1-64 ASCII letters, digits and `._-@`, at least one letter or digit (so never `.`,
+# `..` or another name of punctuation only). ASCII only: no look-alike letters from other scripts,
+# no case folding beyond `lower`, nothing a terminal, a log or a path would read otherwise.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # fullmatch, never match: `$` admits a final "\n"
+USERNAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._@-")
+MAX_USERNAME_LENGTH = 64
+USERNAME_RULE = "1 to 64 characters: ASCII letters, digits, '.', '_', '-' or '@', with at least one letter or digit"
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_LENGTH = 254
@@ -175,8 +183,23 @@ class User:
         return f"User(username={self.username!r}, roles={list(self.roles)!r})"
 
 
+def username_problem(username: Any) -> str | None:
+    """Why `username` cannot be a username (a message for the client), or None when it can."""
+    if not isinstance(username, str):
+        return "username must be a string"
+    if not 1 <= len(username) <= MAX_USERNAME_LENGTH:
+        return f"username must be {USERNAME_RULE}; it has {len(username)}"
+    bad = next((c for c in username if c not in USERNAME_CHARACTERS), None)
+    if bad is not None:
+        what = "a control character" if _CONTROL.match(bad) else "a space" if bad.isspace() else "a path separator" if bad in "/\\" else "the character"
+        return f"username must be {USERNAME_RULE}; it contains {what} ({ascii(bad)})"
+    if not any(c.isalnum() for c in username):
+        return f"username must be {USERNAME_RULE}; {username!r} has no letter or digit"
+    return None
+
+
 def valid_username(username: Any) -> bool:
-    return isinstance(username, str) and USERNAME_PATTERN.match(username) is not None
+    return username_problem(username) is None and USERNAME_PATTERN.fullmatch(username) is not None
 
 
 def username_key(username: str) -> str:
@@ -191,7 +214,7 @@ def _now() -> str:
 def _user_from_record(path: Path, name: Any, data: Any) -> User:
     where = f"users file {path}: user {name!r}"
     if not valid_username(name):
-        raise UserStoreError(f"{where}: not a valid username (1-64 of letters, digits, '.', '_', '-', '@')")
+        raise UserStoreError(f"{where}: not a valid username ({USERNAME_RULE})")
     if not isinstance(data, dict):
         raise UserStoreError(f"{where}: expected an object, found {type(data).__name__}")
     if data.get("username", name) != name:
@@ -315,7 +338,7 @@ class UserStore:
     async def add(self, user: User) -> User:
         """Store a new user; raises UsernameTaken if the name exists in any case."""
         if not valid_username(user.username):
-            raise ValueError(f"invalid username {user.username!r}")
+            raise ValueError(f"invalid username {user.username!r}: {username_problem(user.username) or USERNAME_RULE}")
         async with self._loop_lock():
             self._snapshot = await asyncio.to_thread(self._add_locked, user)
         return user
@@ -529,11 +552,11 @@ def _shown(username: Any) -> str:
 def _json_object(ctx: RequestContext) -> dict[str, Any]:
     if ctx.body_stream is not None:
         raise BadRequest("request body is too large")
-    raw = ctx.request.get_content(strict=False) or b""
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("request body is too large")
+    # Bounded: past MAX_BODY_BYTES (or the endpoint's lower limit) once decoded → BodyError, which
+    # the gateway answers 413 (415/400 for an unknown or broken Content-Encoding, too deep JSON).
+    raw = request_body(ctx, MAX_BODY_BYTES)
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = loads_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("request body must be a JSON object") from None
     if not isinstance(body, dict):
@@ -588,8 +611,9 @@ class RegisterHandler:
 
     def _parse(self, body: dict[str, Any]) -> tuple[str, str, str | None, str | None]:
         username, password = _credentials(body)
-        if not valid_username(username):
-            raise BadRequest("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@'")
+        problem = username_problem(username)
+        if problem is not None or not valid_username(username):
+            raise BadRequest(problem or f"username must be {USERNAME_RULE}")
         if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
             raise BadRequest(f"password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters")
         email = _optional_text(body, "email", MAX_EMAIL_LENGTH)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +17,7 @@ from mitmproxy import http
 from aiohttp import web
 
 from backworks_core import headers as fast_headers
+from backworks_core.admin import admin_diagnostics
 from backworks_core.context import (
     Answer,
     Forward,
@@ -34,14 +34,17 @@ from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.mock import MockConfig, MockHandler, check_path_params
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
-from backworks_core.limits import BodyTooLarge, LimitsConfig, Refusal, RequestGuard, ValidateConfig, declared_length, header_size, too_large
+from backworks_core.bodies import DEFAULT_LIMIT, BodyError
+from backworks_core.limits import BodyTooLarge, LimitsConfig, Refusal, RequestGuard, ValidateConfig, body_refusal, decoded_limit, declared_length, header_size, too_large
 from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
 from backworks_core.model import EndpointSettings
 from backworks_core.pages import InternalEndpoint, PageHandler
-from backworks_core.router import Match, MethodNotAllowed, Route, Router, normalize_path, parse_template, template_shape
+from backworks_core.paths import PathGlob, PathRefused, canonical_path, filter_forms, lenient_path
+from backworks_core.router import Match, MethodNotAllowed, Route, Router, parse_template, template_shape
 from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.forwarding import TrustBoundary
 from backworks_core.telemetry import PASSTHROUGH, RECORD, RequestRecord, ensure_record, method_label
 from backworks_core.transforms import CompiledTransform
 
@@ -70,15 +73,10 @@ def is_preflight(request: http.Request) -> bool:
     return fast_headers.has(headers, "origin") and bool((fast_headers.get(headers, "access-control-request-method") or "").strip())
 
 
-def glob_to_regex(glob: str) -> re.Pattern[str]:
-    """Middleware path globs: `*` matches within and across segments; everything else is literal."""
-    return re.compile("^" + ".*".join(re.escape(part) for part in glob.split("*")) + "$")
-
-
 @dataclass(frozen=True)
 class MiddlewarePlan:
     spec: MiddlewareSpec
-    path: re.Pattern[str] | None
+    path: PathGlob | None  # matched in linear time (backworks_core.paths)
     methods: frozenset[str] | None
     instance: Middleware
 
@@ -90,17 +88,23 @@ class MiddlewarePlan:
     def has_filter(self) -> bool:
         return self.path is not None or self.methods is not None
 
-    def filter_matches(self, method: str, path: str | None) -> bool:
+    def filter_matches(self, method: str, path: str | tuple[str, ...] | None) -> bool:
         """The middleware's own filter; a middleware without one matches nothing by it.
 
-        `path` is the router's normalised form (decoded, no trailing slash), and HEAD counts as
+        `path` is the canonical path's decoded form (no trailing slash), or the forms of
+        `paths.filter_forms` (any one matching is enough); None (no canonical path: only
+        reached by a bug) matches every path filter, so that it fails closed. HEAD counts as
         GET, as it does for routing: a filter must never be weaker than the route it guards.
         """
         if not self.has_filter:
             return False
         if self.methods is not None and not ({method, "ANY"} & self.methods) and not (method == "HEAD" and "GET" in self.methods):
             return False
-        return self.path is None or (path is not None and bool(self.path.match(path)))
+        if self.path is None or path is None:
+            return True
+        if isinstance(path, str):
+            return self.path.match(path)
+        return any(self.path.match(form) for form in path)
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,14 @@ class Gateway:
     endpoints: list[EndpointPlan]
     middlewares: list[MiddlewarePlan]
     warnings: list[Diagnostic] = field(default_factory=list)
+    # Backworks' own pages (status page, its API, metrics), for the admin listener (addons/admin.py).
+    admin_pages: list[InternalEndpoint] = field(default_factory=list)
+    # Header names only the gateway sets (auth's forward_claims): removed from every client request.
+    protected_headers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        # What of a matched request's head the client may not set, and who the client is (forwarding.py).
+        self.trust_boundary = TrustBoundary(self.protected_headers, self.blueprint.settings.server.trusted_proxies)
         self.uses_hosts = any(e.spec.settings.host for e in self.endpoints)
         # The lowest limits of any endpoint: `requestheaders` routes early only past these.
         guards = [e.guard for e in self.endpoints if e.guard is not None]
@@ -151,18 +161,37 @@ class Gateway:
         """The union rule: listed by the endpoint, or selected by the middleware's own filter."""
         if not self.middlewares:
             return []
-        normalized = normalize_path(path)
+        try:
+            forms: tuple[str, ...] | None = filter_forms(canonical_path(path))
+        except PathRefused:  # `route` refuses such a path before any middleware: fail closed anyway
+            forms = None
         return [
-            m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, normalized)
+            m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, forms)
         ]
 
     def route(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool) -> RequestContext | http.Response | None:
         """The endpoint context to run, Backworks' own 404/405, or None to let the flow pass."""
         request = flow.request
-        path = request.path.split("?", 1)[0]
+        raw_path, mark, query = request.path.partition("?")
         # pretty_host is costly per request; only host globs need it.
         host = request.pretty_host if self.uses_hosts else ""
-        result = self.router.match(request.method, path, host)
+        # One canonical path (backworks_core.paths) for routing, middleware filters and the
+        # upstream; traffic passed on untouched (someone else's, or `passthrough_path: as_sent`)
+        # is only routed by it, and refused only when it is the blueprint's.
+        untouched = self.passes_untouched(reverse_mode, direct)
+        try:
+            path = canonical_path(raw_path)
+        except PathRefused as exc:
+            if not untouched or any(  # as the router read it before, or as the laxest server would
+                self._handles(self.router.match(request.method, reading, host), reverse_mode, direct) for reading in (raw_path, lenient_path(raw_path))
+            ):
+                flow.comment = _join_comment(flow.comment, "backworks: path refused → 400")
+                return self._error(flow, 400, f"request path refused: {exc}; send the path without it")
+            path, result = raw_path, None  # the old lenient reading matches nothing: passed on as sent
+        else:
+            result = self.router.match(request.method, path, host)
+            if path != raw_path and (not untouched or self._handles(result, reverse_mode, direct)):
+                request.path = path + mark + query  # what is routed and authorized is what goes upstream
         preflight = self._preflight(request, path, host) if result is not None and is_preflight(request) else None
         if preflight is not None:
             result = preflight[0]  # answered by the cors middleware of the endpoint it asks about
@@ -185,6 +214,7 @@ class Gateway:
             flow.comment = _join_comment(flow.comment, "backworks: method not allowed → 405")
             return self._error(flow, 405, f"method {request.method} is not allowed here (allowed: {allow})", {"Allow": allow})
         assert isinstance(result, Match)
+        self.trust_boundary.admit(flow)  # before anything reads or sets a header: identity, Connection, forwarding
         endpoint: EndpointPlan = result.route.payload
         request_id = request_id_for(flow)
         record = ensure_record(flow, request_id)
@@ -195,6 +225,20 @@ class Gateway:
         if preflight is not None:
             ctx.state[PREFLIGHT] = preflight[1]
         return ctx
+
+    def passes_untouched(self, reverse_mode: bool, direct: bool) -> bool:
+        """A request no endpoint matches goes on exactly as sent: someone else's traffic through
+        regular mode, or reverse mode with `server.passthrough_path: as_sent` (`backworks capture`)."""
+        if direct or self.unmatched_policy(reverse_mode) != "passthrough":
+            return False
+        return not reverse_mode or self.blueprint.settings.server.passthrough_path == "as_sent"
+
+    @staticmethod
+    def _handles(result: Match | MethodNotAllowed | None, reverse_mode: bool, direct: bool) -> bool:
+        """A router result the blueprint answers itself (Backworks' own pages: on its own address only)."""
+        if isinstance(result, Match):
+            return not result.route.payload.internal or reverse_mode or direct
+        return result is not None
 
     def _preflight(self, request: http.Request, path: str, host: str) -> tuple[Match, str] | None:
         """The route of a CORS preflight, when a middleware that answers preflights applies to it.
@@ -285,7 +329,10 @@ class Gateway:
             # Held whole: to validate it, or when the limit is within what Backworks holds anyway
             # (so an upstream never sees the start of a body that turns out too large).
             validating = guard is not None and guard.validator is not None
-            hold = validating or (max_body is not None and max_body <= relay.buffer_limit)
+            # Held whole, too, when a transform rewrites the body: streamed, it would reach the
+            # upstream untransformed (fail closed), held to the decoded limit (backworks_core.bodies).
+            transforming = self._transforms_body(ctx)
+            hold = validating or transforming or (max_body is not None and max_body <= relay.buffer_limit)
             answer: Answer | None = None
             try:
                 if getattr(ctx.endpoint.handler, "accepts_body_stream", False) and not hold:
@@ -293,15 +340,15 @@ class Gateway:
                     ctx.body_stream = chunks if max_body is None else _capped(chunks, max_body, ctx)
                     ctx.notes["streamed"] = "request"
                 else:
-                    cap = max_body if max_body is not None else (relay.buffer_limit if validating else None)
+                    cap = max_body if max_body is not None else (relay.buffer_limit if validating else (DEFAULT_LIMIT if transforming else None))
                     body = await _read_capped(web_request, cap)  # whole, as mitmproxy would hold it
                     if body is None:
                         assert cap is not None
-                        answer = await self.refuse(ctx, too_large(cap) if max_body is not None else Refusal(
+                        answer = await self.refuse(ctx, too_large(cap) if max_body is not None or not validating else Refusal(
                             413, f"a request body validated against a schema is held whole: at most {cap} bytes (backworks_buffer_limit)", "max_body_size"
                         ))
                     else:
-                        flow.request.content = body
+                        flow.request.raw_content = body  # as received: the relay does not undo Content-Encoding
                         refusal = guard.check_schema(flow.request) if validating else None
                         answer = await self.refuse(ctx, refusal) if refusal is not None else None
                 if answer is None:
@@ -310,7 +357,7 @@ class Gateway:
                     answer = ctx.error(502, "this endpoint cannot forward a streamed request body")
             except Exception:
                 if not ctx.state.get(BODY_TOO_LARGE):
-                    logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path)
+                    logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys
                 answer = ctx.error(500, "internal gateway error; see the gateway log for this request id")
             if ctx.state.get(BODY_TOO_LARGE) and max_body is not None:  # whatever the handler made of the cut
                 if isinstance(answer, StreamedResponse):
@@ -330,6 +377,17 @@ class Gateway:
         flow.request.stream = True
         return True
 
+    def _transforms_body(self, ctx: RequestContext) -> bool:
+        """Whether a request transform of this endpoint (the proxy's chain, its own, a transform
+        middleware's) has body operations."""
+        endpoint = ctx.endpoint
+        if getattr(endpoint.handler, "reshapes_request", False):
+            return True
+        if endpoint.request_transform is not None and endpoint.request_transform.touches_body:
+            return True
+        chain = self.middlewares_for(endpoint, ctx.request.method, ctx.request.path.split("?", 1)[0])
+        return any(getattr(m.instance, "transforms_request_body", False) for m in chain)
+
     def may_refuse_head(self, request: http.Request) -> bool:
         """Cheap, for every request's `requestheaders`: a body whose head could break some endpoint's limit."""
         length = declared_length(request)
@@ -346,7 +404,10 @@ class Gateway:
         False: within the limits (or no endpoint), nothing done.
         """
         request = flow.request
-        path = request.path.split("?", 1)[0]
+        try:
+            path = canonical_path(request.path.partition("?")[0])  # routed as `route` will route it
+        except PathRefused:  # `route` answers 400 (the body dropped in the relay), or lets it pass
+            return await self.handle_streaming(flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
         result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
         guard = result.route.payload.guard if isinstance(result, Match) else None
         if guard is None or guard.check_head(request) is None:
@@ -380,6 +441,10 @@ class Gateway:
         for middleware in chain:
             try:
                 early = await middleware.instance.on_request(ctx)
+            except BodyError as exc:  # a body it would read is over the limit, undecodable or too deep
+                ctx.notes["answered_by"] = middleware.name
+                response = body_refusal(exc).response(ctx)
+                break
             except Exception:
                 # Fail closed: a middleware that breaks must deny, never let the request through.
                 logger.exception("[%s] middleware %r failed; request denied", ctx.request_id, middleware.name)
@@ -416,13 +481,15 @@ async def call_handler(ctx: RequestContext) -> Answer:
         ctx.notes["transforms"] = "+".join(
             side for side, t in (("request", endpoint.request_transform), ("response", endpoint.response_transform)) if t is not None
         )
-    if endpoint.request_transform is not None:
-        try:
-            endpoint.request_transform.apply_request(ctx.flow.request, template_context(ctx))
-        except ValueError as exc:  # a value taken from the request would carry CR or LF
-            return ctx.error(400, f"request transform refused: {exc}")
     try:
+        if endpoint.request_transform is not None:
+            try:
+                endpoint.request_transform.apply_request(ctx.flow.request, template_context(ctx), body_limit=decoded_limit(endpoint.guard))
+            except ValueError as exc:  # a value taken from the request would carry CR or LF
+                return ctx.error(400, f"request transform refused: {exc}")
         response = await endpoint.handler(ctx)
+    except BodyError as exc:  # the request body, read by a transform or the handler (backworks_core.bodies)
+        return body_refusal(exc).response(ctx)
     except Exception:
         logger.exception("[%s] handler for %s failed", ctx.request_id, endpoint.label)
         return ctx.error(500, "the handler failed; see the gateway log for this request id")
@@ -580,7 +647,7 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
             errors.append(blueprint.diagnostic(loc + ("config",) + exc.loc, str(exc)))
             continue
         methods = frozenset(spec.config.methods) if spec.config.methods is not None else None
-        path = glob_to_regex(spec.config.path) if spec.config.path is not None else None
+        path = PathGlob(spec.config.path) if spec.config.path is not None else None
         middlewares.append(MiddlewarePlan(spec, path, methods, instance))
 
     endpoints: list[EndpointPlan] = []
@@ -608,27 +675,35 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
         endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform, guard=guard))
     internal = [page for name, plugin in plugins.items() for page in plugin.internal_endpoints(blueprint.plugin_configs.get(name), blueprint)]
     internal += [page for provider in pages for page in provider(blueprint)]
+    # The pages live on the admin listener; on the API's listener only with server.admin.expose_on_api.
+    on_api = list(internal) if blueprint.settings.server.admin.expose_on_api else []
     seen: dict[str, InternalEndpoint] = {}
     for page in internal:
         clash = _same_route(page.path, endpoints)
-        if clash is not None:
-            key = ".".join(str(part) for part in page.loc)
-            errors.append(
-                blueprint.diagnostic(
-                    page.loc,
-                    f"{page.path} ({page.description}) is also the path of endpoints[{clash.spec.index}] ({clash.label}); "
-                    f"set {key} to another path, or move the endpoint",
+        if clash is not None and page in on_api:
+            on_api.remove(page)  # the API's listener answers with the endpoint
+            if clash.spec.handler != page.handler_name:  # not the blueprint's own `handler: metrics`
+                key = ".".join(str(part) for part in page.loc)
+                errors.append(
+                    blueprint.diagnostic(
+                        page.loc,
+                        f"{page.path} ({page.description}) is also the path of endpoints[{clash.spec.index}] ({clash.label}); "
+                        f"set {key} to another path, or move the endpoint",
+                    )
                 )
-            )
-        elif page.path in seen:
+        if page.path in seen:
             other = ".".join(str(part) for part in seen[page.path].loc)
             errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of {other} ({seen[page.path].description}); choose another path for one of them"))
         seen.setdefault(page.path, page)
     if errors:
         raise BlueprintError(errors)
-    endpoints += _internal_plans(internal)
+    warnings = sorted([*blueprint.warnings, *admin_diagnostics(blueprint, endpoints, middlewares, on_api)])
+    endpoints += _internal_plans(on_api)
     router = Router([Route(e.template, e.spec.methods, e.spec.settings.host, e) for e in endpoints])
-    return Gateway(blueprint, router, endpoints, middlewares, list(blueprint.warnings))
+    protected = frozenset(
+        header for name, plugin in plugins.items() if name in blueprint.plugin_configs for header in plugin.identity_headers(blueprint.plugin_configs[name])
+    )
+    return Gateway(blueprint, router, endpoints, middlewares, warnings, admin_pages=internal, protected_headers=protected)
 
 
 def _same_route(path: str, endpoints: Sequence[EndpointPlan]) -> EndpointPlan | None:

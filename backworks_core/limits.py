@@ -45,7 +45,6 @@ the 4xx of its shape (413/431/422), not 401.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +55,8 @@ from mitmproxy import http
 from pydantic import Field, field_validator
 
 from backworks_core import headers as fast_headers
+# BodyTooLarge: also raised into a handler that streams a request body once it passes the limit.
+from backworks_core.bodies import DEFAULT_LIMIT, BodyError, BodyTooLarge, JsonTooDeep, decoded_body, loads_json  # noqa: F401
 from backworks_core.context import REQUEST_ID_HEADER, RequestContext, json_response
 from backworks_core.model import ServerSettings, Size, StrictModel
 
@@ -126,6 +127,7 @@ class Refusal:
     message: str
     note: str  # the `refused=` note
     extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Accept-Encoding on a 415
 
     def response(self, ctx: RequestContext) -> http.Response:
         """The JSON error, with the request id; recorded for mitmweb, metrics and the status page."""
@@ -133,13 +135,32 @@ class Refusal:
         if ctx.record is not None:
             ctx.record.error = self.message
         body = {"error": self.message, "status": self.status, "request_id": ctx.request_id, **self.extra}
-        response = json_response(self.status, body)
+        response = json_response(self.status, body, self.headers)
         response.headers[REQUEST_ID_HEADER] = ctx.request_id
         return response
 
 
 def too_large(limit: int) -> Refusal:
     return Refusal(413, f"request body is larger than the limit of {limit} bytes", "max_body_size")
+
+
+def body_refusal(error: BodyError, what: str = "request body") -> Refusal:
+    """The answer to a body Backworks would not read (backworks_core.bodies): 413, 415 or 400."""
+    return Refusal(error.status, f"{what}: {error.message}" if isinstance(error, JsonTooDeep) else f"{what} {error.message}", error.note, {}, error.headers)
+
+
+def decoded_limit(guard: RequestGuard | None) -> int:
+    """Bytes a decoded request body may have: the endpoint's max_body_size, else DEFAULT_LIMIT."""
+    if guard is not None and guard.max_body is not None:
+        return guard.max_body
+    return DEFAULT_LIMIT
+
+
+def request_body(ctx: RequestContext, limit: int | None = None) -> bytes:
+    """The request body with its Content-Encoding undone, within the endpoint's limit (or
+    `limit`, when lower); raises backworks_core.bodies.BodyError, which the gateway answers."""
+    bound = decoded_limit(getattr(ctx.endpoint, "guard", None))  # no endpoint: a handler tested on its own
+    return decoded_body(ctx.flow.request, bound if limit is None else min(bound, limit))
 
 
 @dataclass(frozen=True)
@@ -197,14 +218,13 @@ class RequestGuard:
         if not raw:
             return Refusal(400, "request body is empty; this endpoint expects a JSON body", "not_json")
         try:
-            document = json.loads(request.get_content())
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, or a Content-Encoding that fails
+            document = loads_json(decoded_body(request, self.max_body if self.max_body is not None else DEFAULT_LIMIT))
+        except BodyError as exc:  # past the limit once decoded, an unknown or broken coding, too deep
+            return body_refusal(exc)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
             return Refusal(400, f"request body is not valid JSON: {_short(str(exc))}", "not_json")
         error = best_match(self.validator.iter_errors(document))
         if error is None:
             return None
         return Refusal(422, f"request body does not match the schema: {_short(error.message)}", "schema", {"path": error.json_path})
 
-
-class BodyTooLarge(Exception):
-    """Raised into a handler that streams a request body once the body passes the limit."""

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from backworks_core.forwarding import parse_network
+
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "ANY"}
 )
@@ -99,6 +101,31 @@ class TlsSettings(StrictModel):
         return value
 
 
+ADMIN_PORT = 9901  # Envoy's admin port: a port an operator of a gateway already knows
+
+
+class AdminSettings(StrictModel):
+    """`server.admin`: the admin listener (status page, status API, metrics), off the API's listener."""
+
+    enabled: bool = Field(True, description="serve the admin listener; false: no status page or metrics anywhere but the endpoints the blueprint declares itself", examples=[False])
+    host: str = Field("127.0.0.1", description="address the admin listener binds; it has no authentication, keep it on loopback", examples=["127.0.0.1"])
+    port: int = Field(ADMIN_PORT, ge=0, le=65535, description="port of the admin listener (9901, as Envoy's admin); 0: any free port (logged); a taken port is a warning, the API is still served", examples=[9901, 0])
+    expose_on_api: bool = Field(
+        False,
+        description="also serve the status page, status API and metrics on the API's own listener, to its clients (a located warning unless an auth middleware's path filter covers them)",
+        examples=[True],
+    )
+
+
+def _trusted_proxy(value: str) -> str:
+    parse_network(value)  # ValueError: the entry's own located error
+    return value
+
+
+TrustedProxy = Annotated[str, AfterValidator(_trusted_proxy)]
+"""An IP address or CIDR network in `server.trusted_proxies`."""
+
+
 class ServerSettings(StrictModel):
     host: str = Field("127.0.0.1", description="address `backworks run` listens on", examples=["0.0.0.0"])
     port: int = Field(8080, ge=1, le=65535, description="port `backworks run` listens on", examples=[9000])
@@ -109,19 +136,34 @@ class ServerSettings(StrictModel):
         "reverse mode, passthrough in every other mode",
         examples=["passthrough"],
     )
+    passthrough_path: Literal["canonical", "as_sent"] = Field(
+        "canonical",
+        description="reverse mode, `unmatched: passthrough`: the path a request no endpoint matches is forwarded with: "
+        "canonical (dot segments resolved, `//` merged, ambiguous encodings refused with 400, as for every endpoint) or "
+        "as_sent (byte for byte as the client sent it; what `backworks capture` uses to record real traffic)",
+        examples=["as_sent"],
+    )
     max_body_size: Size | None = Field(
         None, description="largest request body on any endpoint (413), e.g. 10m; default: no limit (large bodies stream)", examples=["10m"]
     )
     max_header_size: Size | None = Field(
         64 * 1024, description="largest total of request header fields on any endpoint (431); default 64k; null: no limit", examples=["32k"]
     )
+    trusted_proxies: list[TrustedProxy] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks of the proxies in front of the gateway whose X-Forwarded-For, Forwarded, X-Real-IP "
+        "and X-Forwarded-Proto/-Host are believed; the client address is then the right-most X-Forwarded-For address not in "
+        "this list; default: none (the client address is the peer, and clients' forwarding headers are removed)",
+        examples=[["10.0.0.0/8", "127.0.0.1"]],
+    )
+    admin: AdminSettings = Field(default_factory=AdminSettings, description="the admin listener: status page, status API and metrics, on 127.0.0.1:9901", examples=[{"port": 9902}])
 
 
 class DashboardSettings(StrictModel):
-    enabled: bool = Field(True, description="serve the status page (at `path`, or on its own `port`)", examples=[False])
-    path: UrlPath = Field("/__backworks", description="where the status page is served on the proxy listener", examples=["/status"])
-    port: int | None = Field(None, ge=1, le=65535, description="serve the status page on its own port instead", examples=[9090])
-    host: str = Field("127.0.0.1", description="the address `port` listens on", examples=["0.0.0.0"])
+    enabled: bool = Field(True, description="serve the status page and its JSON API (`<path>/api/status`) on the admin listener (`server.admin`)", examples=[False])
+    path: UrlPath = Field("/__backworks", description="where the status page is served on the admin listener", examples=["/status"])
+    port: int | None = Field(None, ge=1, le=65535, description="deprecated (a warning): the admin listener's port when `server.admin.port` is not set; write `server.admin.port`", examples=[9090])
+    host: str = Field("127.0.0.1", description="deprecated, with `port`: the admin listener's address when `server.admin.host` is not set", examples=["127.0.0.1"])
 
 
 class PluginEntry(StrictModel):

@@ -1,9 +1,8 @@
-"""Backworks' own pages (the status page, its JSON API, metrics): on the proxy listener or a port.
+"""Backworks' own pages (the status page, its JSON API, metrics): on the admin listener.
 
-A page is a function of the request headers. The same function answers as an internal
-endpoint of the gateway (`dashboard.path`, `plugins.metrics.config.path`) or on a listener of
-its own (`dashboard.port`, `plugins.metrics.config.port`), which an aiohttp server inside
-mitmproxy's event loop provides, as the original's separate dashboard port did.
+A page is a function of the request headers. It answers on the admin listener (`server.admin`,
+addons/admin.py), an aiohttp server inside mitmproxy's event loop, and, only with
+`server.admin.expose_on_api`, also as an internal endpoint of the gateway on the API's listener.
 """
 
 from __future__ import annotations
@@ -69,8 +68,9 @@ class PageHandler:
 class SidePort:
     """Pages on a listener of their own; `serve` again with another address moves it."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, taken_hint: str = "") -> None:
         self.what = what
+        self.taken_hint = taken_hint  # what to do when the address is taken
         self.routes: dict[str, PageFunction] = {}
         self.address: tuple[str, int] | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -111,10 +111,13 @@ class SidePort:
                 self._server = await asyncio.get_running_loop().create_server(self._web, host, port)
             except OSError as exc:
                 self._web = None
-                logger.error("backworks: the %s cannot listen on %s:%d: %s", self.what, host, port, exc.strerror or exc)
+                # A warning, never an error: mitmproxy exits on an error logged while it starts, and
+                # the API must be served whatever happens to the pages beside it.
+                hint = f"; {self.taken_hint}" if self.taken_hint else ""
+                logger.warning("backworks: the %s is not listening: cannot listen on %s: %s%s", self.what, _url(host, port), exc.strerror or exc, hint)
                 return
             self.address = (host, port)
-            logger.info("backworks: %s on http://%s:%d%s", self.what, host if ":" not in host else f"[{host}]", self.port, min(self.routes, default="/"))
+            logger.info("backworks: %s on %s (%s)", self.what, _url(host, self.port or port), ", ".join(sorted(self.routes)) or "nothing to serve")
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         page_function = self.routes.get(request.path.rstrip("/") or "/")
@@ -140,3 +143,7 @@ class SidePort:
         await close_listener(self._server, self._web)
         self._server = self._web = None
         self.address = None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"

@@ -74,6 +74,15 @@ class Plugin:
         """Warnings about a valid endpoint `config.<section>` block (location inside it, message)."""
         return []
 
+    @classmethod
+    def identity_headers(cls, config: BaseModel) -> Iterable[str]:
+        """Request headers this plugin sets from what the gateway verified (auth's `forward_claims`).
+
+        The gateway removes them (any case, `_` or `-`) from every client request the blueprint
+        handles, before any middleware runs: an upstream only ever reads the gateway's value.
+        """
+        return ()
+
     def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel) -> Handler:
         """Compile one endpoint's handler; `config` is this plugin's (blueprint-level) config.
 

@@ -62,7 +62,9 @@ class StreamRelay:
         async with self._starting:
             if self._server is not None:
                 return
-            self._web = web.Server(self._handle, access_log=None)
+            # auto_decompress off: the body as the client sent it, counted and bounded as received
+            # (aiohttp would inflate a Content-Encoding bomb here, whole, before any limit applies).
+            self._web = web.Server(self._handle, access_log=None, auto_decompress=False)
             self._server = await asyncio.get_running_loop().create_server(self._web, self.host, 0)
             self.port = self._server.sockets[0].getsockname()[1]
             logger.debug("stream relay listening on %s:%d", self.host, self.port)

@@ -66,7 +66,7 @@ from mitmproxy.net import encoding as mitm_encoding
 from mitmproxy.net.http.headers import parse_content_type
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
-from backworks_core import jsonpath
+from backworks_core import bodies, jsonpath
 from backworks_core.model import StrictModel, UrlPath
 from backworks_core.templates import (
     CompiledValue,
@@ -347,24 +347,13 @@ class _CompiledQuery:
 
 # --------------------------------------------------------------------------------- bodies
 
-_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
-
 
 def _codings(content_encoding: str | None) -> list[str] | None:
     """The codings applied, in order; None when one is unknown. `x-gzip` is gzip (RFC 9110)."""
-    if not content_encoding:
-        return []
-    out = []
-    for item in content_encoding.split(","):
-        coding = item.strip().lower()
-        if coding in ("", "identity"):
-            continue
-        if coding == "x-gzip":
-            coding = "gzip"
-        if coding not in _CODINGS:
-            return None
-        out.append(coding)
-    return out
+    try:
+        return bodies.parse_codings([content_encoding] if content_encoding else [])
+    except bodies.UnsupportedEncoding:
+        return None
 
 
 def _charset(content_type: str | None) -> str | None:
@@ -412,20 +401,28 @@ class _CompiledBody:
         tctx: TemplateContext,
         values: list[Any] | None,
         label: str,
+        limit: int = bodies.DEFAULT_LIMIT,
+        strict: bool = False,
     ) -> bytes | None:
+        """The new wire bytes, or None. Decoding is bounded (backworks_core.bodies): past `limit`
+        once decoded, or JSON nested too deep, raises BodyError; so do an unknown or broken
+        Content-Encoding when `strict` (a request: what the upstream decodes must be what was
+        transformed), else the body is left unchanged and the reason logged."""
         if not raw:
             logger.debug("%s is empty: body transform skipped", label)
             return None
         codings = _codings(content_encoding)
         if codings is None:
+            if strict:
+                bodies.parse_codings([content_encoding or ""])  # raises UnsupportedEncoding
             logger.info("%s left unchanged: unsupported Content-Encoding %r", label, content_encoding)
             return None
-        body = raw
         try:
-            for coding in reversed(codings):
-                body = mitm_encoding.decode(body, coding)  # type: ignore[assignment]
-        except ValueError as err:
-            logger.info("%s left unchanged: it does not decode as %s (%s)", label, content_encoding, type(err).__name__)
+            body = bodies.decode(raw, codings, limit)
+        except bodies.CorruptBody:
+            if strict:
+                raise
+            logger.info("%s left unchanged: it does not decode as %s (ValueError)", label, content_encoding)
             return None
         charset = _charset(content_type)
         if charset == "":
@@ -451,7 +448,7 @@ class _CompiledBody:
     ) -> bytes | None:
         try:
             # Bytes let json detect UTF-8 (with or without a BOM), UTF-16 and UTF-32 itself.
-            doc = json.loads(body if charset in (None, "utf-8") else body.decode(charset))
+            doc = bodies.loads_json(body if charset in (None, "utf-8") else body.decode(charset))
         except UnicodeDecodeError as err:
             logger.info("%s left unchanged: body is not JSON: not %s text (%s)", label, charset or "UTF-8", _why_not_text(err))
             return None
@@ -658,12 +655,12 @@ class CompiledTransform:
             return None
         return self.body.apply(raw, content_encoding, content_type, tctx, None, label)
 
-    def _body(self, message: http.Message, tctx: TemplateContext, values: list[Any] | None, label: str) -> bool:
+    def _body(self, message: http.Message, tctx: TemplateContext, values: list[Any] | None, label: str, limit: int, strict: bool) -> bool:
         raw = message.raw_content
         if self.body is None or raw is None:  # no body op, or a streamed body
             return False
         headers = message.headers
-        new = self.body.apply(raw, headers.get("content-encoding"), headers.get("content-type"), tctx, values, label)
+        new = self.body.apply(raw, headers.get("content-encoding"), headers.get("content-type"), tctx, values, label, limit, strict)
         if new is None:
             return False
         message.raw_content = new
@@ -671,14 +668,18 @@ class CompiledTransform:
 
     # -- whole messages
 
-    def apply_request(self, request: http.Request, tctx: TemplateContext) -> None:
-        """Body, path and query, headers, in place; ValueError (nothing changed) on CR/LF."""
+    def apply_request(self, request: http.Request, tctx: TemplateContext, *, body_limit: int = bodies.DEFAULT_LIMIT) -> None:
+        """Body, path and query, headers, in place; ValueError (nothing changed) on CR/LF.
+
+        A body that cannot be read within `body_limit` (backworks_core.bodies) raises BodyError,
+        nothing changed: the gateway answers 413/415/400, the request never goes on untransformed.
+        """
         if self.is_empty:
             return
         header_values = self._render_headers(tctx) if self.set else []
         query_values = self.query.render(tctx) if self.query is not None else []
         body_values = self.body.render(tctx) if self.body is not None and self.body.set else None
-        body_changed = self._body(request, tctx, body_values, "request body")
+        body_changed = self._body(request, tctx, body_values, "request body", body_limit, True)
         if self.touches_path:
             request.path = self._target(request.path, query_values)
         if self.touches_headers:
@@ -686,13 +687,17 @@ class CompiledTransform:
         if body_changed:
             _set_length(request, len(request.raw_content or b""))
 
-    def apply_response(self, response: http.Response, tctx: TemplateContext) -> None:
-        """Body, status_map, headers, in place; ValueError (nothing changed) on CR/LF."""
+    def apply_response(self, response: http.Response, tctx: TemplateContext, *, body_limit: int = bodies.DEFAULT_LIMIT) -> None:
+        """Body, status_map, headers, in place; ValueError (nothing changed) on CR/LF, and on a
+        body that decodes past `body_limit` or is JSON nested too deep (the caller's 502)."""
         if self.is_empty:
             return
         header_values = self._render_headers(tctx) if self.set else []
         body_values = self.body.render(tctx) if self.body is not None and self.body.set else None
-        body_changed = self._body(response, tctx, body_values, "response body")
+        try:
+            body_changed = self._body(response, tctx, body_values, "response body", body_limit, False)
+        except bodies.BodyError as exc:
+            raise ValueError(f"the response body: {exc.message}" if isinstance(exc, bodies.JsonTooDeep) else f"the response body {exc.message}") from None
         if self.status_map:
             status = self.status_map.get(response.status_code)
             if status is not None and status != response.status_code:

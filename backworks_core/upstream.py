@@ -42,22 +42,45 @@ def hop_by_hop_and(*names: str) -> frozenset[bytes]:
     return frozenset(name.lower().encode() for name in (*HOP_BY_HOP, *names))
 
 
-def end_to_end_fields(fields: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes], encoding: str) -> list[tuple[str, str]]:
+def end_to_end_fields(
+    fields: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes], encoding: str, connection_tokens: bool = True
+) -> list[tuple[str, str]]:
     """The fields that may travel past this hop, decoded, in one pass: those named in `dropped`
     (from `hop_by_hop_and`) and any the Connection header names are left out. `encoding` is
     mitmproxy's ("utf-8", with surrogate escapes) for a client's request, "latin-1" for what
-    aiohttp read from an upstream."""
-    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")}
+    aiohttp read from an upstream.
+
+    `connection_tokens=False` for a request the gateway admitted: the client's Connection tokens
+    already removed the client's own fields there (forwarding.TrustBoundary); applied here they
+    would remove the fields the gateway added since (forward_claims, X-Request-ID, ...)."""
+    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")} if connection_tokens else None
     if named:
         dropped = dropped | named
     errors = "surrogateescape" if encoding == "utf-8" else "strict"
     return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in fields if name.lower() not in dropped]
 
 
+# What a client is told of a failed exchange: the kind, never the OS's text or an address.
+FAILURE_PHRASES: dict[str, str] = {
+    "connect_failure": "connect failed",
+    "timeout": "timeout",
+    "reset": "connection reset",
+    "protocol": "protocol error",
+}
+
+
 class UpstreamError(Exception):
-    def __init__(self, kind: FailureKind, message: str) -> None:
+    """A failed try. The message is the detail for the log (it may name addresses and carry the
+    OS's text); `phrase` is what a client may be told."""
+
+    def __init__(self, kind: FailureKind, message: str, *, tls: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.tls = tls  # what of the TLS handshake failed (a connect failure for the retry rules)
+
+    @property
+    def phrase(self) -> str:
+        return self.tls or FAILURE_PHRASES[self.kind]
 
 
 class BodyStream:
@@ -229,6 +252,10 @@ class UpstreamClient:
                 response.close()
             if isinstance(exc, (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
                 raise UpstreamError("timeout", f"no answer within {timeout:g}s") from exc
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                raise UpstreamError("connect_failure", f"TLS handshake failed: {exc}", tls="TLS certificate verification failed") from exc
+            if isinstance(exc, aiohttp.ClientConnectorSSLError):
+                raise UpstreamError("connect_failure", f"TLS handshake failed: {exc}", tls="TLS handshake failed") from exc
             if isinstance(exc, aiohttp.ClientConnectorError):
                 raise UpstreamError("connect_failure", f"cannot connect: {exc.os_error or exc}") from exc
             if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):

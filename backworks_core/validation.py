@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, RootModel, ValidationError
 
+from backworks_core.credentials import redact
 from backworks_core.diagnostics import Diagnostic
 from backworks_core.source import Loc, SourceDocument
 
@@ -256,6 +257,7 @@ _MISSING_ERRORS = frozenset({"missing", "missing_argument", "missing_keyword_onl
 
 
 def _short(value: str, limit: int = 40) -> str:
+    value = redact(value)  # a URL's password is never echoed (backworks_core.credentials)
     return repr(value if len(value) <= limit else value[: limit - 3] + "...")
 
 

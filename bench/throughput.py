@@ -625,11 +625,17 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
         blueprints["backworks-full"] = work / "bench-blueprint-full.yaml"
         blueprints["backworks-full"].write_text(yaml.safe_dump(full_blueprint(upstream_ports[0]), sort_keys=False))
     mode = f"reverse:http://{HOST}:{upstream_ports[0]}"
+    # Checkouts with the admin listener (addons/admin.py) serve /metrics there, on a free port of
+    # each process's own; older ones (a previous main) on the proxy's listener.
+    admin_listener = (args.backworks / "addons" / "admin.py").exists()
+    admin_ports: dict[str, int] = {}
 
     def argv_for(process: str, port: int | str) -> list[str]:
         argv = [mitmdump, "--mode", mode, "-p", str(port), "--listen-host", HOST, "-q"]
         if process in blueprints:
             argv += ["-s", str(args.backworks / "backworks.py"), "--set", f"blueprint={blueprints[process]}", "--set", "connection_strategy=lazy"]
+            if admin_listener:
+                argv += ["--set", f"backworks_admin={HOST}:{admin_ports.get(process, 'ADMIN_PORT')}"]
         elif process == "floor":
             argv += ["-s", str(FLOOR_ADDON), "--set", "connection_strategy=lazy"]
         return argv
@@ -672,7 +678,9 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
         if not problem and config.authorized:  # auth is really on: no token, no answer
             problem = _check_unauthorized(*get(config, process, url))
         if not problem and config.key == "e":  # metrics are really on, and counted the requests above
-            base = url.rsplit(config.path, 1)[0]
+            if admin_listener:
+                wait_listening(procs, process, admin_ports[process])
+            base = f"http://{HOST}:{admin_ports[process]}" if admin_listener else url.rsplit(config.path, 1)[0]
             problem = _check_metrics(*get(config, process, f"{base}/metrics"))
         if problem:
             raise BenchError(f"{config.key} ({config.label}) answers wrongly: {problem}")
@@ -680,6 +688,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     for round_no in range(1, args.rounds + 1):
         for process in processes:
             port = free_port()
+            admin_ports[process] = free_port()
             procs.start(process, argv_for(process, port), args.proxy_cpus)
             try:
                 wait_listening(procs, process, port)

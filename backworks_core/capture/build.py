@@ -23,6 +23,7 @@ from backworks_core.capture.formats import FormatError, OperationSpec, count_hin
 from backworks_core.capture.infer import EndpointGroup, infer_schema, infer_templates, json_body, select_examples
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.redact import RedactionRules, redact_exchange
+from backworks_core.files import write_private
 from backworks_core.router import Match, Route, Router
 
 CANDIDATES_PER_ENDPOINT = 200  # exchanges kept per endpoint to choose examples from
@@ -286,10 +287,9 @@ def write_output(
     rules: RedactionRules | None = None,
     progress: IO[str] | None = None,
 ) -> str:
-    """Read `inputs`, write `output` in `fmt` (atomically: a temporary file, then a rename)."""
+    """Read `inputs`, write `output` in `fmt` (mode 0600, atomically: a temporary file, then a rename)."""
     rules = rules or RedactionRules()
     target = Path(output)
-    temporary = target.with_name(f".{target.name}.tmp")
     if fmt == "har":
         meter = Progress(progress, "writing HAR", sum(count_hint(p) or 0 for p in inputs) or None)
 
@@ -298,9 +298,8 @@ def write_output(
                 meter.step()
                 yield exchange
 
-        written = write_har(counted(), temporary)
+        written = write_har(counted(), target)  # 0600, atomically (backworks_core.files)
         meter.finish()
-        os.replace(temporary, target)
         return f"wrote {target}: HAR 1.2 with {written} entries"
     endpoints, flows = collect(inputs, rules, progress)
     if fmt == "openapi":
@@ -314,8 +313,7 @@ def write_output(
         kind = "a blueprint"
     else:
         raise BuildInputError(f"unknown output format {fmt!r} (expected blueprint, openapi or har)")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, target)
+    write_private(target, text)  # 0600, atomically, never through a symlink at the name
     return f"wrote {target}: {kind} with {len(endpoints)} endpoint(s) from {flows} flow(s)"
 
 

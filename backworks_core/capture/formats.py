@@ -35,6 +35,7 @@ from typing import IO, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from backworks_core.capture.model import Exchange
+from backworks_core.files import open_append_private, private_output
 from backworks_core.router import parse_template
 
 logger = logging.getLogger(__name__)
@@ -95,12 +96,15 @@ def is_json_media_type(media: str | None) -> bool:
 
 
 def try_json(body: bytes) -> tuple[bool, Any]:
-    """(True, value) when `body` is UTF-8 JSON (a BOM is allowed), else (False, None)."""
+    """(True, value) when `body` is UTF-8 JSON (a BOM is allowed), else (False, None); JSON
+    nested deeper than backworks_core.bodies.DEFAULT_MAX_DEPTH counts as not JSON."""
+    from backworks_core.bodies import JsonTooDeep, loads_json
+
     if not body or not body.strip():
         return False, None
     try:
-        return True, json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+        return True, loads_json(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, JsonTooDeep):
         return False, None
 
 
@@ -195,15 +199,21 @@ def _head(path: Path, size: int = 65536) -> bytes:
 # ------------------------------------------------------------------------ mitmproxy flow files
 
 
-def _message_body(message: Any) -> tuple[bytes, bool]:
-    """(body, decoded): the decoded content, or the raw content when it does not decode."""
-    if message.raw_content is None:  # streamed, not kept
+def _message_body(message: Any, limit: int) -> tuple[bytes, bool]:
+    """(body, decoded): the content with its Content-Encoding undone, the raw content when it
+    does not decode, or nothing (b"", False) past `limit`: decoding is bounded
+    (backworks_core.bodies), so a bomb in a capture or a flow file is never inflated whole."""
+    from backworks_core.bodies import BodyError, BodyTooLarge, decoded_body
+
+    raw = message.raw_content
+    if raw is None:  # streamed, not kept
         return b"", False
     try:
-        content = message.get_content(strict=True)
-        return content or b"", True
-    except ValueError:
-        return message.get_content(strict=False) or b"", False
+        return decoded_body(message, limit), True
+    except BodyTooLarge:
+        return b"", False
+    except BodyError:  # an unknown coding or a broken stream: kept as it came
+        return (raw if len(raw) <= limit else b""), False
 
 
 def _flow_headers(headers: Any) -> list[tuple[str, str]]:
@@ -220,7 +230,7 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def exchange_from_flow(flow: Any) -> Exchange | None:
+def exchange_from_flow(flow: Any, max_body: int | None = None) -> Exchange | None:
     """The `Exchange` of a mitmproxy HTTP flow, or None for anything else or a flow without a response.
 
     Works on a live flow too (the capture plugin can use it). The host is the one mitmproxy
@@ -244,8 +254,11 @@ def exchange_from_flow(flow: Any) -> Exchange | None:
         query = [(_clean(str(k)), _clean(str(v))) for k, v in request.query.items(multi=True)]
     except Exception:  # a query mitmproxy cannot split: keep what the URL says
         _, query = _split_target(_clean(request.path))
-    request_body, request_decoded = _message_body(request)
-    response_body, response_decoded = _message_body(response)
+    from backworks_core.bodies import DEFAULT_LIMIT
+
+    limit = DEFAULT_LIMIT if max_body is None else max_body  # bodies decoded past it are left out
+    request_body, request_decoded = _message_body(request, limit)
+    response_body, response_decoded = _message_body(response, limit)
     request_headers = _flow_headers(request.headers)
     response_headers = _flow_headers(response.headers)
     if request_decoded:
@@ -533,10 +546,8 @@ def write_har(exchanges: Iterable[Exchange], path: PathLike, *, creator_version:
             creator_version = version("backworks")
         except Exception:
             creator_version = "0"
-    path = Path(path)
     count = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with private_output(path) as out:  # 0600, a temporary file renamed onto `path`
         out.write('{"log": {"version": "1.2", "creator": ' + json.dumps({"name": "Backworks", "version": creator_version}))
         out.write(', "pages": [], "entries": [')
         for exchange in exchanges:
@@ -544,7 +555,6 @@ def write_har(exchanges: Iterable[Exchange], path: PathLike, *, creator_version:
             out.write(json.dumps(har_entry(exchange), ensure_ascii=False))
             count += 1
         out.write("\n]}}\n")
-    os.replace(tmp, path)
     return count
 
 
@@ -586,7 +596,7 @@ def _jsonl_exchange(path: Path, number: int, line: bytes) -> Exchange:
 def write_jsonl(exchanges: Iterable[Exchange], path: PathLike, *, append: bool = False) -> int:
     """Write exchanges as JSON lines (the live capture's format); returns how many were written."""
     count = 0
-    with open(path, "a" if append else "w", encoding="utf-8") as out:
+    with open_append_private(path) if append else private_output(path) as out:  # 0600, never through a symlink
         for exchange in exchanges:
             out.write(exchange.to_json() + "\n")
             count += 1

@@ -16,8 +16,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
+from backworks_core.bodies import JsonTooDeep, loads_json
 from backworks_core.capture.model import Exchange
 
 REDACTED = "[REDACTED]"
@@ -30,7 +31,9 @@ SECRET_WORDS = ("password", "passwd", "secret", "token", "apikey", "api_key", "a
 # A field named like this is an identifier, not a secret, whatever word it contains.
 NOT_SECRET = frozenset({"author", "authors", "author_id", "authority", "authored_at", "token_type", "expires_in", "session_count"})
 
-JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# Starts only where a run of token characters starts: without the lookbehind every "eyJ" inside a
+# run began a new scan of it, quadratic in a body of "eyJeyJ..." (1 MB: minutes on the event loop).
+JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
@@ -50,6 +53,9 @@ class RedactionRules:
     @classmethod
     def build(cls, enabled: bool = True, headers: Iterable[str] = (), fields: Iterable[str] = ()) -> RedactionRules:
         return cls(enabled, frozenset(h.lower() for h in headers), frozenset(f.lower() for f in fields))
+
+
+_DEFAULT_RULES = RedactionRules()
 
 
 def _entropy(text: str) -> float:
@@ -80,8 +86,23 @@ def is_secret_name(name: str, rules: RedactionRules) -> bool:
     return any(word in compact for word in SECRET_WORDS)
 
 
-def redact_text(text: str) -> str:
-    """Free text (a body that is not JSON or a form): JWTs, `Bearer …` and long tokens go."""
+# `name=value` inside text (a URL or a query string echoed in a body, a Referer, a Location):
+# the value goes when the name is a secret's, as it does for a query parameter.
+ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.%-])([A-Za-z_][A-Za-z0-9_.-]{0,63})=([^&\s;,\"'<>]+)")
+
+
+def redact_assignments(text: str, rules: RedactionRules | None = None) -> str:
+    """`api_key=abc123` → `api_key=[REDACTED]` anywhere in `text`; other assignments stay."""
+    if "=" not in text:
+        return text
+    rules = rules or _DEFAULT_RULES
+    return ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}" if is_secret_name(m.group(1), rules) else m.group(0), text)
+
+
+def redact_text(text: str, rules: RedactionRules | None = None) -> str:
+    """Free text (a body that is not JSON or a form): JWTs, `Bearer …`, long tokens and the
+    values of secret-named `name=value` assignments go."""
+    text = redact_assignments(text, rules)
     text = JWT.sub(REDACTED, text)
     text = BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return TOKEN_IN_TEXT.sub(lambda m: REDACTED if looks_like_secret_value(m.group(0)) else m.group(0), text)
@@ -98,9 +119,9 @@ def redact_json(value: Any, rules: RedactionRules, depth: int = 0, secret: bool 
     if secret:
         return REDACTED if value_is_set(value) else value
     if isinstance(value, str):
-        if len(value) < MIN_TOKEN_LENGTH:
+        if len(value) < MIN_TOKEN_LENGTH and "=" not in value:
             return value
-        return REDACTED if looks_like_secret_value(value) else redact_text(value)
+        return REDACTED if looks_like_secret_value(value) else redact_text(value, rules)
     return value
 
 
@@ -111,7 +132,7 @@ def value_is_set(value: Any) -> bool:
 
 def redact_pairs(pairs: Iterable[tuple[str, str]], rules: RedactionRules) -> list[tuple[str, str]]:
     """Query or form parameters."""
-    return [(k, REDACTED if (is_secret_name(k, rules) and v) or looks_like_secret_value(v) else redact_text(v)) for k, v in pairs]
+    return [(k, REDACTED if (is_secret_name(k, rules) and v) or looks_like_secret_value(v) else redact_text(v, rules)) for k, v in pairs]
 
 
 def redact_headers(headers: Iterable[tuple[str, str]], rules: RedactionRules) -> list[tuple[str, str]]:
@@ -121,9 +142,9 @@ def redact_headers(headers: Iterable[tuple[str, str]], rules: RedactionRules) ->
         if lowered in SECRET_HEADERS or lowered in rules.headers or (is_secret_name(lowered, rules) and lowered not in _SAFE_HEADERS):
             kept.append((name, REDACTED))
         elif JWT.search(value) or BEARER.search(value):  # by shape only: ids and trace ids stay
-            kept.append((name, redact_text(value)))
-        else:
-            kept.append((name, value))
+            kept.append((name, redact_text(value, rules)))
+        else:  # a Referer or a Location may carry `?api_key=…`
+            kept.append((name, redact_assignments(value, rules)))
     return kept
 
 
@@ -144,17 +165,33 @@ def redact_body(body: bytes, content_type: str | None, rules: RedactionRules) ->
     stripped = text.lstrip()
     if ctype.endswith("json") or stripped[:1] in ("{", "["):
         try:
-            parsed = json.loads(text)
-        except ValueError:
+            parsed = loads_json(text)  # nested deeper than 64 levels: redacted as text
+        except (ValueError, JsonTooDeep):
             pass
         else:
             return json.dumps(redact_json(parsed, rules), ensure_ascii=False, separators=(",", ":")).encode()
-    return redact_text(text).encode()
+    return redact_text(text, rules).encode()
 
 
-def redact_path(path: str) -> str:
-    """Path segments are ids to match on; only a JWT-shaped one (a magic link) goes."""
-    return "/".join(REDACTED if JWT.fullmatch(segment) else segment for segment in path.split("/"))
+def redact_path(path: str, rules: RedactionRules | None = None) -> str:
+    """Path segments are ids to match on; only a JWT-shaped one (a magic link) goes, and the
+    value of a secret-named `;api_key=…` parameter in one."""
+    return "/".join(REDACTED if JWT.fullmatch(segment) else redact_assignments(segment, rules) for segment in path.split("/"))
+
+
+def redact_target(target: str, rules: RedactionRules) -> str:
+    """A request target (path and query) as a log line may show it: the path and the query
+    parameters redacted exactly as the files redact them (`?api_key=[REDACTED]`)."""
+    if not rules.enabled:
+        return target
+    path, mark, query = target.partition("?")
+    if not mark:
+        return redact_path(path, rules)
+    pairs = redact_pairs(parse_qsl(query, keep_blank_values=True), rules)
+    return redact_path(path, rules) + "?" + "&".join(f"{quote(k, safe=_SHOWN)}={quote(v, safe=_SHOWN)}" for k, v in pairs)
+
+
+_SHOWN = "[]/:@!$'()*+,;"  # kept as they are in a logged query: `[REDACTED]` stays readable
 
 
 def redact_exchange(exchange: Exchange, rules: RedactionRules) -> Exchange:
@@ -164,7 +201,7 @@ def redact_exchange(exchange: Exchange, rules: RedactionRules) -> Exchange:
     response_type = exchange.header("content-type")
     return replace(
         exchange,
-        path=redact_path(exchange.path),
+        path=redact_path(exchange.path, rules),
         query=redact_pairs(exchange.query, rules),
         request_headers=redact_headers(exchange.request_headers, rules),
         request_body=redact_body(exchange.request_body, request_type, rules),

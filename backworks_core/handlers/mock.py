@@ -87,7 +87,9 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from backworks_core.bodies import loads_json
 from backworks_core.context import Forward, RequestContext, reason_phrase, stamp_request
+from backworks_core.limits import request_body
 from backworks_core.model import StrictModel
 from backworks_core.router import parse_template
 from backworks_core.validation import Duration
@@ -458,7 +460,7 @@ class MockHandler:
 
         def request_json() -> Any:
             if not parsed:
-                parsed.append(_parse_json(ctx.request))
+                parsed.append(_parse_json(ctx))
             return parsed[0]
 
         for sequence in self.sequences:
@@ -500,16 +502,16 @@ class MockHandler:
         return Forward(request.url, headers)
 
 
-def _parse_json(request: http.Request) -> Any:
-    try:
-        content = request.get_content(strict=False)
-    except ValueError:
-        return _NO_JSON
+def _parse_json(ctx: RequestContext) -> Any:
+    """The request body as JSON for `when.body`, or _NO_JSON. Bounded (backworks_core.bodies):
+    over the limit once decoded, an unknown or broken coding, or nested too deep raise BodyError,
+    which the gateway answers 413/415/400: an example is never chosen on a body nobody read."""
+    content = request_body(ctx)
     if not content:
         return _NO_JSON
     try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return loads_json(content)
+    except ValueError:  # UnicodeDecodeError included
         return _NO_JSON
 
 

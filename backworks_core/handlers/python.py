@@ -12,7 +12,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import logging
 import re
 import sys
@@ -26,7 +25,9 @@ from mitmproxy import http
 from mitmproxy.coretypes.multidict import MultiDict
 from pydantic import Field
 
+from backworks_core.bodies import BodyError, loads_json
 from backworks_core.context import Identity, RequestContext, json_bytes, reason_phrase, utf8
+from backworks_core.limits import request_body
 from backworks_core.model import StrictModel
 from backworks_core.templates import has_crlf
 from backworks_core.validation import PositiveDuration
@@ -137,17 +138,21 @@ class HandlerRequest:
         self.params: dict[str, str] = dict(ctx.params)
         self.query: MultiDict = MultiDict(request.query.fields)
         self.headers: http.Headers = request.headers.copy()
-        self.body: bytes = request.get_content(strict=False) or b""
+        # Decoded here, bounded: over the endpoint's limit (or the default) once its Content-Encoding
+        # is undone → BodyError, answered 413/415/400 before the handler runs (backworks_core.bodies).
+        self.body: bytes = request_body(ctx)
         self.user: Identity | None = ctx.user
         self.request_id: str = ctx.request_id
 
     @cached_property
     def json(self) -> Any:
+        """The body as JSON; None when it is not JSON. Nested deeper than 64 levels: JsonTooDeep,
+        which the gateway answers 400 (the handler's own `except Exception` aside)."""
         if not self.body:
             return None
         try:
-            return json.loads(self.body)
-        except (ValueError, RecursionError):  # RecursionError: `[[[[…` nested 100,000 deep
+            return loads_json(self.body)
+        except ValueError:
             return None
 
     def __repr__(self) -> str:
@@ -218,6 +223,8 @@ class PythonHandler:
                 return ctx.error(500, "handler failed; see the gateway log for this request id")
             logger.warning("[%s] handler %s timed out after %ss", ctx.request_id, self.label, self.timeout)
             return ctx.error(504, f"handler timed out after {self.timeout:g}s")
+        except BodyError:
+            raise  # the request body: the gateway answers 413/415/400 (call_handler)
         except Exception:
             logger.exception("[%s] handler %s raised", ctx.request_id, self.label)
             return ctx.error(500, "handler failed; see the gateway log for this request id")

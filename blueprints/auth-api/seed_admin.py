@@ -22,7 +22,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from addons.users import MIN_PASSWORD_LENGTH, User, UsernameTaken, UserStore, hash_password, valid_username
+from addons.users import MIN_PASSWORD_LENGTH, USERNAME_RULE, User, UsernameTaken, UserStore, hash_password, username_problem, valid_username
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--username", default="admin")
     args = parser.parse_args()
     if not valid_username(args.username):
-        parser.error("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@'")
+        parser.error(username_problem(args.username) or f"username must be {USERNAME_RULE}")
     password = os.environ.get("ADMIN_PASSWORD") or getpass.getpass(f"password for {args.username}: ")
     if len(password) < MIN_PASSWORD_LENGTH:
         print(f"the password must be at least {MIN_PASSWORD_LENGTH} characters", file=sys.stderr)

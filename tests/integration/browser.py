@@ -4,7 +4,7 @@ Only aiohttp (for the websocket) and the standard library: no playwright, no sel
 
     browser = Browser().start()
     try:
-        page = browser.open("http://127.0.0.1:8080/__backworks")
+        page = browser.open("http://127.0.0.1:9901/__backworks")
         page.wait_for("document.documentElement.dataset.loaded === 'true'", timeout=10)
         page.screenshot("test-artifacts/page.png")
     finally:

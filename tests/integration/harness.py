@@ -186,11 +186,16 @@ class Proxy:
     log_path: Path | None = None
     process: subprocess.Popen | None = None
     expect_failure: bool = False
+    # The admin listener (status page, status API, metrics): a free port of its own, never 9901,
+    # so that tests run side by side; a test that sets backworks_admin in `extra` chooses itself.
+    admin_port: int = field(default_factory=free_port)
 
     def command(self) -> list[str]:
         command = [str(BIN / self.tool), "--listen-host", "127.0.0.1", "-p", str(self.port), "-s", str(SCRIPT)]
         if self.blueprint is not None:
             command += ["--set", f"blueprint={self.blueprint}"]
+        if not any(arg.startswith("backworks_admin=") for arg in self.extra):
+            command += ["--set", f"backworks_admin=127.0.0.1:{self.admin_port}"]
         if self.tool == "mitmweb":
             command += ["--set", "web_open_browser=false"]
         return command + self.extra
@@ -237,6 +242,21 @@ class Proxy:
 
     def send(self, method: str, path: str, **kwargs: Any) -> Reply:
         return request(method, path, port=self.port, **kwargs)
+
+    def admin_get(self, path: str, **kwargs: Any) -> Reply:
+        """GET on the admin listener (status page, status API, metrics).
+
+        The listener opens just after the blueprint's "loaded" line: a refused connection is
+        tried again for up to 5 s.
+        """
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return request("GET", path, port=self.admin_port, **kwargs)
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
         stop_process_group(self.process)

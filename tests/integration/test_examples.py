@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ROOT, Reply, free_port, request
+from tests.integration.harness import ROOT, Reply, request
 
 pytestmark = pytest.mark.integration
 
 
 def test_proxy_advanced_balances_one_two_one_and_fails_over(make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]
     backends = [make_upstream(f"backend-{i}") for i in (1, 2, 3)]
-    dashboard_port = free_port()
-    env = {f"BACKEND_{i}_URL": b.url for i, b in enumerate(backends, 1)} | {"DASHBOARD_PORT": str(dashboard_port)}
+    env = {f"BACKEND_{i}_URL": b.url for i, b in enumerate(backends, 1)}  # the admin port: the harness's backworks_admin
     proxy = start_proxy(ROOT / "blueprints" / "proxy-advanced" / "blueprint.yaml", env=env)
     names = [proxy.get("/api/users").json["upstream"] for _ in range(8)]
     assert names == ["backend-2", "backend-1", "backend-3", "backend-2"] * 2
@@ -35,7 +34,7 @@ def test_proxy_advanced_balances_one_two_one_and_fails_over(make_upstream, start
     served = {s["labels"]["target"]: s["value"] for s in metrics["backworks_upstream_requests"]["samples"] if s["labels"]["outcome"] == "2xx"}
     assert served["backend-2"] >= 3 and set(served) == {"backend-1", "backend-2", "backend-3"}
     assert {s["labels"]["target"] for s in metrics["backworks_target_healthy"]["samples"]} == {"backend-1", "backend-2", "backend-3"}
-    status = request("GET", "/api/status", port=dashboard_port).json
+    status = proxy.admin_get("/__backworks/api/status").json
     assert [t["name"] for t in status["pools"][0]["targets"]] == ["backend-1", "backend-2", "backend-3"]
     assert status["blueprint"]["name"] == "Advanced Proxy API"
 

@@ -99,7 +99,7 @@ def test_exposed_text_passes_promtool_and_counts_what_happened(shop) -> None:
     for user in range(4):
         assert proxy.get(f"/users/{user}").status == 200
 
-    reply = proxy.get("/metrics")
+    reply = proxy.admin_get("/metrics")
     assert reply.status == 200
     assert reply.header("content-type").startswith("text/plain")
     text = reply.body.decode()
@@ -125,7 +125,7 @@ def test_exposed_text_passes_promtool_and_counts_what_happened(shop) -> None:
     assert value('backworks_upstream_endpoint_requests_total{endpoint="/users/{id}",outcome="connect_failure",pool="default",target="backend-2"}') >= 1
     assert value('backworks_upstream_endpoint_request_duration_seconds_count{endpoint="/users/{id}",pool="default",target="backend-1"}') >= 6
     assert value('backworks_blueprint_info{name="shop",version="2.1.0"}') == 1
-    assert value("backworks_requests_in_flight") == 1  # the scrape itself
+    assert value("backworks_requests_in_flight") == 0  # the scrape is on the admin listener, not API traffic
 
 
 def test_a_real_prometheus_scrapes_the_gateway_and_counts_the_requests_sent(shop, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_a_real_prometheus_scrapes_the_gateway_and_counts_the_requests_sent(shop
     sent = 37
     statuses = load(proxy.port, ["/items"] * sent)
     assert statuses == [200] * sent
-    with PrometheusServer([f"127.0.0.1:{proxy.port}"], workdir=tmp_path) as prometheus:
+    with PrometheusServer([f"127.0.0.1:{proxy.admin_port}"], workdir=tmp_path) as prometheus:
         got = prometheus.wait_for_value('sum(backworks_requests_total{endpoint="/items"})', sent, timeout=40)
         assert got == sent
         targets = prometheus.targets()
@@ -152,11 +152,10 @@ def test_10000_distinct_ids_leave_the_number_of_series_bounded(tmp_path: Path, m
     )
     proxy = start_proxy(blueprint)
     load(proxy.port, [f"/accounts/{n}" for n in range(10)])
-    proxy.get("/metrics")  # the scrape counts itself from the second one on
-    before = series(proxy.get("/metrics").body.decode())
+    before = series(proxy.admin_get("/metrics").body.decode())
     statuses = load(proxy.port, [f"/accounts/{n}?session=s{n}" for n in range(10, 10_010)])
     assert len(statuses) == 10_000 and set(statuses) == {200}
-    after_text = proxy.get("/metrics").body.decode()
+    after_text = proxy.admin_get("/metrics").body.decode()
     after = series(after_text)
     assert after == before, sorted(after ^ before)
     assert len(after) < 100
@@ -164,15 +163,18 @@ def test_10000_distinct_ids_leave_the_number_of_series_bounded(tmp_path: Path, m
     assert "/accounts/1" not in after_text and "session" not in after_text
 
 
-def test_metrics_on_their_own_port(tmp_path: Path, make_upstream, start_proxy) -> None:
+def test_the_deprecated_metrics_port_becomes_the_admin_port(tmp_path: Path, make_upstream, start_proxy) -> None:
     port = free_port()
-    proxy = start_proxy(write_blueprint(tmp_path, [make_upstream("backend-1")], metrics=f"{{config: {{port: {port}, path: /prom}}}}"))
+    blueprint = write_blueprint(tmp_path, [make_upstream("backend-1")], metrics=f"{{config: {{port: {port}, path: /prom}}}}")
+    proxy = start_proxy(blueprint, "--set", "backworks_admin=")  # the blueprint decides
     assert proxy.get("/items").status == 200
-    proxy.wait_for_log(f"metrics on http://127.0.0.1:{port}/prom")
+    log = proxy.wait_for_log(f"admin listener on http://127.0.0.1:{port}")
+    assert "warning: plugins.metrics.config.port: deprecated" in log and "server: {admin: {port:" in log
     reply = request("GET", "/prom", port=port)
     assert reply.status == 200
     assert 'backworks_requests_total{endpoint="/items",method="GET",status_class="2xx"} 1.0' in reply.body.decode()
     assert request("GET", "/other", port=port).status == 404
+    assert request("GET", "/__backworks/api/status", port=port).json["blueprint"]["name"] == "shop"
     assert proxy.get("/prom").status == 404  # not on the proxy listener
 
 

@@ -128,7 +128,7 @@ def test_the_status_page_in_chromium_follows_a_target_going_down(tmp_path: Path,
     ARTIFACTS.mkdir(exist_ok=True)
 
     with Browser(browser_binary) as browser:
-        page = browser.open(f"http://127.0.0.1:{proxy.port}/__backworks")
+        page = browser.open(f"http://127.0.0.1:{proxy.admin_port}/__backworks")
         page.wait_for("document.documentElement.dataset.loaded === 'true'", timeout=10)
         states = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('[data-target]')].map(r => [r.dataset.target, r.dataset.state])))"
         assert json.loads(page.evaluate(states)) == {"backend-1": "up", "backend-2": "up"}
@@ -147,20 +147,22 @@ def test_the_status_page_in_chromium_follows_a_target_going_down(tmp_path: Path,
         page.screenshot(ARTIFACTS / "dashboard-down.png")
     assert (ARTIFACTS / "dashboard-down.png").stat().st_size > 10_000
 
-    status = proxy.get("/__backworks/api/status").json
+    status = proxy.admin_get("/__backworks/api/status").json
     assert [t["state"] for t in status["pools"][0]["targets"]] == ["up", "down"]
     assert status["totals"]["requests"] >= 21
     assert [e["label"] for e in status["endpoints"]] == ["GET /users/{id}", "GET /members", "GET /hello"]
 
 
-def test_the_status_page_on_its_own_port(tmp_path: Path, make_upstream, start_proxy) -> None:
+def test_the_deprecated_dashboard_port_becomes_the_admin_port(tmp_path: Path, make_upstream, start_proxy) -> None:
     port = free_port()
-    proxy = start_proxy(pool_blueprint(tmp_path, [make_upstream("backend-1")], dashboard=f"dashboard: {{port: {port}}}"))
-    proxy.wait_for_log(f"status page on http://127.0.0.1:{port}/")
-    page = request("GET", "/", port=port)
-    assert page.status == 200 and b"/api/status" in page.body
-    assert request("GET", "/api/status", port=port).json["blueprint"]["name"] == "shop"
-    assert proxy.get("/__backworks").status == 404  # not on the proxy listener then
+    blueprint = pool_blueprint(tmp_path, [make_upstream("backend-1")], dashboard=f"dashboard: {{port: {port}}}")
+    proxy = start_proxy(blueprint, "--set", "backworks_admin=")  # the blueprint decides
+    log = proxy.wait_for_log(f"admin listener on http://127.0.0.1:{port}")
+    assert "warning: dashboard.port: deprecated" in log
+    page = request("GET", "/__backworks", port=port)
+    assert page.status == 200 and b"/__backworks/api/status" in page.body
+    assert request("GET", "/__backworks/api/status", port=port).json["blueprint"]["name"] == "shop"
+    assert proxy.get("/__backworks").status == 404  # not on the proxy listener
 
 
 # -- mitmweb --------------------------------------------------------------------------------

@@ -417,11 +417,11 @@ class Readme:
 
 def start_demo(service: Callable[..., Service], tmp: Path) -> Setup:
     """./run.sh: the demo backend, then `backworks run blueprints/demo.yaml` (as run.sh's demo())."""
-    backend, gateway = free_port(), free_port()
+    backend, gateway, admin = free_port(), free_port(), free_port()
     service([str(BIN / "backworks"), "demo-backend", "--port", str(backend), "--name", "demo-backend"], port=backend)
-    env = {"DEMO_BACKEND_URL": f"http://127.0.0.1:{backend}", "BACKWORKS_PORT": str(gateway)}
-    service([str(BIN / "backworks"), "run", "blueprints/demo.yaml"], env=env, port=gateway, ready_text="backworks: loaded blueprint")
-    return Setup({8080: gateway})
+    env = {"DEMO_BACKEND_URL": f"http://127.0.0.1:{backend}", "BACKWORKS_PORT": str(gateway), "BACKWORKS_ADMIN_PORT": str(admin)}
+    service([str(BIN / "backworks"), "run", "blueprints/demo.yaml"], env=env, port=gateway, ready_text="backworks: admin listener on")
+    return Setup({8080: gateway, 9901: admin})
 
 
 def start_hello_world(service: Callable[..., Service], tmp: Path) -> Setup:
@@ -439,16 +439,16 @@ def start_hello_world_mitmdump(service: Callable[..., Service], tmp: Path) -> Se
 
 
 def start_proxy_advanced(service: Callable[..., Service], tmp: Path) -> Setup:
-    """Three demo backends (the README's jobs %1 to %3), then the gateway with its dashboard port."""
+    """Three demo backends (the README's jobs %1 to %3), then the gateway with its admin port."""
     backends = []
-    env = {"DASHBOARD_PORT": str(free_port())}
+    env = {"ADMIN_PORT": str(free_port())}
     for number in (1, 2, 3):
         port = free_port()
         backends.append(service([str(BIN / "backworks"), "demo-backend", "--port", str(port), "--name", f"backend-{number}"], port=port))
         env[f"BACKEND_{number}_URL"] = f"http://127.0.0.1:{port}"
     gateway = free_port()
-    service([str(BIN / "backworks"), "run", "blueprints/proxy-advanced/blueprint.yaml", "--port", str(gateway)], env=env, port=gateway, ready_text="backworks: loaded blueprint")
-    return Setup({8080: gateway, 8081: int(env["DASHBOARD_PORT"])}, actions={f"kill %{n}": backends[n - 1].stop for n in (1, 2, 3)})
+    service([str(BIN / "backworks"), "run", "blueprints/proxy-advanced/blueprint.yaml", "--port", str(gateway)], env=env, port=gateway, ready_text="backworks: admin listener on")
+    return Setup({8080: gateway, 9901: int(env["ADMIN_PORT"])}, actions={f"kill %{n}": backends[n - 1].stop for n in (1, 2, 3)})
 
 
 def start_auth_api(service: Callable[..., Service], tmp: Path) -> Setup:

@@ -78,7 +78,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
         "AUTH_USERS_FILE": str(root / "users.json"),
         "DEMO_BACKEND_URL": "http://127.0.0.1:3001",
         "BACKWORKS_PORT": "8080",
-        "DASHBOARD_PORT": "8081",
+        "ADMIN_PORT": "9901",
         "FUZZ_URL": "http://127.0.0.1:3001",
         **{f"BACKEND_{i}_URL": f"http://127.0.0.1:{3000 + i}" for i in (1, 2, 3)},
     }

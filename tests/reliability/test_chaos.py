@@ -82,7 +82,7 @@ def targets() -> Iterator[Targets]:
 
 def can_take_traffic(proxy: Proxy, names: tuple[str, ...]) -> bool:
     """Healthy by its checks, not ejected, breaker closed: what the balancer picks from."""
-    rows = {t["name"]: t for t in status_json(proxy.port)["pools"][0]["targets"]}
+    rows = {t["name"]: t for t in status_json(proxy.admin_port)["pools"][0]["targets"]}
     return all(rows[n]["health"] == "healthy" and not rows[n]["ejected"] and rows[n]["breaker"] == "closed" for n in names)
 
 
@@ -218,7 +218,7 @@ def test_zero_client_errors_while_one_target_is_up(tmp_path: Path, targets: Targ
         phases[-1].ended = time.monotonic()
     elapsed = time.monotonic() - started
     outcomes = load.snapshot()
-    samples = scrape(proxy.port)
+    samples = scrape(proxy.admin_port)
     log = proxy.log()
 
     # -- figures ------------------------------------------------------------------------------

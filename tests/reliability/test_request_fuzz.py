@@ -378,7 +378,7 @@ def serve(name: str, start_proxy: Callable[..., Proxy], demo_backends: Callable[
     elif name == "auth-api":
         env = {"JWT_SECRET": "request-fuzz-secret-of-at-least-32-bytes", "AUTH_USERS_FILE": str(tmp_path / "users.json")}
     elif name == "proxy-advanced":
-        env = {f"BACKEND_{i}_URL": demo_backends(f"backend-{i}") for i in (1, 2, 3)} | {"DASHBOARD_PORT": str(free_port())}
+        env = {f"BACKEND_{i}_URL": demo_backends(f"backend-{i}") for i in (1, 2, 3)} | {"ADMIN_PORT": str(free_port())}
         upstream = env["BACKEND_1_URL"]
     reverse = ["--mode", f"reverse:{upstream}", "--set", "connection_strategy=lazy", "--set", "keep_host_header=true"]
     return start_proxy(ROOT / PROFILES[name].blueprint, *reverse, env=env)

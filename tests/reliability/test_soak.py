@@ -136,7 +136,7 @@ def test_memory_and_descriptors_stay_flat_under_mixed_load(tmp_path: Path, targe
     sampler.stop()
     cpu = cpu_seconds(proxy.process.pid) - cpu_before
     outcomes = load.snapshot()
-    samples = scrape(proxy.port)
+    samples = scrape(proxy.admin_port)
     elapsed = sampler.samples[-1].elapsed
 
     # -- figures ------------------------------------------------------------------------------

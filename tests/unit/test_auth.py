@@ -982,6 +982,17 @@ async def test_forward_claims_replace_spoofed_headers(gateway_for, send) -> None
     assert "x-org" not in echoed_headers(flow)
 
 
+async def test_forward_claims_names_are_the_gateways_on_every_route(gateway_for, send) -> None:  # type: ignore[no-untyped-def]
+    """Twins (`X_User`) and Connection tokens cannot bring a client's value through, with or without auth."""
+    gateway = gateway_for()
+    headers = [("Authorization", f"Bearer {token_for()}"), ("Connection", "X-User, X-Roles"), ("X_User", "admin"), ("x-roles ", "admin")]
+    flow = await send(gateway, "GET", "/api/resources/1", headers=headers)
+    seen = {name.replace("_", "-").strip(): values for name, values in echoed_headers(flow).items()}
+    assert seen["x-user"] == ["alice"] and seen["x-roles"] == ["user"]
+    flow = await send(gateway, "GET", "/open", headers=[("X-User", "admin"), ("X_Org", "1"), ("X-ROLES", "admin")])
+    assert not {"x-user", "x_org", "x-org", "x-roles"} & set(echoed_headers(flow))
+
+
 @pytest.mark.parametrize(
     ("headers", "path"),
     [
@@ -1287,3 +1298,68 @@ async def test_verified_cache_returns_copies(keys: Keys) -> None:
     third = await authenticator.verify(token)
     assert (third["roles"], third["realm_access"]) == (["user"], {"roles": ["user"]}) and third is not second
     assert counter.calls == 1
+
+
+# Demo secrets (issue 17, item 8): published or placeholder HS* secrets are a located warning
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "auth-api-demo-secret-do-not-use-in-production",  # the auth-api example's fallback
+        "secret", "changeme", "CHANGE_ME", "your-secret-key", "your-256-bit-secret", "supersecret", "keyboard cat",
+        "my-demo-secret-that-is-long-enough-for-hs256-really",  # a placeholder by its words, whatever its length
+        "replace-me-with-a-real-secret-of-32-bytes-or-more",
+        "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t", "0123456789abcdef0123456789abcdef", "x" * 64,  # a pattern repeated
+    ],
+)
+def test_a_demo_secret_is_a_lint_warning(project, load, secret: str) -> None:  # type: ignore[no-untyped-def]
+    from addons.auth import demo_secret_reason
+
+    assert demo_secret_reason(secret) is not None
+    path = project.blueprint(
+        f"""
+        name: x
+        plugins:
+          auth:
+            config: {{jwt_secret: {json.dumps(secret)}}}
+        endpoints:
+          - {{path: /ok, handler: static, config: {{static: {{}}}}}}
+        """
+    )
+    messages = [w.message for w in load(path).warnings if w.key_path.startswith("plugins.auth")]
+    demo = [m for m in messages if "can forge tokens" in m]
+    assert len(demo) == 1, messages
+    assert "secrets.token_urlsafe(48)" in demo[0]
+
+
+@pytest.mark.parametrize("secret", ["kJ8s9fL2mQ7xP3zR5tV1wY4bN6cD0eGhT", "integration-test-secret-of-at-least-32-bytes", "Zr3Qy0pX8wLk2VbN7tC5mH1sJ9dF4gA6eU0iO3yT8rW2qE5z"])
+def test_a_random_secret_is_no_demo_secret(secret: str) -> None:
+    from addons.auth import demo_secret_reason
+
+    assert demo_secret_reason(secret) is None
+
+
+def test_a_short_demo_secret_gets_both_warnings(project, load) -> None:  # type: ignore[no-untyped-def]
+    path = project.blueprint("name: x\nplugins:\n  auth:\n    config: {jwt_secret: secret}\nendpoints:\n  - {path: /ok, handler: static, config: {static: {}}}\n")
+    messages = [w.message for w in load(path).warnings if w.key_path.startswith("plugins.auth")]
+    assert len(messages) == 2 and "jwt_secret is 6 bytes; HS256 wants at least 32 random bytes (RFC 7518 §3.2)" in messages
+    assert any(m.startswith("jwt_secret is a well-known example value: ") for m in messages)
+
+
+def test_validate_warns_on_the_auth_api_example_without_jwt_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from backworks_core.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "blueprints" / "auth-api" / "blueprint.yaml"
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    assert main(["validate", str(example)]) == 0
+    out, err = capsys.readouterr()
+    assert "1 warning(s)" in out
+    (line,) = [w for w in err.splitlines() if "can forge tokens" in w]
+    assert line.startswith(f"{example}:16:") and ": warning: plugins[0].config.jwt_secret: jwt_secret is a well-known example value" in line, line
+    import secrets
+
+    monkeypatch.setenv("JWT_SECRET", secrets.token_urlsafe(48))
+    assert main(["validate", str(example)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in out + err

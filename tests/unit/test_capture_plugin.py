@@ -196,3 +196,22 @@ async def test_flows_backworks_handled_can_still_be_saved_by_mitmproxy(stack) ->
     read = list(mitmproxy_io.FlowReader(buffer).stream())
     assert [f.request.path for f in read] == ["/status", "/users/1", "/nothing"]
     assert read[0].metadata["backworks.request_id"] == flows[0].metadata["backworks.request_id"]
+
+
+async def test_log_flows_prints_each_flow_redacted_as_the_journal(stack, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    core, capture, folder = await stack("{output: out.yaml, log_flows: true, exclude: [/health]}")
+    with caplog.at_level("INFO", logger="addons.capture"):
+        await finish(core, make_flow("GET", "/orders?api_key=abc123&token=t0k&page=2"))
+        await finish(core, make_flow("GET", "/health?session=abc123"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "addons.capture" and " << " in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "GET http://" in lines[0] and "/orders?api_key=[REDACTED]&token=[REDACTED]&page=2 << 200 OK" in lines[0]
+    assert lines[1].endswith("(not recorded)") and "session=[REDACTED]" in lines[1]
+    assert "abc123" not in caplog.text
+
+
+async def test_without_log_flows_the_plugin_logs_no_flow(stack, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    core, capture, folder = await stack()
+    with caplog.at_level("INFO", logger="addons.capture"):
+        await finish(core, make_flow("GET", "/orders?api_key=abc123"))
+    assert not [r for r in caplog.records if " << " in r.getMessage()]

@@ -117,3 +117,30 @@ def test_hostile_nesting_is_bounded() -> None:
     for _ in range(200):
         deep = {"a": deep}
     assert "leaf" not in json.dumps(redact_json(deep, RULES))
+
+
+# The console and the files agree (issue 17, item 6): one set of rules for both
+
+
+def test_redact_target_is_the_query_as_the_files_have_it() -> None:
+    from backworks_core.capture.redact import redact_target
+
+    rules = RedactionRules()
+    assert redact_target("/orders?api_key=abc123&token=t0k&page=2", rules) == "/orders?api_key=[REDACTED]&token=[REDACTED]&page=2"
+    assert redact_target("/cb?next=%2Fx%3Fapi_key%3Dabc123", rules) == "/cb?next=/x%3Fapi_key%3D[REDACTED]"
+    assert redact_target("/x;session=abc123/y", rules) == "/x;session=[REDACTED]/y"
+    assert redact_target("/plain", rules) == "/plain"
+    assert redact_target("/o?api_key=abc123", RedactionRules(enabled=False)) == "/o?api_key=abc123"  # --no-redact: the files keep it too
+    assert redact_target("/o?pin=1234", RedactionRules.build(fields=["pin"])) == "/o?pin=[REDACTED]"
+
+
+def test_secret_assignments_inside_text_headers_and_short_json_strings_go() -> None:
+    from backworks_core.capture.redact import redact_headers, redact_json, redact_text
+
+    rules = RedactionRules()
+    assert redact_text("echo: api_key=abc123&page=2") == "echo: api_key=[REDACTED]&page=2"
+    assert redact_json({"query": "api_key=abc123", "q": "a=b", "author": "x"}, rules) == {"query": "api_key=[REDACTED]", "q": "a=b", "author": "x"}
+    assert redact_headers([("Referer", "http://a/?access_token=abc123&x=1"), ("Content-Type", "text/plain; charset=utf-8")], rules) == [
+        ("Referer", "http://a/?access_token=[REDACTED]&x=1"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+    ]

@@ -393,10 +393,11 @@ async def test_init_project_serves_its_endpoints(tmp_path, compile_gateway, send
     assert json.loads(flow.response.get_content())["message"] == "Hello from my-api"
 
 
-def test_validate_finds_an_endpoint_on_the_status_page_path(project, capsys):
+def test_validate_finds_an_endpoint_on_the_status_page_path_when_exposed_on_the_api(project, capsys):
     path = project.blueprint(
         """
 name: clash
+server: {admin: {expose_on_api: true}}
 dashboard: {path: /status}
 endpoints:
   - {path: /status, handler: static, config: {static: {body: mine}}}
@@ -404,7 +405,22 @@ endpoints:
     )
     assert main(["validate", str(path)]) == 1
     _, err = capsys.readouterr()
-    assert f"{path}:2:19: dashboard.path: /status (the status page) is also the path of endpoints[0] (GET /status)" in err
+    assert f"{path}:3:19: dashboard.path: /status (the status page) is also the path of endpoints[0] (GET /status)" in err
+
+
+def test_validate_prints_the_located_warning_of_the_admin_opt_in(project, capsys):
+    path = project.blueprint(
+        """
+name: open
+server: {admin: {expose_on_api: true}}
+endpoints:
+  - {path: /status, handler: static, config: {static: {body: mine}}}
+"""
+    )
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{path}:2:33: warning: server.admin.expose_on_api: /__backworks, /__backworks/api/status are served on the API's listener to any client" in err
+    assert out.endswith("1 warning(s)\n")
 
 
 def test_validate_counts_only_the_blueprints_endpoints(project, capsys):

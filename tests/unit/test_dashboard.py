@@ -68,7 +68,7 @@ plugins:
       targets:
         - {{name: a, url: "http://127.0.0.1:1"}}
         - {{name: b, url: "http://127.0.0.1:2"}}
-server: {{unmatched: {unmatched}}}
+server: {{unmatched: {unmatched}, admin: {{expose_on_api: {expose}}}}}
 endpoints:
   - path: /hello
     handler: static
@@ -95,14 +95,14 @@ class Stack:
 async def stack() -> AsyncIterator[Stack]:
     made = Stack()
     yield made
-    await made.dashboard.done()  # the side-port tasks a blueprint going live starts
     for plugin in made.plugins:
         if hasattr(plugin, "done"):
             await plugin.done()
 
 
-def write(project, dashboard: str = "", unmatched: str = "not_found"):  # type: ignore[no-untyped-def]
-    return project.blueprint(BLUEPRINT.format(dashboard=dashboard, unmatched=unmatched))
+def write(project, dashboard: str = "", unmatched: str = "not_found", expose: bool = True):  # type: ignore[no-untyped-def]
+    """The pages are on the API's listener too (server.admin.expose_on_api) unless `expose` is false."""
+    return project.blueprint(BLUEPRINT.format(dashboard=dashboard, unmatched=unmatched, expose=str(expose).lower()))
 
 
 def proxied(request_id: str, attempts: list[tuple[str, int | None, float]], status: int | None, *, error: str | None = None, path: str = "/api/users"):  # type: ignore[no-untyped-def]
@@ -244,7 +244,6 @@ async def test_internal_requests_are_not_counted(project, stack: Stack) -> None:
         assert body["totals"]["requests"] == 1
         assert {e["label"]: e["requests"] for e in body["endpoints"]}["GET /hello"] == 1
         assert body["recent_errors"] == []
-        await stack.dashboard.done()
 
 
 async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
@@ -317,14 +316,25 @@ async def test_disabled_dashboard_has_no_internal_endpoints(project, stack: Stac
         assert flow.response.status_code == 404
 
 
-async def test_dashboard_on_its_own_port_is_not_on_the_proxy_listener(project, stack: Stack, unused_tcp_port: int) -> None:  # type: ignore[no-untyped-def]
+async def test_without_the_opt_in_the_pages_are_for_the_admin_listener_only(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
     with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
-        tctx.configure(stack.core, blueprint=str(write(project, f"dashboard: {{port: {unused_tcp_port}}}")))
-        assert not any(e.template.startswith("/__backworks") for e in stack.core.gateway.endpoints)
-        flow = make_flow("GET", "/__backworks/api/status", mode=REVERSE)
+        tctx.configure(stack.core, blueprint=str(write(project, expose=False)))
+        assert not any(e.internal for e in stack.core.gateway.endpoints)
+        assert {p.path for p in stack.core.gateway.admin_pages} == {"/__backworks", "/__backworks" + API_SUFFIX, "/metrics"}
+        for path in ("/__backworks", "/__backworks/api/status", "/metrics"):
+            flow = make_flow("GET", path, mode=REVERSE)
+            await stack.core.request(flow)
+            assert flow.response.status_code == 404, path
+
+
+async def test_without_the_opt_in_the_dashboard_path_may_be_an_endpoint_path(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    """The admin listener and the API's are two listeners: the same path on both is no clash."""
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        tctx.configure(stack.core, blueprint=str(write(project, "dashboard: {path: /hello}", expose=False)))
+        flow = make_flow("GET", "/hello", mode=REVERSE)
         await stack.core.request(flow)
-        assert flow.response.status_code == 404
-        await stack.dashboard.done()
+        assert flow.response.get_content() == b"hi"
+        assert "/hello" in {p.path for p in stack.core.gateway.admin_pages}
 
 
 async def test_dashboard_at_a_custom_path(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]

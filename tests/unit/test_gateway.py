@@ -9,8 +9,9 @@ import pytest
 
 from addons import builtin_plugins
 from backworks_core.context import json_error, request_id_for
-from backworks_core.gateway import glob_to_regex
+from backworks_core.paths import PathGlob
 from backworks_core.plugins import Plugin, PluginRegistry
+from backworks_core.telemetry import record_for
 
 from .conftest import body_json, make_flow
 
@@ -233,10 +234,29 @@ async def test_plugin_handler_that_raises_is_a_500(make_gateway, send, caplog):
         ("/a.b", "/a.b", True),
         ("*", "/anything/at/all", True),
         ("/v?", "/v1", False),
+        ("/api/*/users/*/delete", "/api/1/users/2/delete", True),
+        ("/api/*/users/*/delete", "/api/users/delete", False),
+        ("/api/*/users/*/delete", "/api/1/users/users/delete", True),
+        ("/a*a", "/a", False),  # prefix and suffix never overlap
+        ("/a*a", "/aa", True),
+        ("*x*x*", "xx", True),
+        ("*x*x*", "x", False),
+        ("/a**b", "/ab", True),
     ],
 )
-def test_glob_to_regex(glob, path, matches):
-    assert bool(glob_to_regex(glob).match(path)) is matches
+def test_path_glob(glob, path, matches):
+    assert PathGlob(glob).match(path) is matches
+
+
+def test_path_glob_agrees_with_the_regex_it_replaces():
+    import random
+
+    rng = random.Random(17)
+    for _ in range(3000):
+        glob = "".join(rng.choice("ab*/") for _ in range(rng.randint(0, 7)))
+        path = "".join(rng.choice("ab/") for _ in range(rng.randint(0, 9)))
+        old = re.compile("^" + ".*".join(re.escape(part) for part in glob.split("*")) + "$", re.S)
+        assert PathGlob(glob).match(path) is bool(old.match(path)), (glob, path)
 
 
 async def test_an_unmatched_path_of_invalid_utf8_is_a_404_not_a_500(make_gateway, send):
@@ -247,3 +267,119 @@ async def test_an_unmatched_path_of_invalid_utf8_is_a_404_not_a_500(make_gateway
     flow.response = None
     await gateway.handle(flow, reverse_mode=True, direct=False)
     assert_error_body(flow.response, 404, "no endpoint matches GET /hello/\udcff\udcfe")
+
+
+# -- one canonical path ---------------------------------------------------------------------
+
+GUARDED = """
+name: canonical-path
+{server}
+plugins:
+  auth:
+    config: {{jwt_secret: "0123456789abcdef0123456789abcdef-canonical"}}
+middlewares:
+  - {{name: guard, plugin: auth, config: {{path: "/admin/*"}}}}
+endpoints:
+{endpoints}
+"""
+CATCH_ALL = '  - {path: "/{rest:path}", method: ANY, handler: static, config: {static: {body: served}}}'
+ADMIN_ONLY = '  - {path: "/admin/{rest:path}", method: ANY, handler: static, config: {static: {body: served}}}'
+
+
+@pytest.fixture
+def guarded(project, compile_gateway):
+    def _make(server: str = "", endpoints: str = CATCH_ALL):
+        return compile_gateway(project.blueprint(GUARDED.format(server=server, endpoints=endpoints)))
+
+    return _make
+
+
+@pytest.mark.parametrize(
+    "raw, canonical",
+    [
+        ("/admin/secret", "/admin/secret"),
+        ("/public/../admin/secret", "/admin/secret"),
+        ("/public/%2e%2e/admin/secret", "/admin/secret"),
+        ("/public/%2E%2e/admin/secret?x=%2e%2e&y", "/admin/secret?x=%2e%2e&y"),  # the query as it was
+        ("//admin/secret", "/admin/secret"),
+        ("/./admin/secret", "/admin/secret"),
+        ("/%61dmin/secret", "/admin/secret"),
+        ("/admin;x/secret", "/admin;x/secret"),  # a server that strips ;params serves /admin/secret
+        ("/x/y/../../admin//./secret/", "/admin/secret/"),
+    ],
+)
+async def test_every_spelling_of_the_admin_area_meets_the_filter_and_goes_on_canonical(guarded, send, raw, canonical):
+    flow = await send(guarded(), "GET", raw)
+    assert flow.response.status_code == 401, (raw, flow.response.get_content())
+    assert flow.request.path == canonical
+
+
+@pytest.mark.parametrize("raw", ["/admin%2fsecret", "/x/..;/admin/secret", "/a%252e%252e/admin", "/admin%5csecret", "/a%00", "/a%zz", "/;x/admin/secret"])
+@pytest.mark.parametrize("mode", ["reverse", "direct", "reverse-passthrough"])
+async def test_an_ambiguous_path_the_blueprint_handles_is_a_400(guarded, send, raw, mode):
+    gateway = guarded("server: {unmatched: passthrough}" if mode == "reverse-passthrough" else "", ADMIN_ONLY)
+    flow = await send(gateway, "GET", raw, reverse=mode != "direct", direct=mode == "direct")
+    request_id = assert_error_body(flow.response, 400)
+    assert body_json(flow.response)["error"].startswith("request path refused: ")
+    assert flow.comment.endswith("backworks: path refused → 400")
+    from backworks_core.telemetry import record_for
+
+    assert record_for(flow).error.startswith("request path refused: ") and request_id
+
+
+async def test_regular_mode_passes_someone_elses_request_byte_for_byte(guarded, send):
+    gateway = guarded("", ADMIN_ONLY)
+    for raw in ["/other/./x//y", "/other%2fx", "/x/..;/y", "/a%zz?q=%2e", "/public/%2e%2e/x"]:
+        flow = await send(gateway, "GET", raw, reverse=False)
+        assert flow.response is None, raw
+        assert flow.request.path == raw
+    # ...but what the blueprint handles there is its own: canonical, or refused
+    flow = await send(gateway, "GET", "/public/../admin/secret", reverse=False)
+    assert flow.response.status_code == 401 and flow.request.path == "/admin/secret"
+    flow = await send(gateway, "GET", "/admin%2Fsecret", reverse=False)  # the old reading matches /admin/…
+    assert_error_body(flow.response, 400)
+
+
+async def test_reverse_mode_passthrough_goes_on_canonical_unless_as_sent(guarded, send):
+    canonical = guarded("server: {unmatched: passthrough}", ADMIN_ONLY)
+    flow = await send(canonical, "GET", "/other/./x//y/%7e?q=1")
+    assert flow.response is None and flow.request.path == "/other/x/y/~?q=1"
+    assert_error_body((await send(canonical, "GET", "/other%2Fx")).response, 400)
+
+    as_sent = guarded("server: {unmatched: passthrough, passthrough_path: as_sent}", ADMIN_ONLY)
+    for raw in ["/other/./x//y/%7e?q=1", "/other%2Fx"]:
+        flow = await send(as_sent, "GET", raw)
+        assert flow.response is None and flow.request.path == raw
+    flow = await send(as_sent, "GET", "/public/%2e%2e/admin/secret")  # an endpoint's: canonical, guarded
+    assert flow.response.status_code == 401 and flow.request.path == "/admin/secret"
+    assert_error_body((await send(as_sent, "GET", "/admin%2Fsecret")).response, 400)
+
+
+def test_the_capture_blueprint_passes_paths_as_sent():
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from backworks_core.cli import capture_blueprint
+
+    args = argparse.Namespace(
+        format="blueprint", max_examples=5, name=None, journal=None, include=None, methods=None, hosts=None,
+        exclude=None, no_redact=False, redact_header=None, redact_field=None,
+    )
+    server = yaml.safe_load(capture_blueprint(args, Path("/tmp/out.yaml")))["server"]
+    assert server["passthrough_path"] == "as_sent" and server["unmatched"] == "passthrough"
+
+
+async def test_a_streamed_body_on_an_ambiguous_path_is_refused_too(guarded):
+    from backworks_core.relay import StreamRelay
+
+    gateway = guarded("", ADMIN_ONLY)
+    flow = make_flow("POST", "/admin%2Fsecret", headers={"Content-Length": "100000000"})
+    relay = StreamRelay()
+    try:  # routed to the relay, whose job answers the 400 and drops the body
+        assert await gateway.refuse_head(flow, reverse_mode=True, direct=False, relay=relay)
+        assert flow.request.stream is True and "path refused" in flow.comment
+        assert record_for(flow).error.startswith("request path refused: ")
+    finally:
+        await relay.stop()

@@ -416,10 +416,12 @@ def test_load_errors_are_located(project, load_errors):
 # Found by tests/reliability/test_request_fuzz.py (each was a 500 "handler failed"/"cannot be sent").
 
 
-async def test_json_nested_too_deep_for_python_is_no_json_not_a_handler_failure(python_gateway, send):
+async def test_json_nested_too_deep_is_a_400_not_a_handler_failure(python_gateway, send):
+    # Nesting past backworks_core.bodies.DEFAULT_MAX_DEPTH is refused when the handler reads
+    # request.json (docs/security.md, "3. Bounded bodies"); it was a 500, then None.
     flow = await send(python_gateway, "POST", "/echo/x", headers={"Content-Type": "application/json"}, body="[" * 100_000)
-    assert flow.response.status_code == 200
-    assert body_json(flow.response)["json"] is None
+    assert flow.response.status_code == 400
+    assert body_json(flow.response)["error"] == "request body: JSON nested deeper than 64 levels"
 
 
 async def test_a_lone_surrogate_from_the_request_json_can_be_sent_back(python_gateway, send):

@@ -513,9 +513,12 @@ async def finish(core: Backworks, plugin: MetricsPlugin, flow) -> None:  # type:
     plugin.observe(flow)
 
 
-async def test_metrics_path_is_answered_by_the_gateway(project, stack) -> None:  # type: ignore[no-untyped-def]
+EXPOSED = "server: {admin: {expose_on_api: true}}\n"
+
+
+async def test_metrics_path_is_answered_by_the_gateway_with_the_opt_in(project, stack) -> None:  # type: ignore[no-untyped-def]
     core, plugin, _ = stack
-    path = project.blueprint(APP.format(plugins="plugins: {metrics: {}}", extra=""))
+    path = project.blueprint(APP.format(plugins=EXPOSED + "plugins: {metrics: {}}", extra=""))
     with taddons.context(core, plugin) as tctx:
         tctx.configure(core, blueprint=str(path))
         hello = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")
@@ -533,7 +536,6 @@ async def test_metrics_path_is_answered_by_the_gateway(project, stack) -> None: 
         openmetrics = make_flow("GET", "/metrics", mode="reverse:http://127.0.0.1:9", headers={"Accept": OPENMETRICS_ACCEPT})
         await core.request(openmetrics)
         assert openmetrics.response.get_content().decode().endswith("# EOF\n")
-        await plugin.done()
 
 
 async def test_requests_to_one_template_add_no_series_end_to_end(project, stack) -> None:  # type: ignore[no-untyped-def]
@@ -559,31 +561,31 @@ async def test_requests_to_one_template_add_no_series_end_to_end(project, stack)
         assert any(
             s.labels.get("method") == "OTHER" for f in plugin.metrics.registry.collect() for s in f.samples
         )
-        await plugin.done()
 
 
 async def test_metrics_path_on_an_endpoint_path_is_a_located_error(project, stack) -> None:  # type: ignore[no-untyped-def]
     core, plugin, _ = stack
-    path = project.blueprint(APP.format(plugins="plugins:\n  metrics:\n    config: {path: /hello}", extra=""))
+    path = project.blueprint(APP.format(plugins=EXPOSED + "plugins:\n  metrics:\n    config: {path: /hello}", extra=""))
     with pytest.raises(BlueprintError) as info:
         compile_blueprint(path, core.registry, core.plugins)
-    assert [(d.key_path, d.line) for d in info.value.diagnostics] == [("plugins.metrics.config.path", 4)]
+    assert [(d.key_path, d.line) for d in info.value.diagnostics] == [("plugins.metrics.config.path", 5)]
     assert "/hello (the Prometheus metrics) is also the path of endpoints[0] (GET /hello)" in info.value.diagnostics[0].message
     with taddons.context(core, plugin) as tctx:
         with pytest.raises(exceptions.OptionsError, match="plugins.metrics.config.path"):
             tctx.configure(core, blueprint=str(path))
 
 
-async def test_with_a_port_there_is_no_metrics_route(project, stack, unused_tcp_port) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("config", ["{}", "{port: 9100}"])
+async def test_without_the_opt_in_there_is_no_metrics_route(project, stack, config: str) -> None:  # type: ignore[no-untyped-def]
     core, plugin, _ = stack
-    path = project.blueprint(APP.format(plugins=f"plugins:\n  metrics:\n    config: {{port: {unused_tcp_port}}}", extra=""))
+    path = project.blueprint(APP.format(plugins=f"plugins:\n  metrics:\n    config: {config}", extra=""))
     with taddons.context(core, plugin) as tctx:
         tctx.configure(core, blueprint=str(path))
         assert not any(e.internal for e in core.gateway.endpoints)
+        assert [p.path for p in core.gateway.admin_pages] == ["/metrics"]  # for the admin listener
         flow = make_flow("GET", "/metrics", mode="reverse:http://127.0.0.1:9")
         await core.request(flow)
         assert flow.response.status_code == 404
-        await plugin.done()
 
 
 async def test_without_the_plugin_in_the_blueprint_there_is_no_metrics_route(project, stack) -> None:  # type: ignore[no-untyped-def]
@@ -594,7 +596,6 @@ async def test_without_the_plugin_in_the_blueprint_there_is_no_metrics_route(pro
         flow = make_flow("GET", "/metrics", mode="reverse:http://127.0.0.1:9")
         await core.request(flow)
         assert flow.response.status_code == 404
-        await plugin.done()
 
 
 async def test_nothing_is_counted_while_nothing_can_read_the_counts(project, stack) -> None:  # type: ignore[no-untyped-def]
@@ -615,7 +616,6 @@ async def test_nothing_is_counted_while_nothing_can_read_the_counts(project, sta
         await finish(core, plugin, flow)
         assert plugin.counting
         assert value(plugin.metrics, "backworks_requests_total", **labels) == 1
-        await plugin.done()
 
 
 def test_a_metrics_handler_endpoint_at_metrics_loads(project, compile_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -666,7 +666,6 @@ async def test_custom_buckets_take_effect(project, stack) -> None:  # type: igno
         await finish(core, plugin, flow)
         assert value(plugin.metrics, "backworks_request_duration_seconds_bucket", endpoint="/hello", method="GET", le="0.2") is not None
         assert value(plugin.metrics, "backworks_blueprint_loads_total") == 1
-        await plugin.done()
 
 
 async def test_removing_custom_buckets_goes_back_to_the_defaults(project, stack) -> None:  # type: ignore[no-untyped-def]
@@ -677,11 +676,7 @@ async def test_removing_custom_buckets_goes_back_to_the_defaults(project, stack)
         assert plugin.metrics.buckets == (0.2, 2.0)
         path.write_text(APP.format(plugins="plugins: {metrics: {}}", extra=""))
         assert core.reload()
-        try:
-            assert plugin.metrics.buckets == DEFAULT_BUCKETS
-        finally:
-            await plugin.done()
-
+        assert plugin.metrics.buckets == DEFAULT_BUCKETS
 
 async def test_pool_metrics_disabled_in_the_blueprint(project, stack) -> None:  # type: ignore[no-untyped-def]
     core, plugin, plugins = stack
@@ -718,5 +713,4 @@ async def test_pool_metrics_disabled_in_the_blueprint(project, stack) -> None:  
         # the pools of the live blueprint are read at scrape time
         assert value(plugin.metrics, "backworks_target_ejected", pool="default", target="a") == 0.0
         assert value(plugin.metrics, "backworks_target_ejected", pool="quiet", target="q") == 0.0
-        await plugin.done()
         await proxy.done()

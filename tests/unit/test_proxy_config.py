@@ -309,3 +309,52 @@ def test_https_targets_share_one_tls_context_per_ca_file_version(tmp_path: Path)
     ca.write_bytes(other.read_bytes() + b"\n")  # edited: a new version, read again
     assert target("g", ca_file=str(ca)).ssl_context is not first.ssl_context
     assert Target.from_config(TargetConfig.model_validate({"name": "h", "url": "http://127.0.0.1:80"})).ssl_context is None
+
+
+# -- a path parameter never leaves its template's literal prefix ---------------------------
+
+
+class _Params:
+    def __init__(self, **params: str) -> None:
+        self.params = params
+
+
+@pytest.mark.parametrize(
+    "template, endpoint, params, refused",
+    [
+        ("/public/{p}", "/files/{p}", {"p": "a.txt"}, None),
+        ("/public/{p}", "/files/{p}", {"p": ".."}, "dot segment"),
+        ("/public/{p}", "/files/{p}", {"p": "."}, "dot segment"),
+        ("/public/{p}", "/files/{p}", {"p": ""}, None),  # "/public/": still inside
+        ("/public/{p}", "/files/{p}", {"p": "..;x"}, "dot segment"),
+        ("/public/{p}", "/files/{p}", {"p": "a/b"}, "escaped slash"),  # quoted as %2F
+        ("/public/{rest}", "/files/{rest:path}", {"rest": "a/b"}, None),
+        ("/public/{rest}", "/files/{rest:path}", {"rest": "../config.txt"}, "dot segment"),
+        ("/public/{rest}", "/files/{rest:path}", {"rest": "a/../../config.txt"}, "dot segment"),
+        ("/public/{rest}", "/files/{rest:path}", {"rest": "a//b"}, "empty segment"),
+        ("/{rest}/x", "/files/{rest:path}", {"rest": ".."}, "dot segment"),
+    ],
+)
+def test_a_rendered_upstream_path_is_refused_when_a_value_climbs_out(project, compile_gateway, template, endpoint, params, refused):
+    from backworks_core.paths import PathRefused
+
+    path = project.blueprint(PROXY_PLUGIN + f'  - {{path: "{endpoint}", handler: proxy, config: {{proxy: {{path: "{template}"}}}}}}\n')
+    (plan,) = compile_gateway(path).endpoints
+    upstream_path = plan.handler.path
+    if refused is None:
+        assert upstream_path.render(_Params(**params), "/ignored").startswith("/public/")
+    else:
+        with pytest.raises(PathRefused, match=refused):
+            upstream_path.render(_Params(**params), "/ignored")
+
+
+def test_the_template_prefix_is_its_literal_start(project, compile_gateway):
+    path = project.blueprint(
+        PROXY_PLUGIN
+        + """
+  - {path: "/a/{x}", handler: proxy, config: {proxy: {path: "/v1/files/{x}/raw"}}}
+  - {path: "/b/{x}", handler: proxy, config: {proxy: {path: "/{x}"}}}
+  - {path: "/c", handler: proxy, config: {proxy: {path: "/fixed/path"}}}
+"""
+    )
+    assert [e.handler.path.prefix for e in compile_gateway(path).endpoints] == ["/v1/files/", "/", ""]

@@ -538,7 +538,7 @@ async def test_waiting_for_a_connection_counts_against_the_timeout(project, comp
         assert sorted([first.response.status_code, second.response.status_code]) == [200, 504]
         late = first if first.response.status_code == 504 else second
         assert body_json(late.response)["error"] == (
-            "upstream slow did not answer in time (tries: 1; it waited for one of the target's 1 connections (max_connections))"
+            "upstream timeout (target slow): no answer in time (tries: 1; it waited for one of the target's 1 connections (max_connections))"
         )
         assert "queued=slow" in late.comment
         assert slow.peak_in_flight == 1  # the second was sent only once the first had its answer

@@ -30,6 +30,14 @@ ENV = {"JWT_SECRET": "reference-example-secret-" + "0123456789abcdef" * 4}
 # Keys the loader warns about whatever their value: the warning is the point.
 WARNED_BY_DESIGN = {
     "middlewares[].config.allow_header": "any client can inject faults",
+    # The admin listener's opt-ins and the ports it replaced (backworks_core/admin.py).
+    "server.admin.expose_on_api": "served on the API's listener to any client",
+    "dashboard.port": "deprecated (removed in the next release)",
+    "plugins.metrics.config.port": "deprecated (removed in the next release)",
+    **{
+        f"endpoints[].config.metrics.{key}": "serves the gateway's metrics"
+        for key in ("format", "include_proxy_metrics", "include_circuit_breaker_status", "include_health_check_status")
+    },
 }
 
 SECTIONS = walk(builtin_registry())

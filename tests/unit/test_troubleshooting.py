@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from mitmproxy import exceptions
 from mitmproxy.addons import proxyserver
-from mitmproxy.test import taddons
+from mitmproxy.test import taddons, tflow
 
 from addons import builtin_plugins
 from addons.auth import AuthConfig, issue_token
@@ -531,6 +531,41 @@ def _(env: Env) -> list[str]:
         with pytest.raises(exceptions.OptionsError) as info:
             tctx.configure(addon, backworks_buffer_limit="one megabyte")
     return [str(info.value)]
+
+
+@case("backworks_header_timeout")
+def _(env: Env) -> list[str]:
+    from addons.header_timeout import HeaderTimeout, LiveConnections, Shape
+
+    class Clock:  # a loop whose one timer the case runs by hand
+        now = 100.0
+        timers: list = []
+
+        def time(self) -> float:
+            return self.now
+
+        def call_later(self, delay, callback, *args):  # type: ignore[no-untyped-def]
+            self.timers.append((delay, callback, args))
+            return type("Handle", (), {"cancel": lambda _self: None})()
+
+    class Closing(LiveConnections):
+        def shape(self, client_id: str) -> Shape:
+            return Shape(http=True)
+
+        def close(self, client_id: str, farewell: bytes | None) -> bool:
+            return True
+
+    clock = Clock()
+    addon = HeaderTimeout(scheduler=clock, connections=Closing())
+    env.caplog.set_level(logging.INFO)
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError) as info:
+            tctx.configure(addon, backworks_header_timeout="soon")
+        addon.client_connected(tflow.tclient_conn())
+        delay, callback, args = clock.timers[-1]
+        clock.now += delay
+        callback(*args)
+    return [str(info.value), *env.logs("addons.header_timeout", logging.INFO)]
 
 
 @case("backworks.reload")

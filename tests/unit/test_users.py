@@ -698,3 +698,62 @@ async def test_the_built_handlers_share_one_store_and_use_the_plugin(users_file:
 def test_an_unknown_handler_name_is_a_build_error(users_file: Path) -> None:
     with pytest.raises(BuildError, match="unknown auth handler"):
         build_user_handler("auth.logout", None, auth_config(users_file), FakeAuthPlugin())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------
+# Usernames (issue 17, item 8): no dot-only names, separators, control characters or spaces
+
+
+BAD_USERNAMES = [
+    ".", "..", "...", "._-@", "-", "@",  # no letter or digit: dot-only names and punctuation
+    "a/b", "../admin", "a\\b", "..\\admin",  # path separators
+    "alice\n", "al\x00ice", "\talice", "alice\x7f", "alice\r\nX-Admin: 1",  # control characters (a final "\n" too)
+    " ", "   ", "al ice", "alice\u00a0", "\u2028",  # spaces, Unicode ones too
+    "a" * 65, "ålice", "аlice",  # too long; non-ASCII (the second one starts with a Cyrillic а)
+    "alice%2F..", "al+ice", "al:ice",  # characters outside the set
+]
+
+
+@pytest.mark.parametrize("name", BAD_USERNAMES)
+async def test_register_refuses_every_bad_username_with_a_400_naming_the_rule(store: UserStore, users_file: Path, tokens: FakeTokenService, name: str) -> None:
+    assert not users.valid_username(name)
+    register = RegisterHandler(store, tokens.issue, ["user"], hasher=FAST)
+    response = await register(ctx_for(body={"username": name, "password": "password-1"}))
+    assert response.status_code == 400
+    message = body_json(response)["error"]
+    assert message.startswith("username must be 1 to 64 characters: ASCII letters, digits")
+    assert not users_file.exists() and tokens.issued == {}
+
+
+@pytest.mark.parametrize(("name", "detail"), [("..", "'..' has no letter or digit"), ("a/b", "a path separator ('/')"), ("alice\n", "a control character ('\\n')"), ("a" * 65, "it has 65")])
+def test_the_message_says_what_is_wrong(name: str, detail: str) -> None:
+    assert detail in (users.username_problem(name) or "")
+
+
+@pytest.mark.parametrize("name", ["a", "7", "x" * 64, "bob@example.com", "first.last", "A_b-c", ".alice", "alice."])
+async def test_register_accepts_names_with_a_letter_or_digit(store: UserStore, tokens: FakeTokenService, name: str) -> None:
+    register = RegisterHandler(store, tokens.issue, ["user"], hasher=FAST)
+    response = await register(ctx_for(body={"username": name, "password": "password-1"}))
+    assert response.status_code == 201, body_json(response)
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "alice\n", " "])
+def test_the_store_refuses_a_file_with_a_bad_username(users_file: Path, name: str) -> None:
+    write_users(users_file, {name: {"password_hash": "x", "roles": []}})
+    with pytest.raises(UserStoreError, match="not a valid username"):
+        UserStore(users_file)
+
+
+@pytest.mark.parametrize("name", ["..", "a\\b", "alice\n"])
+async def test_the_store_adds_no_bad_username(store: UserStore, users_file: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid username"):
+        await store.add(make_user(name))
+    assert not users_file.exists()
+
+
+def test_seed_admin_refuses_a_bad_username(users_file: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "blueprints" / "auth-api" / "seed_admin.py"
+    env = {**os.environ, "ADMIN_PASSWORD": "password-1", "AUTH_USERS_FILE": str(users_file)}
+    done = subprocess.run([sys.executable, str(script), "--username", ".."], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "has no letter or digit" in done.stderr, done.stderr
+    assert not users_file.exists()
