@@ -187,7 +187,7 @@ class Gateway:
             ):
                 flow.comment = _join_comment(flow.comment, "backworks: path refused → 400")
                 return self._error(flow, 400, f"request path refused: {exc}; send the path without it")
-            path, result = raw_path, None  # the old lenient reading matches nothing: passed on as sent
+            path, result = raw_path, None  # neither reading is the blueprint's: passed on as sent
         else:
             result = self.router.match(request.method, path, host)
             if path != raw_path and (not untouched or self._handles(result, reverse_mode, direct)):
@@ -201,6 +201,8 @@ class Gateway:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
                 if reverse_mode:  # Backworks' own upstream: the request carries its id there
+                    if not untouched:  # identity and forwarding headers as on any endpoint (capture: as sent)
+                        self.trust_boundary.admit(flow)
                     request_id = request_id_for(flow)
                     ensure_record(flow, request_id).endpoint = PASSTHROUGH
                     stamp_request(flow, request_id)

@@ -29,6 +29,11 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _PLAIN = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 # Bytes whose escape is refused outright: '/' and '\' (a segment boundary to some servers and
 # not to others), and the controls.
+# `;` starts path parameters, which Tomcat, Jetty and Spring strip before they resolve the path and
+# other servers keep: `/admin/secret;x` would route to a catch-all beside an endpoint that guards
+# `/admin/secret`, and such an upstream serves the guarded file. Refused, as Spring's
+# StrictHttpFirewall does by default, raw and escaped.
+_SEMICOLON = "a ';' in the path (path parameters are read differently by different servers)"
 _ESCAPED_SEPARATOR = {0x2F: "an escaped slash (%2F)", 0x5C: "an escaped backslash (%5C)"}
 # Behind `%25`, an escape of these is double encoding: a server that decodes twice sees them.
 _DOUBLE_DANGEROUS = frozenset(b"./\\%;") | frozenset(range(0x20)) | {0x7F}
@@ -62,6 +67,8 @@ def _decode_unreserved(path: str) -> str:
                 out.append(chr(byte))
             elif byte in _ESCAPED_SEPARATOR:
                 raise PathRefused(f"{_ESCAPED_SEPARATOR[byte]} in the path")
+            elif byte == 0x3B:
+                raise PathRefused(_SEMICOLON + " (escaped as %3B)")
             elif byte < 0x20 or byte == 0x7F:
                 raise PathRefused(f"an escaped control character (%{byte:02X}) in the path")
             elif byte in _OVERLONG_LEAD or _overlong(byte, _hex_byte(path, i + 3) if path[i + 3 : i + 4] == "%" else None):
@@ -70,6 +77,8 @@ def _decode_unreserved(path: str) -> str:
                 out.append(f"%{byte:02X}")
             i += 3
             continue
+        if c == ";":
+            raise PathRefused(_SEMICOLON)
         if c == "\\":
             raise PathRefused("a backslash in the path (a separator to some servers and not to others)")
         if c == "#":
@@ -120,7 +129,8 @@ def canonical_path(raw_path: str) -> str:
       upper-cased (`%c3%a9` is `%C3%A9`);
     - `.` and `..` segments are resolved per RFC 3986 §5.2.4 (`..` at the root stays there) and
       empty segments merged (`//a` is `/a`); a trailing slash is kept;
-    - refused (PathRefused, a 400): an escaped slash or backslash, a raw backslash, a '#',
+    - refused (PathRefused, a 400): an escaped slash or backslash, a raw backslash, a '#', a ';'
+      (raw or escaped),
       double encoding of a dot, slash, backslash, '%', ';' or control, control characters and
       spaces (raw or escaped), malformed escapes, overlong UTF-8 (`%C0`, `%C1`), and segments
       that are dot segments or empty once their `;params` are stripped (`..;x`, `.;`, `;x`) or

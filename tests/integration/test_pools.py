@@ -176,12 +176,15 @@ def test_the_path_and_query_reach_the_upstream_byte_for_byte(tmp_path: Path, mak
     async def raw(req: web.Request) -> web.StreamResponse:
         return web.json_response({"raw": req.raw_path})
 
-    upstream = make_upstream("raw", raw_routes={"/raw/a/b": raw})
+    upstream = make_upstream("raw", raw_routes={"/raw/a\u00e9b": raw})
     proxy = start_proxy(pool_blueprint(tmp_path, [(upstream.name, upstream.url, 1)]))
-    # Escapes that need none, an encoded slash and an encoded `/` in the query are not re-normalised.
-    reply = proxy.get("/r%61w/a%2Fb?q=%2F&x=%41+b")
+    # The path goes on in its one canonical form (docs/security.md §1): escapes of unreserved
+    # characters decoded, others upper-cased; the query string byte for byte.
+    reply = proxy.get("/r%61w/a%c3%a9b?q=%2F&x=%41+b")
     assert reply.status == 200, reply.body
-    assert reply.json == {"raw": "/r%61w/a%2Fb?q=%2F&x=%41+b"}
+    assert reply.json == {"raw": "/raw/a%C3%A9b?q=%2F&x=%41+b"}
+    # An encoded slash means a segment boundary to some upstreams and not to others: refused.
+    assert proxy.get("/raw/a%2Fb").status == 400
 
 
 def test_max_connections_holds_through_mitmdump(tmp_path: Path, make_upstream, start_proxy) -> None:  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from .conftest import make_flow
 
 BLUEPRINT = """
 name: shop
-server: {{unmatched: passthrough}}
+server: {{unmatched: passthrough, admin: {{expose_on_api: true}}}}  # the status page on the API listener too: never recorded
 plugins:
   capture:
     config: {config}

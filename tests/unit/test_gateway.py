@@ -304,7 +304,6 @@ def guarded(project, compile_gateway):
         ("//admin/secret", "/admin/secret"),
         ("/./admin/secret", "/admin/secret"),
         ("/%61dmin/secret", "/admin/secret"),
-        ("/admin;x/secret", "/admin;x/secret"),  # a server that strips ;params serves /admin/secret
         ("/x/y/../../admin//./secret/", "/admin/secret/"),
     ],
 )
@@ -314,7 +313,7 @@ async def test_every_spelling_of_the_admin_area_meets_the_filter_and_goes_on_can
     assert flow.request.path == canonical
 
 
-@pytest.mark.parametrize("raw", ["/admin%2fsecret", "/x/..;/admin/secret", "/a%252e%252e/admin", "/admin%5csecret", "/a%00", "/a%zz", "/;x/admin/secret"])
+@pytest.mark.parametrize("raw", ["/admin%2fsecret", "/x/..;/admin/secret", "/a%252e%252e/admin", "/admin%5csecret", "/a%00", "/a%zz", "/;x/admin/secret", "/admin;x/secret", "/admin/secret%3Bx"])
 @pytest.mark.parametrize("mode", ["reverse", "direct", "reverse-passthrough"])
 async def test_an_ambiguous_path_the_blueprint_handles_is_a_400(guarded, send, raw, mode):
     gateway = guarded("server: {unmatched: passthrough}" if mode == "reverse-passthrough" else "", ADMIN_ONLY)

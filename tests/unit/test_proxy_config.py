@@ -326,7 +326,7 @@ class _Params:
         ("/public/{p}", "/files/{p}", {"p": ".."}, "dot segment"),
         ("/public/{p}", "/files/{p}", {"p": "."}, "dot segment"),
         ("/public/{p}", "/files/{p}", {"p": ""}, None),  # "/public/": still inside
-        ("/public/{p}", "/files/{p}", {"p": "..;x"}, "dot segment"),
+        ("/public/{p}", "/files/{p}", {"p": "..;x"}, "';'"),
         ("/public/{p}", "/files/{p}", {"p": "a/b"}, "escaped slash"),  # quoted as %2F
         ("/public/{rest}", "/files/{rest:path}", {"rest": "a/b"}, None),
         ("/public/{rest}", "/files/{rest:path}", {"rest": "../config.txt"}, "dot segment"),

@@ -26,7 +26,7 @@ from tests.certs import private_pem, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "configuration.md"
-ENV = {"JWT_SECRET": "reference-example-secret-" + "0123456789abcdef" * 4}
+ENV = {"JWT_SECRET": "Vq8rT2mZ7xLw4nHc9pKd3sFj6yBg1aNe5uQo0tRi8vWx2zCb7hMk4lPs9dGf3jYu"}  # no demo-secret warning
 # Keys the loader warns about whatever their value: the warning is the point.
 WARNED_BY_DESIGN = {
     "middlewares[].config.allow_header": "any client can inject faults",
