@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Coroutine
 from ipaddress import ip_address
+from typing import Any
 
 from aiohttp import web
 from mitmproxy import ctx, http, tcp, udp
@@ -105,10 +107,16 @@ class TargetGuard:
 
     # -- HTTP requests ----------------------------------------------------------------------
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    # The HTTP hooks are plain functions that return a coroutine only when there is something to
+    # check (mitmproxy awaits what a hook returns): a flow Backworks answered costs no coroutine.
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """A request mitmproxy streams goes upstream before the `request` hook: check it now."""
         if not flow.request.stream or not self._passes_through(flow):
-            return
+            return None
+        return self._refuse_streamed(flow)
+
+    async def _refuse_streamed(self, flow: http.HTTPFlow) -> None:
         response = await self._refusal(flow)
         if response is None:
             return
@@ -122,11 +130,13 @@ class TargetGuard:
         await relay.start()
         point_at_relay(flow, relay, job)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        if self._passes_through(flow):
-            response = await self._refusal(flow)
-            if response is not None:
-                flow.response = response
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        return self._refuse_passed(flow) if self._passes_through(flow) else None
+
+    async def _refuse_passed(self, flow: http.HTTPFlow) -> None:
+        response = await self._refusal(flow)
+        if response is not None:
+            flow.response = response
 
     def _passes_through(self, flow: http.HTTPFlow) -> bool:
         """A live flow nobody answered that mitmproxy would send on to its own destination."""
