@@ -85,6 +85,7 @@ from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationIn
 
 from backworks_core import headers as fast_headers
 from backworks_core.context import Identity, RequestContext
+from backworks_core.credentials import redact
 from backworks_core.gateway import BuildError
 from backworks_core.model import BlueprintPath, MiddlewareFilter, StrictModel
 from backworks_core.plugins import Plugin
@@ -993,10 +994,13 @@ async def fetch_url(url: str, timeout: float) -> bytes:
     """GET a JWKS with aiohttp (on the running loop); no redirects, at most MAX_JWKS_BYTES."""
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(url, headers={"Accept": "application/json"}, allow_redirects=False) as response:
+    # Not decompressed: a compressed JWKS could inflate far past MAX_JWKS_BYTES within one chunk.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=False) as session:
+        async with session.get(url, headers={"Accept": "application/json", "Accept-Encoding": "identity"}, allow_redirects=False) as response:
             if response.status != 200:
                 raise JwksError(f"HTTP {response.status}")
+            if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+                raise JwksError(f"Content-Encoding {response.headers['Content-Encoding'][:32]!r} (identity was asked for)")
             body = bytearray()
             async for chunk in response.content.iter_chunked(64 * 1024):
                 body += chunk
@@ -1064,13 +1068,13 @@ class JwksCache:
         try:
             keys = parse_jwks(await self._fetch(self.url, self.timeout))
         except Exception as exc:  # the network, the issuer, or its document: keep what we have
-            logger.warning("JWKS %s: fetch failed (%s: %s); keeping %d known keys", self.url, type(exc).__name__, exc, len(self.keys))
+            logger.warning("JWKS %s: fetch failed (%s: %s); keeping %d known keys", redact(self.url), type(exc).__name__, redact(str(exc)), len(self.keys))
             return
         finally:
             self._inflight = None
         self.keys = keys
         self.fetched_at = self.clock()
-        logger.info("JWKS %s: %d keys (%s)", self.url, len(keys), ", ".join(_safe_text(k.kid or "-")[:64] for k in keys))
+        logger.info("JWKS %s: %d keys (%s)", redact(self.url), len(keys), ", ".join(_safe_text(k.kid or "-")[:64] for k in keys))
 
 
 class KeyRing:
