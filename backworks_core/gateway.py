@@ -104,6 +104,8 @@ class MiddlewarePlan:
             return True
         if isinstance(path, str):
             return self.path.match(path)
+        if len(path) == 1:
+            return self.path.match(path[0])
         return any(self.path.match(form) for form in path)
 
 

@@ -209,6 +209,8 @@ def filter_forms(canonical: str) -> tuple[str, ...]:
     and parses it again reads `/config.txt%3F.txt` as `/config.txt`). So a filter for
     `/admin/*` or `/config.txt` applies to all of them; a filter only ever applies more often.
     """
+    if "%" not in canonical and ";" not in canonical and "?" not in canonical and "#" not in canonical:  # the common case
+        return (canonical[:-1] if len(canonical) > 1 and canonical[-1] == "/" else canonical,)
     segments = canonical[1:].split("/") if canonical.startswith("/") else []
     if segments and segments[-1] == "":
         segments.pop()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: what a change costs per request, this checkout against another, in one run.
 
-Run with ``.venv/bin/python bench/compare_checkouts.py --baseline DIR [--rounds 4] [--configs b,e]``
+Run with ``.venv/bin/python bench/compare_checkouts.py --baseline DIR [--rounds 4] [--configs be]``
 where DIR is another checkout of Backworks, e.g. the previous main exported with
 ``git archive <commit> | tar -x -C DIR``.
 
@@ -46,13 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="the other checkout (e.g. the previous main, exported)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per checkout, interleaved (default 4)")
-    parser.add_argument("--configs", default="b,e", help="throughput.py configurations besides a (default b,e)")
+    parser.add_argument("--configs", default="be", help="throughput.py configurations besides a, as letters (default be)")
     parser.add_argument("--duration", type=float, default=8, help="seconds per measurement (default 8)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of discarded load first (default 2)")
     parser.add_argument("--verbose", action="store_true", help="show throughput.py's own tables")
     args = parser.parse_args(argv)
-    keys = [k for k in args.configs.split(",") if k and k != "a"]
-    configs = ",".join(["a", *keys])
+    keys = [k for k in args.configs.replace(",", "") if k != "a"]
+    configs = "".join(["a", *keys])  # throughput.py takes letters: "abe"
     checkouts = {"baseline": args.baseline.resolve(), "current": ROOT}
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory(prefix="backworks-compare-") as work:
