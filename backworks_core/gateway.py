@@ -202,13 +202,13 @@ class Gateway:
         if result is None:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
-                if reverse_mode:  # Backworks' own upstream: the request carries its id there
-                    if not untouched:  # identity and forwarding headers as on any endpoint (capture: as sent)
-                        self.trust_boundary.admit(flow)
+                if reverse_mode and not untouched:  # Backworks' own upstream: the request carries its id there
+                    self.trust_boundary.admit(flow)  # identity and forwarding headers as on any endpoint
                     request_id = request_id_for(flow)
                     ensure_record(flow, request_id).endpoint = PASSTHROUGH
                     stamp_request(flow, request_id)
-                else:  # someone else's traffic through a debugging proxy: counted, left unchanged
+                else:  # someone else's traffic through a debugging proxy, or `passthrough_path: as_sent`
+                    # (`backworks capture`): counted, left unchanged both ways, no id added upstream or back
                     flow_state(flow)[RECORD] = RequestRecord(request_id="", method=method_label(request.method), endpoint=PASSTHROUGH)
                 return None
             flow.comment = _join_comment(flow.comment, "backworks: no endpoint → 404")

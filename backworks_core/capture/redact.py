@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -22,6 +23,29 @@ from backworks_core.bodies import JsonTooDeep, loads_json
 from backworks_core.capture.model import Exchange
 
 REDACTED = "[REDACTED]"
+
+# The same secret always becomes the same placeholder, `[REDACTED:<12 hex>]`, so that a recorded
+# request still matches its own mock (the mock handler compares the fingerprint of what a client
+# sends against the placeholder) and two flows that shared a credential still look alike. The
+# fingerprint is 48 bits of SHA-256 over a fixed prefix and the value: it tells equal values apart
+# but, like any offline check, lets someone holding the file confirm a guessed weak password.
+PLACEHOLDER = re.compile(r"\[REDACTED:([0-9a-f]{12})\]")
+
+
+def fingerprint(value: str) -> str:
+    """12 hex digits that stand for `value` in a placeholder."""
+    return hashlib.sha256(b"backworks-redaction:" + value.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def placeholder(value: str) -> str:
+    """What a secret `value` is written as: equal secrets, equal placeholders."""
+    return f"[REDACTED:{fingerprint(value)}]"
+
+
+def matches_placeholder(recorded: str, value: str) -> bool:
+    """A recorded value (a placeholder, or plain text) matches what a client sends now."""
+    found = PLACEHOLDER.fullmatch(recorded)
+    return fingerprint(value) == found.group(1) if found else recorded == value
 
 # Header names whose values are credentials (lower case), and words that make any name one.
 SECRET_HEADERS = frozenset(
