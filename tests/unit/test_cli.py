@@ -280,7 +280,7 @@ def test_schema_includes_endpoint_config_sections(schema):
 def test_schema_accepts_real_blueprints(schema):
     scaffold = yaml.safe_load((Path(__file__).parents[2] / "backworks_core" / "scaffold" / "blueprint.yaml").read_text())
     assert conforms(schema, schema, scaffold)
-    original = yaml.safe_load(Path("/work/shared/reference/original-examples/proxy-advanced.yaml").read_text())
+    original = yaml.safe_load((Path(__file__).parents[1] / "data" / "original-examples" / "proxy-advanced.yaml").read_text())
     original["endpoints"] = [e for e in original["endpoints"] if e["handler"] != "metrics"]
     assert conforms(schema, schema, original)
 

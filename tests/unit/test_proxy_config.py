@@ -23,7 +23,7 @@ from backworks_core.diagnostics import BlueprintError
 
 from .conftest import diagnostic_lines
 
-ORIGINAL = Path("/work/shared/reference/original-examples/proxy-advanced.yaml")
+ORIGINAL = Path(__file__).parents[1] / "data" / "original-examples" / "proxy-advanced.yaml"
 
 
 def original_example() -> dict:
