@@ -23,7 +23,9 @@ from pydantic import BaseModel, Field, field_validator
 from backworks_core.capture import formats
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.redact import RedactionRules, redact_exchange, redact_target
+from backworks_core.context import ID_ADDED, REQUEST_ID_HEADER
 from backworks_core.files import open_append_private
+from backworks_core.flowstate import peek_state
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, Size, StrictModel
 from backworks_core.paths import PathGlob
@@ -97,15 +99,26 @@ class CaptureFilter:
 def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange | None:
     """The flow as `mock-from` would read it from a flow file, with bodies over `max_body` left out
     (a streamed body was never held, and is empty here too). Bodies are decoded bounded by
-    `max_body` (backworks_core.bodies): a Content-Encoding bomb is recorded empty, never inflated."""
+    `max_body` (backworks_core.bodies): a Content-Encoding bomb is recorded empty, never inflated.
+    The answer is recorded as it came: without the X-Request-ID Backworks added for the client."""
     exchange = formats.exchange_from_flow(flow, max_body)
     if exchange is None:
         return None
+    if peek_state(flow).get(ID_ADDED) is flow.response:  # recorded as the upstream or handler answered
+        exchange = replace(exchange, response_headers=_without_added_id(exchange.response_headers))
     if len(exchange.request_body) > max_body:
         exchange = replace(exchange, request_body=b"")
     if len(exchange.response_body) > max_body:
         exchange = replace(exchange, response_body=b"")
     return exchange
+
+
+def _without_added_id(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers without the X-Request-ID `stamp_response` appended (the last one)."""
+    for index in range(len(headers) - 1, -1, -1):
+        if headers[index][0].lower() == REQUEST_ID_HEADER.lower():
+            return headers[:index] + headers[index + 1 :]
+    return headers
 
 
 def flow_line(flow: http.HTTPFlow, rules: RedactionRules, recorded: bool) -> str:

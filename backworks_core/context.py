@@ -81,14 +81,19 @@ def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
     fast_headers.put_all(flow.request.headers, ((REQUEST_ID_HEADER, request_id), (TRACEPARENT_HEADER, traceparent_for(flow, request_id))))
 
 
+ID_ADDED = "request_id_added"  # flowstate: the answer whose X-Request-ID Backworks added
+
+
 def stamp_response(flow: http.HTTPFlow) -> None:
     """Every answer to a request Backworks saw carries its id back to the client."""
     request_id = flow.metadata.get("backworks.request_id")
     if not request_id or flow.response is None or peek_state(flow).get("stamped") is flow.response:
         return
-    flow_state(flow)["stamped"] = flow.response  # once per answer: responseheaders, then response
+    state = flow_state(flow)
+    state["stamped"] = flow.response  # once per answer: responseheaders, then response
     if not fast_headers.has(flow.response.headers, REQUEST_ID_HEADER):
         fast_headers.put(flow.response.headers, REQUEST_ID_HEADER, request_id)
+        state[ID_ADDED] = flow.response  # the capture records the answer without it
 
 
 @dataclass

@@ -740,7 +740,7 @@ def _build_handler(spec: EndpointSpec, blueprint: LoadedBlueprint, plugins: Mapp
         problem = check_path_params(config, spec.settings.path)
         if problem is not None:
             raise BuildError(problem[1], problem[0])
-        return MockHandler(config)
+        return MockHandler(config, blueprint.settings.server.mock)
     if spec.handler == PYTHON_HANDLER:
         config = spec.sections["python"]
         assert isinstance(config, PythonConfig)

@@ -454,6 +454,9 @@ class _Loader:
         if kind == "static" and "static" not in sections and "static" not in endpoint.config:
             self.error(loc + ("config",), "handler 'static' needs `config.static` (status, headers, body, delay)")
             return None
+        mock = sections.get("mock")
+        if isinstance(mock, MockConfig) and mock.examples_file is not None:
+            files.add(Path(mock.examples_file).resolve())  # edited: reloaded as the blueprint is
         if kind == "mock" and "mock" not in sections and "mock" not in endpoint.config:
             self.error(loc + ("config",), "handler 'mock' needs `config.mock` (examples, passthrough, replay_latency, schema)")
             return None

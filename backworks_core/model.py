@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from backworks_core.forwarding import parse_network
+from backworks_core.handlers.mock_defaults import MockDefaults
 
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "ANY"}
@@ -157,6 +158,11 @@ class ServerSettings(StrictModel):
         examples=[["10.0.0.0/8", "127.0.0.1"]],
     )
     admin: AdminSettings = Field(default_factory=AdminSettings, description="the admin listener: status page, status API and metrics, on 127.0.0.1:9901", examples=[{"port": 9902}])
+    mock: MockDefaults = Field(
+        default_factory=MockDefaults,
+        description="defaults for every `handler: mock` endpoint (validate, unrecorded, prefer, replay_latency, latency_factor, max_latency); an endpoint's own `config.mock` key wins",
+        examples=[{"replay_latency": True, "latency_factor": 0.5}],
+    )
 
 
 class DashboardSettings(StrictModel):

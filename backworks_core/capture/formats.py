@@ -26,17 +26,21 @@ import logging
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from backworks_core.capture.model import Exchange
 from backworks_core.files import open_append_private, private_output
 from backworks_core.router import parse_template
+
+if TYPE_CHECKING:
+    from backworks_core.capture.redact import RedactionRules
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +267,7 @@ def exchange_from_flow(flow: Any, max_body: int | None = None) -> Exchange | Non
     response_headers = _flow_headers(response.headers)
     if request_decoded:
         request_headers = _decoded_headers(request_headers, request_body) if header_value(request_headers, "content-encoding") else request_headers
-    if response_decoded:
+    if response_decoded and response_body:  # nothing decoded (HEAD, 304): the headers stay as they came
         response_headers = _decoded_headers(response_headers, response_body) if header_value(response_headers, "content-encoding") else response_headers
     started = request.timestamp_start or 0.0
     ended = response.timestamp_end or response.timestamp_start or started
@@ -684,6 +688,383 @@ def count_hint(path: PathLike) -> int | None:
 
 # ----------------------------------------------------------------------------------- OpenAPI
 
+# What a recording says about one operation beyond its examples is gathered by OperationEvidence,
+# one exchange at a time and within fixed bounds, so that the document describes every exchange
+# recorded (every status, header, field and credential), while `max_examples` only limits how
+# many examples are shown.
+MAX_NAMES = 100  # query parameters, headers and form fields tracked per operation (each kind)
+MAX_VALUES = 20  # distinct values kept per name, to type it and give an example
+MAX_VALUE_LENGTH = 1024  # longer values are kept cut (they type as strings all the same)
+MAX_MEDIA_TYPES = 8  # body examples kept per status and for requests (one per media type)
+MAX_PARTS = 200  # multipart parts read per body
+
+# Request headers that the gateway (X-Request-ID, traceparent) or proxies in front of the API add
+# (forwarding, trace context): never parameters, whoever sent them.
+INJECTED_REQUEST_HEADERS = frozenset(
+    {"x-request-id", "traceparent", "tracestate", "forwarded", "via", "x-real-ip", "x-amzn-trace-id", "x-cloud-trace-context", "b3"}
+)
+_INJECTED_PREFIXES = ("x-forwarded-", "x-b3-")
+# Request headers about the connection or the message, not the call: never parameters. OpenAPI
+# ignores header parameters named Accept, Content-Type and Authorization; credentials are
+# security schemes; the body's headers are the requestBody's.
+_TRANSPORT_REQUEST_HEADERS = frozenset(
+    {
+        "host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "content-length", "content-type", "content-encoding", "expect", "http2-settings", "priority",
+        "accept", "authorization", "proxy-authorization", "cookie",
+    }
+)
+# Headers every client sends its own way: parameters only when a recorded response's `Vary`
+# names them (then they change the answer).
+_CLIENT_REQUEST_HEADERS = frozenset(
+    {
+        "user-agent", "accept-encoding", "accept-language", "accept-charset", "cache-control", "pragma", "origin",
+        "referer", "dnt", "upgrade-insecure-requests", "x-requested-with", "purpose", "save-data", "sec-gpc",
+    }
+)
+_CLIENT_PREFIXES = ("sec-",)
+# Response headers of the connection or the moment, or Backworks' own (its request id): left out.
+# OpenAPI ignores a response header named Content-Type; bodies are stored decoded.
+EXCLUDED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+        "content-length", "content-encoding", "content-type", "date", "server", "via", "age", "alt-svc",
+        "proxy-authenticate", "x-request-id", "traceparent", "tracestate",
+    }
+)
+# Authorization schemes in the IANA registry become `type: http`; any other (`Token …`) is
+# documented as an API key in the Authorization header.
+HTTP_AUTH_SCHEMES = frozenset(
+    {"basic", "bearer", "digest", "dpop", "hoba", "mutual", "negotiate", "oauth", "scram-sha-1", "scram-sha-256", "vapid", "privatetoken", "concealed"}
+)
+_NOT_API_KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+# A credential as a request carried it: ("http", scheme), ("authorization", scheme word or ""),
+# ("header", lower-case name), ("query", name) or ("cookie", name).
+Credential = tuple[str, str]
+
+
+@dataclass
+class _Seen:
+    """One name (a parameter, a header, a form field) across the messages of an operation."""
+
+    name: str  # as first spelled
+    count: int = 0  # messages that had it
+    repeated: bool = False  # more than once in one message
+    values: list[str] = field(default_factory=list)  # distinct, the first MAX_VALUES
+    file: bool = False  # a multipart part with a file name or a binary type
+    media: list[str] = field(default_factory=list)  # multipart: the parts' content types
+
+    def add(self, values: list[str]) -> None:
+        self.count += 1
+        self.repeated = self.repeated or len(values) > 1
+        for value in values:
+            value = value[:MAX_VALUE_LENGTH]
+            if len(self.values) < MAX_VALUES and value not in self.values:
+                self.values.append(value)
+
+    def merge(self, other: _Seen) -> None:
+        self.count += other.count
+        self.repeated = self.repeated or other.repeated
+        self.file = self.file or other.file
+        for value in other.values:
+            if len(self.values) < MAX_VALUES and value not in self.values:
+                self.values.append(value)
+        for media in other.media:
+            if media not in self.media:
+                self.media.append(media)
+
+
+def _tally(table: dict[str, _Seen], pairs: Iterable[tuple[str, str]], fold_case: bool) -> list[str]:
+    """Count one message's names into `table`; returns the names that did not fit."""
+    grouped: dict[str, list[str]] = {}
+    spelled: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower() if fold_case else name
+        grouped.setdefault(key, []).append(value)
+        spelled.setdefault(key, name)
+    dropped: list[str] = []
+    for key, values in grouped.items():
+        seen = table.get(key)
+        if seen is None:
+            if len(table) >= MAX_NAMES:
+                dropped.append(key)
+                continue
+            seen = table[key] = _Seen(spelled[key])
+        seen.add(values)
+    return dropped
+
+
+def _merge_tables(into: dict[str, _Seen], other: dict[str, _Seen]) -> None:
+    for key, seen in other.items():
+        if key in into:
+            into[key].merge(seen)
+        elif len(into) < MAX_NAMES:
+            into[key] = _Seen(seen.name)
+            into[key].merge(seen)
+
+
+@dataclass
+class FormPart:
+    """One part of a multipart/form-data body."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    value: bytes
+
+
+def multipart_parts(content_type_value: str | None, body: bytes) -> list[FormPart] | None:
+    """The parts of a multipart/form-data body (at most MAX_PARTS), or None without a boundary."""
+    from email.message import Message
+    from email.utils import collapse_rfc2231_value
+
+    if not content_type_value:
+        return None
+    header = Message()
+    header["content-type"] = content_type_value
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return None
+    delimiter = b"--" + boundary.encode("latin-1", "replace")
+    parts: list[FormPart] = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--") or len(parts) >= MAX_PARTS:
+            break
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk[1:] if chunk.startswith(b"\n") else chunk
+        head, separator, value = chunk.partition(b"\r\n\r\n")
+        if not separator:
+            head, separator, value = chunk.partition(b"\n\n")
+            if not separator:
+                continue
+        if value.endswith(b"\r\n"):
+            value = value[:-2]
+        elif value.endswith(b"\n"):
+            value = value[:-1]
+        fields = Message()
+        for line in head.decode("utf-8", "replace").splitlines():
+            key, colon, text = line.partition(":")
+            if colon and key.strip():
+                fields[key.strip()] = text.strip()
+        name = fields.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        filename = fields.get_param("filename", header="content-disposition")
+        media = fields.get("content-type")
+        parts.append(
+            FormPart(
+                collapse_rfc2231_value(name),
+                None if filename is None else collapse_rfc2231_value(filename),
+                media.split(";", 1)[0].strip().lower() if media else None,
+                value,
+            )
+        )
+    return parts
+
+
+def _is_file_part(part: FormPart) -> bool:
+    if part.filename is not None:
+        return True
+    media = part.content_type
+    if media is None or media.startswith("text/") or is_json_media_type(media):
+        return not is_text(part.value)
+    return True
+
+
+@dataclass
+class _RequestBodies:
+    """The recorded request bodies of one media type."""
+
+    count: int = 0
+    first: Exchange | None = None
+    fields: dict[str, _Seen] = field(default_factory=dict)  # form and multipart fields
+
+
+def _auth_credential(value: str) -> tuple[Credential, str]:
+    """The credential an Authorization value is, and its token (for the JWT test)."""
+    word, _, token = value.strip().partition(" ")
+    lowered = word.lower()
+    if lowered in HTTP_AUTH_SCHEMES:
+        return ("http", lowered), token.strip()
+    if lowered and re.fullmatch(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*", word) and token.strip():
+        return ("authorization", word), token.strip()  # `Token abc`, `ApiKey abc`
+    return ("authorization", ""), value  # redacted whole, or a bare token: the scheme is not known
+
+
+def _cookie_names(value: str) -> list[str]:
+    return [name.strip() for name, eq, _ in (item.partition("=") for item in value.split(";")) if eq and name.strip()]
+
+
+class OperationEvidence:
+    """Everything the OpenAPI writer needs from an operation's exchanges, gathered one at a time.
+
+    Bounded (MAX_NAMES names per kind, MAX_VALUES values per name, one body per status and media
+    type), so it can see every exchange of a 100,000-flow recording. `rules` say which names are
+    credentials (the redactor's own test), so that API keys become security schemes.
+    """
+
+    def __init__(self, rules: RedactionRules | None = None) -> None:
+        from backworks_core.capture.redact import RedactionRules
+
+        self.rules = rules or RedactionRules()
+        self.total = 0
+        self.first: Exchange | None = None
+        self.statuses: Counter[int] = Counter()
+        self.responses: dict[int, dict[str, Exchange]] = {}  # status → media type → first example
+        self.response_headers: dict[int, dict[str, _Seen]] = {}
+        self.query: dict[str, _Seen] = {}
+        self.request_headers: dict[str, _Seen] = {}
+        self.vary: set[str] = set()  # request headers a response said it varies on (lower case)
+        self.bodies: dict[str, _RequestBodies] = {}  # request media type → bodies
+        self.with_body = 0
+        self.credentials: Counter[frozenset[Credential]] = Counter()
+        self.credential_names: dict[Credential, str] = {}  # as first spelled
+        self.jwt_tokens = 0  # bearer tokens that are JWTs, and visible ones that are not
+        self.other_tokens = 0
+        self.challenges: set[str] = set()  # WWW-Authenticate schemes answered (lower case)
+        self.dropped: set[str] = set()  # names beyond MAX_NAMES (the first thousand)
+        self.origins: list[tuple[str, str, int]] = []  # scheme, host, port: the servers
+
+    @classmethod
+    def of(cls, exchanges: Iterable[Exchange], rules: RedactionRules | None = None) -> OperationEvidence:
+        evidence = cls(rules)
+        for exchange in exchanges:
+            evidence.add(exchange)
+        return evidence
+
+    def add(self, exchange: Exchange) -> None:
+        self.total += 1
+        if self.first is None:
+            self.first = exchange
+        origin = (exchange.scheme, exchange.host, exchange.port)
+        if origin not in self.origins and len(self.origins) < MAX_VALUES:
+            self.origins.append(origin)
+        status = exchange.status
+        self.statuses[status] += 1
+        if exchange.response_body:
+            media = _guess_media(exchange.response_headers, exchange.response_body)
+            kept = self.responses.setdefault(status, {})
+            if media not in kept and len(kept) < MAX_MEDIA_TYPES:
+                kept[media] = exchange
+        self._drop(_tally(self.response_headers.setdefault(status, {}), exchange.response_headers, fold_case=True))
+        for name, value in exchange.response_headers:
+            lowered = name.lower()
+            if lowered == "vary":
+                self.vary.update(item.strip().lower() for item in value.split(",") if item.strip())
+            elif lowered == "www-authenticate":
+                word = value.strip().split(" ", 1)[0].rstrip(",").lower()
+                if word:
+                    self.challenges.add(word)
+        self._drop(_tally(self.query, exchange.query, fold_case=False))
+        self._drop(_tally(self.request_headers, exchange.request_headers, fold_case=True))
+        if exchange.request_body:
+            self.with_body += 1
+            self._add_body(exchange)
+        self._add_credentials(exchange)
+
+    def _drop(self, names: list[str]) -> None:
+        for name in names:
+            if len(self.dropped) < 1000:
+                self.dropped.add(name)
+
+    def _add_body(self, exchange: Exchange) -> None:
+        media = _guess_media(exchange.request_headers, exchange.request_body)
+        bodies = self.bodies.get(media)
+        if bodies is None:
+            if len(self.bodies) >= MAX_MEDIA_TYPES:
+                return
+            bodies = self.bodies[media] = _RequestBodies(first=exchange)
+        bodies.count += 1
+        if media == "application/x-www-form-urlencoded":
+            text = exchange.request_body.decode("utf-8", "replace")
+            self._drop(_tally(bodies.fields, parse_qsl(text, keep_blank_values=True), fold_case=False))
+        elif media == "multipart/form-data":
+            parts = multipart_parts(header_value(exchange.request_headers, "content-type"), exchange.request_body) or []
+            texts = [(p.name, "" if _is_file_part(p) else p.value.decode("utf-8", "replace")) for p in parts]
+            self._drop(_tally(bodies.fields, texts, fold_case=False))
+            for part in parts:
+                seen = bodies.fields.get(part.name)
+                if seen is None:
+                    continue
+                if _is_file_part(part):
+                    seen.file = True
+                    if seen.values == [""]:
+                        seen.values = []
+                if part.content_type and part.content_type not in seen.media and len(seen.media) < MAX_VALUES:
+                    seen.media.append(part.content_type)
+
+    def _add_credentials(self, exchange: Exchange) -> None:
+        from backworks_core.capture.redact import JWT, SECRET_HEADERS, is_secret_name
+
+        found: set[Credential] = set()
+        for name, value in exchange.request_headers:
+            lowered = name.lower()
+            if lowered == "authorization":
+                credential, token = _auth_credential(value)
+                if credential == ("http", "bearer") and token:
+                    if JWT.fullmatch(token):
+                        self.jwt_tokens += 1
+                    elif "[REDACTED" not in token:
+                        self.other_tokens += 1
+                found.add(credential)
+                self.credential_names.setdefault(credential, "Authorization")
+            elif lowered == "cookie":
+                for cookie in _cookie_names(value):
+                    if is_secret_name(cookie, self.rules):
+                        found.add(("cookie", cookie))
+                        self.credential_names.setdefault(("cookie", cookie), cookie)
+            elif lowered not in _NOT_API_KEY_HEADERS and not _injected(lowered) and (
+                lowered in SECRET_HEADERS or lowered in self.rules.headers or is_secret_name(lowered, self.rules)
+            ):
+                found.add(("header", lowered))
+                self.credential_names.setdefault(("header", lowered), name)
+        for name, _ in exchange.query:
+            if is_secret_name(name, self.rules):
+                found.add(("query", name))
+                self.credential_names.setdefault(("query", name), name)
+        self.credentials[frozenset(found)] += 1
+
+    def requirements(self, challenges: set[str]) -> Counter[frozenset[Credential]]:
+        """The credential combinations seen, an Authorization header redacted whole resolved to
+        the scheme this operation's 401s challenged with (else the API's, `challenges`)."""
+        resolved: Counter[frozenset[Credential]] = Counter()
+        for combination, count in self.credentials.items():
+            resolved[frozenset(_resolve_credential(c, self.challenges, challenges) for c in combination)] += count
+        return resolved
+
+    def merge(self, other: OperationEvidence) -> None:
+        """Add `other`'s exchanges (the same operation recorded under another template or host)."""
+        self.total += other.total
+        self.first = self.first or other.first
+        self.statuses.update(other.statuses)
+        for status, kept in other.responses.items():
+            mine = self.responses.setdefault(status, {})
+            for media, exchange in kept.items():
+                if media not in mine and len(mine) < MAX_MEDIA_TYPES:
+                    mine[media] = exchange
+        for status, table in other.response_headers.items():
+            _merge_tables(self.response_headers.setdefault(status, {}), table)
+        _merge_tables(self.query, other.query)
+        _merge_tables(self.request_headers, other.request_headers)
+        self.vary |= other.vary
+        for media, bodies in other.bodies.items():
+            mine_bodies = self.bodies.setdefault(media, _RequestBodies(first=bodies.first))
+            mine_bodies.count += bodies.count
+            _merge_tables(mine_bodies.fields, bodies.fields)
+        self.with_body += other.with_body
+        self.credentials.update(other.credentials)
+        for credential, name in other.credential_names.items():
+            self.credential_names.setdefault(credential, name)
+        self.jwt_tokens += other.jwt_tokens
+        self.other_tokens += other.other_tokens
+        self.challenges |= other.challenges
+        self._drop(sorted(other.dropped))
+        self.origins.extend(o for o in other.origins if o not in self.origins)
+
+
+def _injected(lowered: str) -> bool:
+    return lowered in INJECTED_REQUEST_HEADERS or lowered.startswith(_INJECTED_PREFIXES)
+
 
 @dataclass
 class OperationSpec:
@@ -691,8 +1072,10 @@ class OperationSpec:
 
     `template` is a router template (`/users/{user_id}`, `/users/{user_id:int}`, `/files/{rest:path}`,
     `/users/:id`). `request_schema` is the JSON Schema of JSON request bodies; `response_schemas`
-    maps a status to the JSON Schema of its JSON bodies. `examples` give parameters, content types,
-    statuses and one example per status.
+    maps a status to the JSON Schema of its JSON bodies. `examples` are the examples shown (the
+    first of each status and media type). `evidence` is what every recorded exchange of the
+    endpoint showed (statuses, parameters, headers, form fields, credentials); without it, it is
+    gathered from `examples`.
     """
 
     method: str
@@ -703,6 +1086,7 @@ class OperationSpec:
     response_schemas: dict[int, dict[str, Any]] = field(default_factory=dict)
     summary: str | None = None
     description: str | None = None
+    evidence: OperationEvidence | None = None
 
 
 _LITERAL_SAFE = "-._~!$&'()*+,;=:@"
@@ -735,11 +1119,11 @@ def _server_url(scheme: str, host: str, port: int | None) -> str:
     return f"{scheme}://{host_part}{suffix}"
 
 
-def _servers(spec: OperationSpec) -> list[str]:
+def _servers(spec: OperationSpec, evidence: OperationEvidence) -> list[str]:
     urls: list[str] = []
-    for ex in spec.examples:
-        if spec.host is None or ex.host == spec.host:
-            url = _server_url(ex.scheme, ex.host, ex.port)
+    for scheme, host, port in evidence.origins:
+        if spec.host is None or host == spec.host:
+            url = _server_url(scheme, host, port)
             if url not in urls:
                 urls.append(url)
     if not urls and spec.host:
@@ -790,7 +1174,76 @@ def _query_schema(values: list[str]) -> dict[str, Any]:
     return {"type": "string"}
 
 
-def _operation(spec: OperationSpec, path_params: list[dict[str, Any]]) -> dict[str, Any]:
+def _field_schema(seen: _Seen) -> dict[str, Any]:
+    """A query parameter's or a form field's schema: typed by its values, an array when repeated."""
+    schema = _query_schema(seen.values)
+    return {"type": "array", "items": schema} if seen.repeated else schema
+
+
+def _field_example(seen: _Seen, schema: dict[str, Any]) -> Any:
+    if schema.get("type") == "array":
+        return [_query_example(v, schema["items"]) for v in seen.values]
+    return _query_example(seen.values[0], schema) if seen.values else ""
+
+
+def _form_schema(media: str, bodies: _RequestBodies) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(schema, example, encoding) of form or multipart bodies: an object of the fields recorded."""
+    properties: dict[str, Any] = {}
+    example: dict[str, Any] = {}
+    encoding: dict[str, Any] = {}
+    for name, seen in bodies.fields.items():
+        if seen.file:
+            item: dict[str, Any] = {"type": "string", "format": "binary"}
+            properties[name] = {"type": "array", "items": item} if seen.repeated else item
+        else:
+            properties[name] = _field_schema(seen)
+            example[name] = _field_example(seen, properties[name])
+        if media == "multipart/form-data" and seen.media:
+            encoding[name] = {"contentType": ", ".join(seen.media)}
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    required = [name for name, seen in bodies.fields.items() if seen.count == bodies.count]
+    if required:
+        schema["required"] = required
+    return schema, example, encoding
+
+
+def _header_parameter(lowered: str, evidence: OperationEvidence, credential_headers: set[str]) -> bool:
+    """Whether a recorded request header is documented as a parameter: one the call depends on."""
+    if lowered in _TRANSPORT_REQUEST_HEADERS or _injected(lowered) or lowered in credential_headers:
+        return False
+    if lowered in _CLIENT_REQUEST_HEADERS or lowered.startswith(_CLIENT_PREFIXES):
+        return lowered in evidence.vary
+    return True
+
+
+def _response_headers(status: int, evidence: OperationEvidence) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    total = evidence.statuses[status]
+    for lowered, seen in evidence.response_headers.get(status, {}).items():
+        if lowered in EXCLUDED_RESPONSE_HEADERS:
+            continue
+        schema = _query_schema(seen.values)
+        header: dict[str, Any] = {"schema": schema}
+        if seen.count == total:
+            header["required"] = True
+        if lowered == "set-cookie":
+            names = list(dict.fromkeys(v.split("=", 1)[0].strip() for v in seen.values if "=" in v))
+            header["description"] = "One header per cookie" + (f" ({', '.join(names)})" if names else "") + "; recorded values are redacted."
+        elif seen.repeated:
+            header["description"] = "Sent more than once in a response."
+        if seen.values:
+            header["example"] = _query_example(seen.values[0], schema)
+        headers[seen.name] = header
+    return headers
+
+
+def _operation(
+    spec: OperationSpec,
+    evidence: OperationEvidence,
+    path_params: list[dict[str, Any]],
+    credentials: Counter[frozenset[Credential]],
+    scheme_names: dict[Credential, str],
+) -> dict[str, Any]:
     examples = spec.examples
     operation: dict[str, Any] = {}
     if spec.summary:
@@ -800,88 +1253,104 @@ def _operation(spec: OperationSpec, path_params: list[dict[str, Any]]) -> dict[s
     method = spec.method.upper()
     operation["operationId"] = _operation_id(method, spec.template)
 
-    # query parameters: required when every example has them, array when one repeats them
-    names: dict[str, list[str]] = {}
-    repeated: set[str] = set()
-    present_in: dict[str, int] = {}
-    for ex in examples:
-        seen: set[str] = set()
-        for key, value in ex.query:
-            names.setdefault(key, []).append(value)
-            if key in seen:
-                repeated.add(key)
-            seen.add(key)
-        for key in seen:
-            present_in[key] = present_in.get(key, 0) + 1
+    used = {c for combination in evidence.credentials for c in combination}
+    credential_headers = {name for kind, name in used if kind == "header"}
+    credential_query = {name for kind, name in used if kind == "query"}
+
     parameters = [dict(p) for p in path_params]
-    for ex in examples[:1]:
-        values = _path_values(spec.template, ex.path)
+    first = examples[0] if examples else evidence.first
+    if first is not None:
+        values = _path_values(spec.template, first.path)
         for param in parameters:
             if param["name"] in values:
                 value = values[param["name"]]
                 param["example"] = int(value) if param["schema"].get("type") == "integer" and value.isdigit() else value
-    for name, values in names.items():
-        schema = _query_schema(values)
-        if name in repeated:
-            schema = {"type": "array", "items": schema}
-        parameters.append(
-            {
-                "name": name,
-                "in": "query",
-                "required": present_in.get(name, 0) == len(examples),
-                "schema": schema,
-                "example": values if name in repeated else _query_example(values[0], schema),
-            }
-        )
+    # query parameters: required when every request sent them, an array when one repeated them
+    for name, seen in evidence.query.items():
+        if name in credential_query:
+            continue  # an API key: a security scheme
+        schema = _field_schema(seen)
+        parameters.append({"name": name, "in": "query", "required": seen.count == evidence.total, "schema": schema, "example": _field_example(seen, schema)})
+    # header parameters: those the call depends on (never required: that every recorded client
+    # sent one does not say the API needs it)
+    for lowered, seen in evidence.request_headers.items():
+        if not _header_parameter(lowered, evidence, credential_headers):
+            continue
+        schema = _query_schema(seen.values)
+        parameter = {"name": seen.name, "in": "header", "required": False, "schema": schema}
+        if seen.values:
+            parameter["example"] = _query_example(seen.values[0], schema)
+        parameters.append(parameter)
     if parameters:
         operation["parameters"] = parameters
 
-    # request body
-    with_body = [ex for ex in examples if ex.request_body]
-    if with_body or spec.request_schema is not None:
+    # request body: one entry per media type; forms and multipart as objects of their fields
+    if evidence.bodies or spec.request_schema is not None:
         content: dict[str, Any] = {}
-        for ex in with_body:
-            media = _guess_media(ex.request_headers, ex.request_body)
-            if media in content:
-                continue
-            entry: dict[str, Any] = {"schema": _body_schema(media, spec.request_schema, ex.request_body)}
-            example = _example_value(ex.request_body, media)
-            if example is not None:
-                entry["example"] = example[1]
+        for media, bodies in evidence.bodies.items():
+            shown = next((ex for ex in examples if ex.request_body and _guess_media(ex.request_headers, ex.request_body) == media), bodies.first)
+            body = shown.request_body if shown is not None else b""
+            entry: dict[str, Any]
+            if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                schema, example, encoding = _form_schema(media, bodies)
+                entry = {"schema": schema}
+                if encoding:
+                    entry["encoding"] = encoding
+                if example:
+                    entry["example"] = example
+            else:
+                entry = {"schema": _body_schema(media, spec.request_schema, body)}
+                example_value = _example_value(body, media)
+                if example_value is not None:
+                    entry["example"] = example_value[1]
             content[media] = entry
         if not content:
             content["application/json"] = {"schema": spec.request_schema or {}}
-        operation["requestBody"] = {"required": len(with_body) == len(examples) and bool(examples), "content": content}
+        operation["requestBody"] = {"required": bool(evidence.total) and evidence.with_body == evidence.total, "content": content}
 
-    # responses: one per status, first example of each
+    # responses: every status recorded, with its headers and the first example of each media type
     responses: dict[str, Any] = {}
-    statuses = sorted({ex.status for ex in examples} | set(spec.response_schemas))
-    for status in statuses:
+    for status in sorted(set(evidence.statuses) | set(spec.response_schemas)):
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = f"Status {status}"
         response: dict[str, Any] = {"description": reason}
+        headers = _response_headers(status, evidence)
+        if headers:
+            response["headers"] = headers
         content = {}
-        for ex in (ex for ex in examples if ex.status == status):
+        candidates = [ex for ex in examples if ex.status == status] + list(evidence.responses.get(status, {}).values())
+        for ex in candidates:
             if not ex.response_body:
                 continue
             media = _guess_media(ex.response_headers, ex.response_body)
             if media in content:
                 continue
             entry = {"schema": _body_schema(media, spec.response_schemas.get(status), ex.response_body)}
-            example = _example_value(ex.response_body, media)
-            if example is not None:
-                entry["example"] = example[1]
+            example_value = _example_value(ex.response_body, media)
+            if example_value is not None:
+                entry["example"] = example_value[1]
             content[media] = entry
         if not content and status in spec.response_schemas:
             content["application/json"] = {"schema": spec.response_schemas[status]}
         if content:
             response["content"] = content
-        responses[str(status)] = response
+        key = str(status) if 100 <= status <= 599 else "default"
+        responses.setdefault(key, response)
     if not responses:
         responses["default"] = {"description": "No response was recorded"}
     operation["responses"] = responses
+
+    # security: one requirement per combination of credentials seen, `{}` when some requests had none
+    requirements: list[dict[str, list[str]]] = []
+    for combination, _ in credentials.most_common():
+        requirement = {scheme_names[c]: [] for c in sorted(combination)}
+        if requirement not in requirements:
+            requirements.append(requirement)
+    if any(requirements):
+        requirements.sort(key=lambda r: not r)  # the anonymous alternative last
+        operation["security"] = requirements
     return operation
 
 
@@ -925,54 +1394,117 @@ def _operation_id(method: str, template: str) -> str:
     return "_".join(words)
 
 
+def _resolve_credential(credential: Credential, *challenge_sets: set[str]) -> Credential:
+    """An Authorization header whose scheme redaction hid: the one scheme challenged with
+    (`WWW-Authenticate`), looking at each set in turn; else it stays unknown."""
+    if credential != ("authorization", ""):
+        return credential
+    for challenges in challenge_sets:
+        registered = {c for c in challenges if c in HTTP_AUTH_SCHEMES}
+        if len(registered) == 1:
+            return ("http", registered.pop())
+    return credential
+
+
+def security_schemes(
+    operations: Iterable[tuple[OperationEvidence, Counter[frozenset[Credential]]]],
+) -> tuple[dict[str, Any], dict[Credential, str]]:
+    """`components.securitySchemes` for the credentials seen, and each credential's scheme name.
+
+    `operations` are each operation's evidence with its resolved credential combinations
+    (`OperationEvidence.requirements`). HTTP bearer (with `bearerFormat: JWT` when every visible
+    token is a JWT), basic and the other registered HTTP schemes; API keys in a header, the query
+    or a cookie, by the names the redactor treats as credentials; an Authorization header of
+    another scheme, or redacted whole with no challenge naming its scheme, as an API key in
+    `Authorization`.
+    """
+    seen: dict[Credential, str] = {}
+    jwt = other = 0
+    for evidence, requirements in operations:
+        for combination in requirements:
+            for credential in combination:
+                seen.setdefault(credential, evidence.credential_names.get(credential, credential[1]))
+        jwt += evidence.jwt_tokens
+        other += evidence.other_tokens
+    schemes: dict[str, Any] = {}
+    names: dict[Credential, str] = {}
+    for credential in sorted(seen):
+        kind, value = credential
+        scheme: dict[str, Any]
+        if kind == "http":
+            name = re.sub(r"[^A-Za-z0-9]+", "", value) + "Auth"
+            scheme = {"type": "http", "scheme": value}
+            if value == "bearer" and jwt and not other:
+                scheme["bearerFormat"] = "JWT"
+        elif kind == "authorization":
+            name = "authorizationHeader" + (re.sub(r"[^A-Za-z0-9]+", "", value.title()) if value else "")
+            scheme = {"type": "apiKey", "in": "header", "name": "Authorization"}
+            scheme["description"] = (
+                f"`Authorization: {value} …`" if value else "An Authorization header whose scheme is not known (the recorded values are redacted)."
+            )
+        else:
+            name = kind + "." + re.sub(r"[^A-Za-z0-9._-]+", "_", seen[credential])
+            scheme = {"type": "apiKey", "in": kind, "name": seen[credential]}
+        base, n = name, 2
+        while name in schemes:
+            name, n = f"{base}_{n}", n + 1
+        schemes[name] = scheme
+        names[credential] = name
+    return schemes, names
+
+
 def openapi_document(
     groups: Iterable[OperationSpec], title: str, version: str = "1.0.0", description: str | None = None
 ) -> dict[str, Any]:
     """An OpenAPI 3.1 document for endpoint groups (valid for `openapi_spec_validator.validate`).
 
-    Servers are every scheme/host/port the examples were recorded from; when there is more than
-    one, each operation also lists its own. Two groups with the same method and OpenAPI path
-    (different hosts, or `{id}` and `{id:int}`) become one operation, with the statuses of both.
+    Servers are every scheme/host/port recorded; when there is more than one, each operation also
+    lists its own. Two groups with the same method and OpenAPI path (different hosts, or `{id}` and
+    `{id:int}`) become one operation, with the statuses, parameters and credentials of both.
     """
-    paths: dict[str, dict[str, Any]] = {}
+    merged: dict[tuple[str, str], tuple[OperationSpec, OperationEvidence, list[str], list[dict[str, Any]]]] = {}
     servers: list[str] = []
-    op_servers: dict[tuple[str, str], list[str]] = {}
-    used_ids: set[str] = set()
     for spec in groups:
         path, path_params = openapi_path(spec.template)
         method = spec.method.lower()
         if method in ("any", "*"):
             method = "get"
-        operation = _operation(spec, path_params)
-        own = _servers(spec)
-        for url in own:
-            if url not in servers:
-                servers.append(url)
-        item = paths.setdefault(path, {})
-        if method in item:
-            merged = item[method]
-            for status, response in operation["responses"].items():
-                merged["responses"].setdefault(status, response)
-            merged["responses"].pop("default", None) if len(merged["responses"]) > 1 else None
-            known = {(p["name"], p["in"]) for p in merged.get("parameters", [])}
-            extra = [p for p in operation.get("parameters", []) if (p["name"], p["in"]) not in known]
-            if extra:
-                merged.setdefault("parameters", []).extend(extra)
-            if "requestBody" not in merged and "requestBody" in operation:
-                merged["requestBody"] = operation["requestBody"]
-        else:
-            base, n = operation["operationId"], 2
-            while operation["operationId"] in used_ids:
-                operation["operationId"] = f"{base}_{n}"
-                n += 1
-            used_ids.add(operation["operationId"])
-            item[method] = operation
-        known_servers = op_servers.setdefault((path, method), [])
-        known_servers.extend(url for url in own if url not in known_servers)
-    if len(servers) > 1:
-        for (path, method), urls in op_servers.items():
-            if urls:
-                paths[path][method]["servers"] = [{"url": url} for url in urls]
+        evidence = spec.evidence if spec.evidence is not None else OperationEvidence.of(spec.examples)
+        own = _servers(spec, evidence)
+        servers.extend(url for url in own if url not in servers)
+        key = (path, method)
+        if key not in merged:
+            combined = OperationEvidence(evidence.rules)
+            combined.merge(evidence)
+            merged[key] = (replace(spec, examples=list(spec.examples), response_schemas=dict(spec.response_schemas)), combined, list(own), path_params)
+            continue
+        first, combined, urls, _ = merged[key]
+        combined.merge(evidence)
+        first.examples.extend(spec.examples)
+        for status, schema in spec.response_schemas.items():
+            first.response_schemas.setdefault(status, schema)
+        if first.request_schema is None:
+            first.request_schema = spec.request_schema
+        urls.extend(url for url in own if url not in urls)
+    challenges: set[str] = set().union(*(evidence.challenges for _, evidence, _, _ in merged.values()))
+    requirements = {key: evidence.requirements(challenges) for key, (_, evidence, _, _) in merged.items()}
+    schemes, scheme_names = security_schemes((merged[key][1], found) for key, found in requirements.items())
+    paths: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
+    dropped: set[str] = set()
+    for (path, method), (spec, evidence, urls, path_params) in merged.items():
+        operation = _operation(spec, evidence, path_params, requirements[(path, method)], scheme_names)
+        dropped |= evidence.dropped
+        base, n = operation["operationId"], 2
+        while operation["operationId"] in used_ids:
+            operation["operationId"] = f"{base}_{n}"
+            n += 1
+        used_ids.add(operation["operationId"])
+        if len(servers) > 1 and urls:
+            operation["servers"] = [{"url": url} for url in urls]
+        paths.setdefault(path, {})[method] = operation
+    if dropped:
+        logger.info("OpenAPI: %d header, query or form field name(s) past %d per operation and kind were left out", len(dropped), MAX_NAMES)
     info: dict[str, Any] = {"title": title, "version": version}
     if description:
         info["description"] = description
@@ -980,4 +1512,6 @@ def openapi_document(
     if servers:
         document["servers"] = [{"url": url} for url in servers]
     document["paths"] = paths
+    if schemes:
+        document["components"] = {"securitySchemes": schemes}
     return document

@@ -170,6 +170,8 @@ def _value_kind(segment: str) -> str | None:
         return "param"
     if _encode_literal(segment) is None:  # cannot be written as a literal the router decodes back
         return "param"
+    if "[REDACTED" in segment:  # a secret in the path: a literal would never match the real value
+        return "param"
     return None
 
 

@@ -59,12 +59,16 @@ Answers
   value body is sent as compact JSON with Content-Type application/json, a string as its UTF-8
   bytes with text/plain; charset=utf-8, `body_base64` as the decoded bytes with
   application/octet-stream, each unless the example's headers set a Content-Type. `body: null`
-  or no body is an empty body. A header value may be a list (Set-Cookie sent twice). Headers
-  are literal too. Content-Length is computed; the recorded Content-Length, Transfer-Encoding
-  and Content-Encoding (a body is stored decoded), the hop-by-hop headers and X-Request-ID (the
-  answer carries this request's id) are dropped from the example's headers. 1xx, 204 and 304
-  cannot carry a body and get no Content-Length. HEAD gets the GET answer's headers, its
-  Content-Length included, without the body.
+  or no body is an empty body. A string is sent byte for byte: the capture writes a recorded
+  body as a string (its exact text) unless compact JSON gives back the same bytes. A header
+  value may be a list (Set-Cookie sent twice). Headers are literal too, Content-Encoding
+  included: it describes the bytes given (the capture stores bodies decoded and writes it only
+  for bytes it could not decode). Content-Length is computed; the recorded Content-Length,
+  Transfer-Encoding, the hop-by-hop headers and X-Request-ID (the answer carries this
+  request's id) are dropped from the example's headers. 1xx, 204 and 304 cannot carry a body
+  and get no Content-Length. HEAD gets the GET answer's headers, its Content-Length included,
+  without the body; an example without a body (a recorded HEAD answer) that gives a
+  Content-Length announces that one to HEAD.
 
 Latency
   With `replay_latency: true` an example's `latency` is waited out before answering, at most
@@ -78,6 +82,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -85,24 +90,27 @@ from typing import Annotated, Any
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
 from backworks_core.bodies import loads_json
+from backworks_core.capture.redact import PLACEHOLDER, fingerprint, matches_placeholder
 from backworks_core.context import Forward, RequestContext, reason_phrase, stamp_request
+from backworks_core.handlers.mock_defaults import MockDefaults
+from backworks_core.handlers.mock_features import MockFeatures, MockFeaturesConfig, with_header
 from backworks_core.limits import request_body
-from backworks_core.model import StrictModel
+from backworks_core.model import BlueprintPath, StrictModel
 from backworks_core.router import parse_template
 from backworks_core.validation import Duration
 
 MAX_LATENCY = 60.0
 _NO_BODY_STATUSES = frozenset({204, 304})
-# Dropped from recorded headers: the body is stored decoded and its length is computed, the
-# hop-by-hop ones belong to the recorded connection, and the answer carries this request's id.
+# Dropped from recorded headers: the body's length is computed (a HEAD answer without a body
+# keeps the recorded one), the hop-by-hop ones belong to the recorded connection, and the answer
+# carries this request's id. Content-Encoding is sent as given: it describes the stored bytes.
 _DROPPED_HEADERS = frozenset(
     {
         "content-length",
         "transfer-encoding",
-        "content-encoding",
         "connection",
         "keep-alive",
         "proxy-connection",
@@ -173,16 +181,21 @@ class MockWhen(StrictModel):
     query: dict[str, Text | list[Text]] = Field(
         default_factory=dict, description="query parameters: a value, or the key's values in order", examples=[{"status": "shipped"}]
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="request headers: names case-insensitive, values exact", examples=[{"Accept": "application/json"}])
+    headers: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="request headers: names case-insensitive, values exact (a `[REDACTED:…]` placeholder matches the secret it stands for); null: the header must be absent",
+        examples=[{"Accept": "application/json", "If-None-Match": None}],
+    )
     body: Any = Field(None, description="JSON the request body must contain (objects recursively, arrays equal)", examples=[{"currency": "EUR"}])
 
     @field_validator("headers")
     @classmethod
-    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, headers: dict[str, str | None]) -> dict[str, str | None]:
         seen: dict[str, str] = {}
         for name, value in headers.items():
             _check_header_name(name)
-            _check_header_value(name, value)
+            if value is not None:
+                _check_header_value(name, value)
             if name.lower() in seen:
                 raise ValueError(f"header {name!r} is given twice (also as {seen[name.lower()]!r}); header names are case-insensitive")
             seen[name.lower()] = name
@@ -208,6 +221,7 @@ class MockExample(StrictModel):
     body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered", examples=[{"id": 42, "status": "shipped"}])
     body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)", examples=["iVBORw0KGgo="])
     latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency", examples=["120ms"])
+    name: str | None = Field(None, min_length=1, description="what `Prefer: example=NAME` asks for; default: derived from the status and `when` (backworks_core.handlers.mock_features)", examples=["200-ada"])
 
     @field_validator("status")
     @classmethod
@@ -255,17 +269,57 @@ class MockExample(StrictModel):
         return self.when is None or not (self.when.path or self.when.query or self.when.headers or self.when.has_body)
 
 
-class MockConfig(StrictModel):
+class MockConfig(MockFeaturesConfig):
     examples: list[MockExample] = Field(default_factory=list, description="recorded answers, matched against each request", examples=[[{"when": {"path": {"id": "42"}}, "body": {"id": 42, "status": "shipped"}}, {"status": 404, "body": {"error": "no such order"}}]])
     schema_: dict[str, Any] | None = Field(None, alias="schema", description="JSON Schema of the bodies (informational)", examples=[{"type": "object", "properties": {"id": {"type": "integer"}}}])
     passthrough: bool = Field(False, description="no match and no fallback: pass the request on to the real upstream", examples=[True])
-    replay_latency: bool = Field(False, description="wait each example's `latency` (at most 60 s) before answering", examples=[True])
+    examples_file: BlueprintPath | None = Field(
+        None,
+        description="more examples, one JSON object per line with the keys of `examples[]`, answered as if they followed `examples` (relative to the blueprint's folder; `backworks capture` writes the answers beyond `max_examples` there)",
+        examples=["captured.yaml.data/001-get-users.jsonl"],
+    )
+    _file_examples: list[MockExample] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _something_answers(self) -> MockConfig:
-        if not self.examples and not self.passthrough:
+        if self.examples_file is not None:
+            self._file_examples = read_examples_file(self.examples_file)
+        if not self.examples and not self._file_examples and not self.passthrough:
             raise ValueError("needs at least one example in `examples` (or `passthrough: true` to send every request upstream)")
         return self
+
+    @property
+    def all_examples(self) -> list[MockExample]:
+        """`examples`, then the lines of `examples_file`: the order sequences and ties follow."""
+        return [*self.examples, *self._file_examples]
+
+
+def read_examples_file(path: str) -> list[MockExample]:
+    """The examples of an `examples_file`; an unreadable file or a bad line is a load error naming file and line."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"examples_file {path}: cannot read it: {exc.strerror or exc}") from None
+    examples: list[MockExample] = []
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(MockExample.model_validate(json.loads(line)))
+            except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError
+                raise ValueError(f"examples_file {path}:{number}: {_first_error(exc)}") from None
+    return examples
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return f"not a JSON object: {exc}"
 
 
 def check_path_params(config: MockConfig, template: str) -> tuple[tuple[str | int, ...], str] | None:
@@ -274,12 +328,17 @@ def check_path_params(config: MockConfig, template: str) -> tuple[tuple[str | in
         names = [s.value for s in parse_template(template) if s.kind != "literal"]
     except ValueError:
         return None  # the loader reports the path itself
-    for index, example in enumerate(config.examples):
+    for index, example in enumerate(config.all_examples):
         if example.when is None:
             continue
         for name in example.when.path:
             if name not in names:
                 have = f"its parameters are {', '.join(names)}" if names else "it has no parameters"
+                if index >= len(config.examples):  # a line of examples_file: name the file and line
+                    return (
+                        ("config", "mock", "examples_file"),
+                        f"{config.examples_file}: example {index - len(config.examples) + 1}: the endpoint's path {template!r} has no parameter {name!r}; {have}",
+                    )
                 return (
                     ("config", "mock", "examples", index, "when", "path", name),
                     f"the endpoint's path {template!r} has no parameter {name!r}; {have}",
@@ -323,7 +382,7 @@ _NO_JSON = object()
 class _Conditions:
     path: tuple[tuple[str, str], ...]
     query: tuple[tuple[str, tuple[str, ...]], ...]
-    headers: tuple[tuple[str, str], ...]  # lower-cased names
+    headers: tuple[tuple[str, str | None], ...]  # lower-cased names; None: must be absent
     has_body: bool
     body: Any
     specificity: int
@@ -344,24 +403,72 @@ class _Conditions:
     def matches(self, ctx: RequestContext, request_json: Any) -> bool:
         params = ctx.params
         for name, value in self.path:
-            if params.get(name) != value:
+            sent_param = params.get(name)
+            if sent_param is None or not value_matches(value, sent_param):
                 return False
         if self.query:
             query = ctx.request.query
             for name, values in self.query:
-                if tuple(query.get_all(name)) != values:
+                sent_values = query.get_all(name)
+                if len(sent_values) != len(values) or not all(value_matches(v, s) for v, s in zip(values, sent_values)):
                     return False
         if self.headers:
             headers = ctx.request.headers
             for name, value in self.headers:
                 sent = headers.get_all(name)
-                if value not in sent and ", ".join(sent) != value:
+                if value is None:
+                    if sent:
+                        return False
+                elif not sent or not (any(value_matches(value, s) for s in sent) or value_matches(value, ", ".join(sent))):
                     return False
         if self.has_body:
             body = request_json()
             if body is _NO_JSON or not json_contains(body, self.body):
                 return False
         return True
+
+
+# A redacted value as capture writes it: `[REDACTED:<12 hex>]` stands for one secret (its
+# fingerprint, backworks_core.capture.redact), a bare `[REDACTED]` (older recordings) for any value.
+_REDACTED_PART = re.compile(r"\[REDACTED(?::([0-9a-f]{12}))?\]")
+_MAX_PLACEHOLDERS = 16  # per value: bounds the search below
+
+
+def value_matches(recorded: str, sent: str) -> bool:
+    """A recorded path, query or header value matches what the client sent now.
+
+    Equal text matches. A placeholder, alone or inside the value (`Bearer [REDACTED:…]`,
+    `sid=[REDACTED:…]; lang=en`), matches the non-empty text whose fingerprint it carries, so
+    a recording redacted on the way still answers the request it was recorded from.
+    """
+    if recorded == sent:
+        return True
+    if "[REDACTED" not in recorded:
+        return False
+    whole = PLACEHOLDER.fullmatch(recorded)
+    if whole is not None:
+        return bool(sent) and matches_placeholder(recorded, sent)
+    parts = _REDACTED_PART.split(recorded)
+    literals, prints = parts[0::2], parts[1::2]
+    if not prints or len(prints) > _MAX_PLACEHOLDERS or not sent.startswith(literals[0]):
+        return False
+
+    def holds(fp: str | None, text: str) -> bool:
+        return bool(text) and (fp is None or fingerprint(text) == fp)
+
+    def walk(index: int, position: int) -> bool:
+        following = literals[index + 1]
+        if index == len(prints) - 1:
+            end = len(sent) - len(following)
+            return end > position and sent.endswith(following) and holds(prints[index], sent[position:end])
+        start = position + 1
+        while (found := sent.find(following, start)) != -1:
+            if holds(prints[index], sent[position:found]) and walk(index + 1, found + len(following)):
+                return True
+            start = found + 1
+        return False
+
+    return walk(0, len(literals[0]))
 
 
 # --------------------------------------------------------------------------- answers
@@ -375,6 +482,7 @@ class _Answer:
     fields: tuple[tuple[bytes, bytes], ...]  # everything but Content-Length
     content: bytes
     latency: float
+    head_length: int | None = None  # a recorded HEAD answer's Content-Length (it has no body)
 
     @classmethod
     def of(cls, index: int, example: MockExample) -> _Answer:
@@ -384,8 +492,7 @@ class _Answer:
         elif isinstance(example.body, str):
             content, default_type = example.body.encode("utf-8"), "text/plain; charset=utf-8"
         elif example.body is not None:
-            content = json.dumps(example.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            default_type = "application/json"
+            content, default_type = json_body_bytes(example.body), "application/json"
         else:
             content, default_type = b"", ""
         fields: list[tuple[bytes, bytes]] = []
@@ -397,15 +504,31 @@ class _Answer:
         if content and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", default_type.encode()))
         latency = min(example.latency or 0.0, MAX_LATENCY)
-        return cls(index, example.status, reason_phrase(example.status).encode(), tuple(fields), content, latency)
+        head_length = None if content else _recorded_length(example.headers)
+        return cls(index, example.status, reason_phrase(example.status).encode(), tuple(fields), content, latency, head_length)
 
     def response(self, is_head: bool) -> http.Response:
         fields = list(self.fields)
         if self.status >= 200 and self.status not in _NO_BODY_STATUSES:
-            fields.insert(0, (b"content-length", str(len(self.content)).encode()))
+            length = self.head_length if is_head and self.head_length is not None else len(self.content)
+            fields.insert(0, (b"content-length", str(length).encode()))
         now = time.time()
         content = b"" if is_head else self.content
         return http.Response(b"HTTP/1.1", self.status, self.reason, http.Headers(fields), content, None, now, now)
+
+
+def json_body_bytes(value: Any) -> bytes:
+    """How a JSON `body` is sent: compact, key order kept, non-ASCII as UTF-8. The capture writes
+    a recorded JSON body as YAML data only when this gives back its very bytes."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _recorded_length(headers: dict[str, str | list[str]]) -> int | None:
+    """The example's Content-Length, when it gives one number: what a HEAD answer announces."""
+    for name, value in headers.items():
+        if name.lower() == "content-length" and isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 def _header_bytes(value: str) -> bytes:
@@ -436,13 +559,14 @@ class _Sequence:
 class MockHandler:
     """Compiled once per blueprint version; the sequences' positions live here."""
 
-    def __init__(self, config: MockConfig) -> None:
+    def __init__(self, config: MockConfig, defaults: MockDefaults | None = None) -> None:
         self.passthrough = config.passthrough
-        self.replay_latency = config.replay_latency
         groups: dict[Any, _Sequence] = {}
         self.fallback: _Sequence | None = None
-        for index, example in enumerate(config.examples):
+        answers: list[_Answer] = []
+        for index, example in enumerate(config.all_examples):
             answer = _Answer.of(index, example)
+            answers.append(answer)
             if example.is_fallback:
                 if self.fallback is None:
                     self.fallback = _Sequence(None, [])
@@ -454,6 +578,8 @@ class MockHandler:
             group.answers.append(answer)
         # Most specific first; a tie keeps file order (the first example of each sequence).
         self.sequences = sorted(groups.values(), key=lambda s: -s.conditions.specificity)  # type: ignore[union-attr]
+        # Validation, Prefer, unrecorded path values, latency (backworks_core.handlers.mock_features).
+        self.features = MockFeatures(config, answers, _Conditions.of, _parse_json, _NO_JSON, defaults)
 
     def choose(self, ctx: RequestContext) -> tuple[_Sequence | None, str]:
         parsed: list[Any] = []
@@ -472,13 +598,25 @@ class MockHandler:
         return None, "none"
 
     async def __call__(self, ctx: RequestContext) -> http.Response | Forward:
-        sequence, kind = self.choose(ctx)
-        if sequence is None:
-            return self._unmatched(ctx)
-        answer = sequence.next()  # taken before any await: concurrent requests each get their own step
-        ctx.notes["mock"] = "fallback" if kind == "fallback" else f"example-{answer.index}"
-        if self.replay_latency and answer.latency > 0:
-            await asyncio.sleep(answer.latency)
+        features = self.features
+        refused = features.check_request(ctx)
+        if refused is not None:
+            return refused
+        preferred = features.preferred(ctx)
+        if isinstance(preferred, http.Response):
+            return preferred
+        if preferred is not None:
+            answer = with_header(preferred[0], "Preference-Applied", preferred[1])
+        else:
+            sequence, kind = self.choose(ctx)
+            if sequence is None:
+                answer = None if self.passthrough else features.synthesise(ctx)
+                if answer is None:
+                    return self._unmatched(ctx)
+            else:
+                answer = sequence.next()  # taken before any await: concurrent requests each get their own step
+                ctx.notes["mock"] = "fallback" if kind == "fallback" else f"example-{answer.index}"
+        await features.wait(answer)
         return answer.response(ctx.request.method == "HEAD")
 
     def _unmatched(self, ctx: RequestContext) -> http.Response | Forward:

@@ -506,7 +506,9 @@ def test_openapi_document_validates_with_tricky_cases():
     assert post["requestBody"]["content"]["application/json"]["example"] == {"name": "Ada"}
     assert post["requestBody"]["required"] is True
     put = doc["paths"]["/users/{user_id}"]["put"]
-    assert put["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"] == {"type": "string"}
+    assert put["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"] == {
+        "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]
+    }
     assert "content" not in put["responses"]["204"]
     assert doc["paths"]["/health"]["get"]["responses"] == {"default": {"description": "No response was recorded"}}
     assert "example" not in doc["paths"]["/broken"]["get"]["responses"]["200"]["content"]["application/json"]

@@ -1,0 +1,40 @@
+"""The mock feature keys a blueprint can default once for every mock endpoint (`server.mock`).
+
+Its own module, importing no other part of Backworks but `validation`, so that
+backworks_core.model can offer it under `server` without an import cycle; what the keys do is
+in backworks_core.handlers.mock_features.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backworks_core.validation import Duration
+
+MAX_LATENCY = 60.0
+
+
+class MockDefaults(BaseModel):
+    """`server.mock`, and the same keys in each endpoint's `config.mock` (which win)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as model.StrictModel
+
+    validate_: bool = Field(False, alias="validate", description="check requests against the endpoint's `request_body` (415, 400, 422, as Prism does)", examples=[True])
+    unrecorded: Literal["not_found", "synthesise"] = Field(
+        "not_found",
+        description="a path parameter value no example names: not_found (the 404), or synthesise an answer from the closest example",
+        examples=["synthesise"],
+    )
+    prefer: bool = Field(True, description="honour the request header `Prefer: code=NNN` / `Prefer: example=NAME` (RFC 7240, as Prism)", examples=[False])
+    replay_latency: bool = Field(False, description="wait each example's `latency` (× latency_factor, at most max_latency) before answering", examples=[True])
+    latency_factor: float = Field(1.0, ge=0, description="recorded latencies are multiplied by this when replayed", examples=[0.5])
+    max_latency: Duration = Field(MAX_LATENCY, description="the longest replayed wait; at most 60 s", examples=["2s"])
+
+    @field_validator("max_latency")
+    @classmethod
+    def _ceiling(cls, value: float) -> float:
+        if value > MAX_LATENCY:
+            raise ValueError(f"expected at most {MAX_LATENCY:g} seconds, got {value:g}")
+        return value

@@ -1,0 +1,890 @@
+"""Fidelity suite: does a recording answer like the real API, in any order? Backworks against its peers.
+
+Run with ``.venv/bin/python bench/fidelity.py [--apps httpbin,datasette] [--seeds 1,2]
+[--schemathesis] [--throughput SECONDS] [--keep DIR] [--json FILE]``; about 3 minutes without
+the optional phases, the first run longer (it installs the venv and Prism).
+
+For each **real application** installed from PyPI into a throwaway venv (in a temporary folder,
+or --keep DIR; never the project's .venv, whose ``pip check`` is not touched):
+
+- ``httpbin`` served by gunicorn (statuses, basic/bearer/digest auth, conditional requests,
+  cookies, redirects, compression, forms, multipart, ranges, content negotiation, echoes);
+- ``datasette`` serving a small SQLite database this script creates (a JSON API with filters,
+  sorting, facets, paging, SQL queries, CSV, HTML pages, redirects, 404/400s)
+
+the script
+
+1. starts the app on 127.0.0.1 and sends it a fixed list of requests (``HTTPBIN``/``DATASETTE``
+   below, ~60 each) with real clients, spread over curl, python-requests and httpie
+   (bench/fidelity_driver.py, run by the venv's Python): the **live** answers;
+2. records the same requests through ``backworks capture --upstream`` (the project's CLI), stops it
+   with SIGINT (it writes the blueprint), and makes the OpenAPI document from its journal with
+   ``backworks mock-from --format openapi``; then records them once more through plain
+   ``mitmdump --mode reverse:… -w FLOWS`` for mitmproxy's own replay;
+3. stops the app, and replays the requests, **in recorded order and shuffled** (``--seeds``, fixed),
+   each run against a fresh server, against
+     backworks      ``mitmdump -s backworks.py --set blueprint=BLUEPRINT`` (reverse mode, lazy
+                    connections: an upstream that is not running is never contacted),
+     server-replay  ``mitmdump --server-replay FLOWS`` with ``server_replay_extra=404``, host and
+                    port ignored (mitmproxy's defaults otherwise: flows consumed in order),
+     prism          ``prism mock OPENAPI`` (@stoplight/prism-cli from npm, installed in the temp
+                    folder; static examples, no ``Prefer`` header);
+4. compares every answer with the live one (below) and prints one table, matches/total per tool,
+   app and order, then every remaining mismatch with its reason and the area it belongs to.
+
+**What "identical" means** (``compare``): the same status; the same body once both are decoded
+(``Content-Encoding``) and normalised; and the same headers that matter: ``Content-Type``,
+``Location``, ``ETag`` and ``WWW-Authenticate`` (normalised as bodies), and the *names* of the
+``Set-Cookie`` cookies. A header present on one side only is a mismatch. Bodies are compared as
+JSON values when both parse (key order and spacing aside; the count of bodies that are also
+byte-identical is printed as well), as text otherwise, as bytes when not UTF-8.
+
+**Normalisation** (``NORMALISE``, applied to bodies and the compared headers on both sides), the
+values that legitimately differ between two runs or two ports:
+
+- ``127.0.0.1:PORT`` and ``localhost:PORT`` → ``HOST:PORT`` (the app, the capture proxy and the
+  mocks listen on different ports, and httpbin echoes ``Host`` and URLs);
+- UUIDs → ``<uuid>``; HTTP dates and ISO 8601 date-times → ``<date>``;
+- digest-auth ``nonce``/``opaque`` values → ``<nonce>`` (random per answer);
+- datasette's timings (``"query_ms": …`` in JSON, ``N.Nms`` in HTML) → ``<ms>`` and its
+  per-session CSRF token in HTML forms → ``<csrftoken>``.
+
+**Redaction placeholders** (``[REDACTED]``, ``[REDACTED:…]``) in a replayed answer stand for the
+live text at that place *only when that text holds one of the secrets the requests sent*
+(``SECRETS``, and their Basic-auth encodings) or a server-issued secret (a CSRF token): a
+placeholder standing for anything else (a boolean, a number, a cookie's ``en``) is an over-reach
+and counted as a mismatch.
+
+Optional phases: ``--schemathesis`` runs ``st run`` (PyPI ``schemathesis`` in the venv) against
+the generated OpenAPI, on the real app and on the Backworks mock, and classifies each failure
+(``classify_st``); ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
+``run_wrk``) on httpbin's recording: Backworks, server-replay and Prism, same run, on the recorded
+GETs that all three answer like the live app.
+
+Everything listens on and is sent to 127.0.0.1 only; every loop is bounded in count and time;
+every child is killed on exit, error or Ctrl-C (each runs in its own process group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from throughput import HOST, WRK_LUA, Processes, free_port, run_wrk, wait_listening  # noqa: E402
+
+VENV_PACKAGES = ["httpbin", "gunicorn", "datasette", "requests", "httpie", "schemathesis"]
+PRISM_PACKAGE = "@stoplight/prism-cli@5"
+DRIVER = BENCH / "fidelity_driver.py"
+DRIVE_TIMEOUT = 300  # seconds for one pass of ~60 requests
+PLACEHOLDER = re.compile(r"\[REDACTED[^\]\s]{0,40}\]")
+
+# -- the requests ------------------------------------------------------------------------------
+
+# Every credential the requests send: a placeholder may stand only for text holding one of these.
+SECRETS = [
+    "passwd",
+    "wrong-pass",
+    "tok-3fK9qLmZ2xR7",
+    "sk_live_9fK2mQ7xL3pZ8vB1nR4tW6yC",
+    "s3cr3t-Pa55word",
+    "sess-8KqZ2mW4xR9t",
+    base64.b64encode(b"user:passwd").decode(),
+    base64.b64encode(b"user:wrong-pass").decode(),
+]
+BOUNDARY = "fidelity-boundary-7d41"
+CLIENTS = ("curl", "requests", "httpie")
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, str, str]]) -> bytes:
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
+    parts += [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"; filename="{fn}"\r\nContent-Type: {ct}\r\n\r\n{data}\r\n'
+        for k, (fn, ct, data) in files.items()
+    ]
+    return ("".join(parts) + f"--{BOUNDARY}--\r\n").encode()
+
+
+def req(method: str, path: str, headers: dict[str, str] | None = None, body: bytes | str | dict | None = None, *, form: bool = False, follow: bool = False, ctype: str | None = None) -> dict[str, Any]:
+    """One request of the corpus; a dict body is sent as JSON (or a form with form=True)."""
+    hdrs = dict(headers or {})
+    raw: bytes | None
+    if isinstance(body, dict):
+        if form:
+            from urllib.parse import urlencode
+
+            raw, hdrs["Content-Type"] = urlencode(body).encode(), "application/x-www-form-urlencoded"
+        else:
+            raw, hdrs["Content-Type"] = json.dumps(body).encode(), "application/json"
+    else:
+        raw = body.encode() if isinstance(body, str) else body
+    if ctype:
+        hdrs["Content-Type"] = ctype
+    return {"method": method, "path": path, "headers": list(hdrs.items()), "body": base64.b64encode(raw).decode() if raw is not None else None, "follow": follow}
+
+
+def _numbered(app: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each request an id and a client: curl, requests, httpie in turn (a fixed spread)."""
+    return [dict(item, id=f"{app}#{i:02d}", client=item.get("client") or CLIENTS[i % 3]) for i, item in enumerate(items)]
+
+
+BASIC = "Basic " + base64.b64encode(b"user:passwd").decode()
+BASIC_WRONG = "Basic " + base64.b64encode(b"user:wrong-pass").decode()
+
+HTTPBIN = _numbered("httpbin", [
+    req("GET", "/get"),
+    req("GET", "/get?a=1&b=two"),
+    req("GET", "/get?a=1&a=2"),
+    req("GET", "/anything/orders/17?expand=items"),
+    req("POST", "/post", body={"name": "ada", "n": 1, "ok": True, "tags": ["x", "y"]}),
+    req("POST", "/post", body={"a": "1", "b": "two words"}, form=True),
+    req("POST", "/post", body=_multipart({"title": "report"}, {"file": ("notes.txt", "text/plain", "hello, multipart")}), ctype=f"multipart/form-data; boundary={BOUNDARY}"),
+    req("PUT", "/put", body={"id": 7, "name": "grace"}),
+    req("PATCH", "/patch", body={"name": "alan"}),
+    req("DELETE", "/delete"),
+    *(req("GET", f"/status/{code}") for code in (200, 201, 204, 400, 401, 403, 404, 418, 500, 503)),
+    req("GET", "/basic-auth/user/passwd"),
+    req("GET", "/basic-auth/user/passwd", {"Authorization": BASIC}),
+    req("GET", "/basic-auth/user/passwd", {"Authorization": BASIC_WRONG}),
+    req("GET", "/bearer"),
+    req("GET", "/bearer", {"Authorization": "Bearer tok-3fK9qLmZ2xR7"}),
+    req("GET", "/hidden-basic-auth/user/passwd"),
+    req("GET", "/hidden-basic-auth/user/passwd", {"Authorization": BASIC}),
+    req("GET", "/digest-auth/auth/user/passwd"),
+    req("GET", "/headers", {"X-Demo": "1"}),
+    req("GET", "/user-agent"),
+    req("GET", "/ip"),
+    req("GET", "/uuid"),
+    req("GET", "/etag/abc"),
+    req("GET", "/etag/abc", {"If-None-Match": '"abc"'}),
+    req("GET", "/etag/abc", {"If-Match": '"zzz"'}),
+    req("GET", "/etag/abc", {"If-Match": '"abc"'}),
+    req("GET", "/cache"),
+    req("GET", "/cache", {"If-Modified-Since": "Mon, 07 Dec 2026 10:00:00 GMT"}),
+    req("GET", "/response-headers?X-Foo=bar&Content-Type=text/plain"),
+    req("GET", "/redirect/2", follow=True),
+    req("GET", "/redirect/2"),
+    req("GET", "/redirect-to?url=/get&status_code=307"),
+    req("GET", "/absolute-redirect/1"),
+    req("GET", "/relative-redirect/1"),
+    req("GET", "/cookies", {"Cookie": "lang=en; session=sess-8KqZ2mW4xR9t"}),
+    req("GET", "/cookies/set?lang=en"),
+    req("GET", "/cookies/set/theme/dark"),
+    req("GET", "/cookies/delete?lang="),
+    req("GET", "/gzip", {"Accept-Encoding": "gzip"}),
+    req("GET", "/deflate", {"Accept-Encoding": "deflate"}),
+    req("GET", "/brotli", {"Accept-Encoding": "br"}),
+    req("GET", "/json"),
+    req("GET", "/xml"),
+    req("GET", "/html"),
+    req("GET", "/robots.txt"),
+    req("GET", "/encoding/utf8"),
+    req("GET", "/base64/SFRUUEJJTiBpcyBhd2Vzb21l"),
+    req("GET", "/bytes/64?seed=1"),
+    req("GET", "/range/100", {"Range": "bytes=0-9"}),
+    req("GET", "/range/100"),
+    req("GET", "/image", {"Accept": "image/png"}),
+    req("GET", "/image", {"Accept": "image/svg+xml"}),
+    req("GET", "/anything/negotiate", {"Accept": "application/json"}),
+    req("GET", "/anything/negotiate", {"Accept": "application/xml"}),
+    req("GET", "/links/3/1"),
+    req("GET", "/anything?api_key=sk_live_9fK2mQ7xL3pZ8vB1nR4tW6yC&page=2"),
+    req("POST", "/anything/login", body={"user": "ada", "password": "s3cr3t-Pa55word", "remember": True, "attempts": 3}),
+    req("HEAD", "/get"),
+    req("GET", "/stream/3"),
+])  # fmt: skip
+
+
+def datasette_db(path: Path) -> None:
+    """The small database datasette serves: users and their orders, with a foreign key."""
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, active INTEGER, score REAL, city TEXT);
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), total REAL, status TEXT);
+        """)
+        cities = ["London", "Paris", "Berlin", "Lisbon"]
+        names = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "John", "Margaret", "Tim"]
+        for i, name in enumerate(names, 1):
+            db.execute("INSERT INTO users VALUES (?,?,?,?,?,?)", (i, name, f"{name.lower()}@example.com", i % 3 != 0, round(i * 7.25 % 100, 2), cities[i % 4]))
+        for i in range(1, 41):
+            db.execute("INSERT INTO orders VALUES (?,?,?,?)", (i, 1 + i * 5 % 12, round(i * 13.7 % 250, 2), ["new", "paid", "shipped", "cancelled"][i % 4]))
+
+
+DATASETTE = _numbered("datasette", [
+    req("GET", "/.json"),
+    req("GET", "/shop.json"),
+    req("GET", "/shop/users.json"),
+    req("GET", "/shop/users.json?_shape=array"),
+    req("GET", "/shop/users.json?_shape=objects"),
+    req("GET", "/shop/users.json?_shape=array&_size=3"),
+    req("GET", "/shop/users.json?_shape=array&_sort=name"),
+    req("GET", "/shop/users.json?_shape=array&_sort_desc=score"),
+    req("GET", "/shop/users.json?_shape=array&name__startswith=A"),
+    req("GET", "/shop/users.json?_shape=array&active=1"),
+    req("GET", "/shop/users.json?_shape=array&city=Paris"),
+    req("GET", "/shop/users.json?_shape=array&score__gt=50"),
+    req("GET", "/shop/users.json?_shape=array&_col=name&_col=email"),
+    req("GET", "/shop/users.json?_shape=array&_nocol=email"),
+    req("GET", "/shop/users.json?_size=5"),
+    req("GET", "/shop/users.json?_size=5&_next=5"),
+    req("GET", "/shop/users/1.json"),
+    req("GET", "/shop/users/2.json"),
+    req("GET", "/shop/users/3.json?_shape=array"),
+    req("GET", "/shop/users/4.json"),
+    req("GET", "/shop/users/5.json"),
+    req("GET", "/shop/users/6.json"),
+    req("GET", "/shop/users/7.json"),
+    req("GET", "/shop/users/999.json"),
+    req("GET", "/shop/orders.json?_shape=array&user_id=1"),
+    req("GET", "/shop/orders.json?_shape=array&status=paid"),
+    req("GET", "/shop/orders.json?_facet=status&_size=0"),
+    req("GET", "/shop/orders.json?_labels=on&_size=3&_shape=array"),
+    req("GET", "/shop/orders.json?_shape=array&total__lt=20&_sort=total"),
+    req("GET", "/shop/orders/1.json"),
+    req("GET", "/shop/orders/2.json"),
+    req("GET", "/shop.json?sql=select+count(*)+as+n+from+users&_shape=array"),
+    req("GET", "/shop.json?sql=select+city,+count(*)+as+n+from+users+group+by+city+order+by+city&_shape=array"),
+    req("GET", "/shop.json?sql=select+*+from+users+where+id+%3D+:id&id=3&_shape=array"),
+    req("GET", "/shop.json?sql=select+nonsense+from"),
+    req("GET", "/shop/users.csv"),
+    req("GET", "/shop/orders.csv?status=new"),
+    req("GET", "/shop/users.json?_shape=array", {"Accept": "application/json"}),
+    req("GET", "/-/versions.json"),
+    req("GET", "/-/plugins.json"),
+    req("GET", "/-/databases.json"),
+    req("GET", "/-/metadata.json"),
+    req("GET", "/-/settings.json"),
+    req("GET", "/-/actor.json"),
+    req("GET", "/-/actor.json", {"Cookie": "ds_actor=sess-8KqZ2mW4xR9t"}),
+    req("GET", "/shop/users.json?_shape=array&_size=2", {"Authorization": "Bearer tok-3fK9qLmZ2xR7"}),
+    req("GET", "/shop/nonexistent.json"),
+    req("GET", "/nonexistent"),
+    req("GET", "/shop/users/"),
+    req("GET", "/shop/users?_shape=array"),
+    req("GET", "/shop/users/1"),
+    req("GET", "/shop"),
+    req("GET", "/"),
+    req("GET", "/shop/users.json?_shape=array&_size=1", {"Accept-Encoding": "gzip"}),
+    req("POST", "/shop/users.json", body={"name": "x"}),
+    req("GET", "/-/static/app.css"),
+    req("GET", "/shop/users.json?_shape=array&_where=score+>+80"),
+    req("GET", "/shop/users.json?_shape=array&_search=ada"),
+])  # fmt: skip
+
+
+@dataclass
+class App:
+    name: str
+    requests: list[dict[str, Any]]
+    start: Callable[[Path, Path, int], list[str]]  # (venv, work, port) -> argv
+    server_secrets: list[re.Pattern[str]] = field(default_factory=list)
+
+
+def _httpbin_argv(venv: Path, work: Path, port: int) -> list[str]:
+    return [str(venv / "bin/gunicorn"), "-b", f"{HOST}:{port}", "-w", "2", "httpbin:app"]
+
+
+def _datasette_argv(venv: Path, work: Path, port: int) -> list[str]:
+    db = work / "shop.db"
+    if not db.exists():
+        datasette_db(db)
+    return [str(venv / "bin/datasette"), "serve", "-i", str(db), "-h", HOST, "-p", str(port), "--setting", "num_sql_threads", "1"]
+
+
+APPS = {
+    "httpbin": App("httpbin", HTTPBIN, _httpbin_argv),
+    "datasette": App("datasette", DATASETTE, _datasette_argv, [re.compile(r"[A-Za-z0-9_.~+/=-]{16,}")]),
+}
+
+# -- comparison --------------------------------------------------------------------------------
+
+NORMALISE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\b(127\.0\.0\.1|localhost):\d+"), "HOST:PORT"),
+    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
+    (re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT"), "<date>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?"), "<date>"),
+    (re.compile(r'\b(nonce|opaque)="[^"]*"'), r'\1="<nonce>"'),
+    (re.compile(r'("query_ms":\s*)[0-9.eE+-]+'), r"\1<ms>"),
+    (re.compile(r"\b\d+(\.\d+)?ms\b"), "<ms>"),
+    (re.compile(r'(name="csrftoken"\s+value=")[^"]*'), r"\1<csrftoken>"),
+]
+HEADERS_COMPARED = ("content-type", "location", "etag", "www-authenticate")
+VARYING_KEYS = {"query_ms"}  # JSON keys whose values are timings
+
+
+def normalise(text: str) -> str:
+    for pattern, repl in NORMALISE:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def decode_body(headers: list[list[str]], body: bytes) -> bytes:
+    enc = next((v.lower() for k, v in headers if k.lower() == "content-encoding"), "")
+    try:
+        if enc == "gzip":
+            return gzip.decompress(body)
+        if enc == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+        if enc == "br":
+            import brotli
+
+            return brotli.decompress(body)
+    except Exception:  # noqa: BLE001 - already decoded by the client (requests, httpie)
+        return body
+    return body
+
+
+def _secret_ok(text: str, server_secrets: Sequence[re.Pattern[str]]) -> bool:
+    return any(s in text for s in SECRETS) or any(p.fullmatch(text.strip()) for p in server_secrets)
+
+
+def text_equal(live: str, got: str, server_secrets: Sequence[re.Pattern[str]]) -> str | None:
+    """None when equal after normalisation, placeholders standing only for secrets; else why not."""
+    live, got = normalise(live), normalise(got)
+    if live == got:
+        return None
+    pieces = PLACEHOLDER.split(got)
+    if len(pieces) == 1:
+        return _first_difference(live, got)
+    pattern = "(.+?)".join(re.escape(p) for p in pieces)
+    m = re.fullmatch(pattern, live, re.DOTALL)
+    if not m:
+        return "differs beyond placeholders: " + _first_difference(live, got)
+    for value in m.groups():
+        if not _secret_ok(value, server_secrets):
+            return f"over-redaction: a placeholder replaced {value[:40]!r}"
+    return None
+
+
+def _first_difference(a: str, b: str) -> str:
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return f"at {i}: live {a[max(0, i - 25):i + 35]!r} / replay {b[max(0, i - 25):i + 35]!r}"
+
+
+def json_equal(live: Any, got: Any, where: str, secrets: Sequence[re.Pattern[str]]) -> str | None:
+    if isinstance(got, str) and PLACEHOLDER.search(got) and not isinstance(live, str):
+        return f"{where}: over-redaction: {json.dumps(live)[:40]} became {got!r}"
+    if isinstance(live, dict) and isinstance(got, dict):
+        if live.keys() != got.keys():
+            extra, missing = sorted(got.keys() - live.keys()), sorted(live.keys() - got.keys())
+            return f"{where}: keys differ (replay adds {extra}, lacks {missing})"
+        for k in live:
+            if k in VARYING_KEYS:
+                continue
+            why = json_equal(live[k], got[k], f"{where}.{k}", secrets)
+            if why:
+                return why
+        return None
+    if isinstance(live, list) and isinstance(got, list):
+        if len(live) != len(got):
+            return f"{where}: {len(live)} items live, {len(got)} replayed"
+        for i, (a, b) in enumerate(zip(live, got, strict=True)):
+            why = json_equal(a, b, f"{where}[{i}]", secrets)
+            if why:
+                return why
+        return None
+    if isinstance(live, str) and isinstance(got, str):
+        why = text_equal(live, got, secrets)
+        return f"{where}: {why}" if why else None
+    if type(live) is not type(got) or live != got:
+        return f"{where}: live {json.dumps(live)[:40]} / replay {json.dumps(got)[:40]}"
+    return None
+
+
+def _header(headers: list[list[str]], name: str) -> list[str]:
+    return [v for k, v in headers if k.lower() == name]
+
+
+def cookie_names(headers: list[list[str]]) -> list[str]:
+    return sorted(v.split("=", 1)[0].strip() for v in _header(headers, "set-cookie"))
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    byte_identical: bool
+    reasons: list[str]
+
+
+def compare(live: dict[str, Any], got: dict[str, Any], secrets: Sequence[re.Pattern[str]] = ()) -> Verdict:
+    """Compare a replayed answer with the live one: status, body, the headers that matter."""
+    if got.get("error"):
+        return Verdict(False, False, [f"no answer: {got['error'][:120]}"])
+    reasons = []
+    if live["status"] != got["status"]:
+        reasons.append(f"status {got['status']} (live {live['status']})")
+    for name in HEADERS_COMPARED:
+        a, b = _header(live["headers"], name), _header(got["headers"], name)
+        if name == "content-type":
+            a, b = [v.lower().replace(" ", "") for v in a], [v.lower().replace(" ", "") for v in b]
+        if not a and not b:
+            continue
+        if not b:
+            reasons.append(f"{name} missing (live {a[0]!r})")
+        elif not a:
+            reasons.append(f"{name} added ({b[0]!r})")
+        else:
+            why = text_equal(a[0], b[0], secrets)
+            if why:
+                reasons.append(f"{name}: {why}")
+    if cookie_names(live["headers"]) != cookie_names(got["headers"]):
+        reasons.append(f"Set-Cookie names {cookie_names(got['headers'])} (live {cookie_names(live['headers'])})")
+    lb = decode_body(live["headers"], base64.b64decode(live["body"]))
+    gb = decode_body(got["headers"], base64.b64decode(got["body"]))
+    byte_identical = False
+    try:
+        lt, gt = lb.decode("utf-8"), gb.decode("utf-8")
+        byte_identical = normalise(lt) == normalise(gt)
+    except UnicodeDecodeError:
+        byte_identical = lb == gb
+        if not byte_identical:
+            reasons.append(f"binary body differs ({len(gb)} bytes, live {len(lb)})")
+        lt = gt = None  # type: ignore[assignment]
+    if lt is not None and not byte_identical:
+        try:
+            lj, gj = json.loads(lt), json.loads(gt)
+        except ValueError:
+            why = text_equal(lt, gt, secrets)
+            if why:
+                reasons.append(f"body {why}")
+        else:
+            why = json_equal(lj, gj, "$", secrets)
+            if why:
+                reasons.append(f"body {why}")
+    return Verdict(not reasons, byte_identical and not reasons, reasons)
+
+
+def area(tool: str, reasons: list[str], got: dict[str, Any]) -> str:
+    """Which part of issue 18 a mismatch belongs to (a heuristic on the reason; read the reason)."""
+    text = " ".join(reasons).lower()
+    body = base64.b64decode(got.get("body") or "").decode("utf-8", "replace").lower()
+    if tool == "prism":
+        return "OpenAPI (Prism serves the generated document)"
+    if tool == "server-replay":
+        return "peer (mitmproxy server replay)"
+    if "traceparent" in text or "x-request-id" in text:
+        return "transparent capture"
+    if "redact" in text or "placeholder" in text:
+        return "redaction"
+    if "no mock example" in body or "no endpoint" in body or (got.get("status") == 404 and "backworks" in body):
+        return "matching / nothing lost"
+    if "status" in text:
+        return "matching / nothing lost"
+    if "missing" in text or "added" in text or "set-cookie" in text or "content-type" in text:
+        return "bodies & headers"
+    if "body" in text:
+        return "bodies & headers"
+    return "?"
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def sh(argv: Sequence[str], log: Path, timeout: float, cwd: Path | None = None) -> None:
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False, cwd=cwd, start_new_session=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}; see {log}")
+
+
+def ensure_venv(work: Path) -> Path:
+    venv = work / "venv"
+    marker = venv / ".fidelity-installed"
+    if not marker.exists():
+        print(f"installing {', '.join(VENV_PACKAGES)} into {venv} (a throwaway venv)", flush=True)
+        sh([shutil.which("python3") or "python3", "-m", "venv", str(venv)], work / "install.log", 120)
+        sh([str(venv / "bin/pip"), "install", "-q", *VENV_PACKAGES], work / "install.log", 600)
+        marker.touch()
+    return venv
+
+
+def ensure_prism(work: Path) -> Path | None:
+    prism = work / "prism/node_modules/.bin/prism"
+    if not prism.exists():
+        if not shutil.which("npm"):
+            print("npm not found: Prism left out", flush=True)
+            return None
+        print(f"installing {PRISM_PACKAGE} into {work / 'prism'}", flush=True)
+        (work / "prism").mkdir(exist_ok=True)
+        try:
+            sh(["npm", "install", "--prefix", str(work / "prism"), "--no-audit", "--no-fund", PRISM_PACKAGE], work / "install.log", 600)
+        except SystemExit as exc:
+            print(f"Prism left out: {exc}", flush=True)
+            return None
+    return prism
+
+
+def drive(venv: Path, port: int, requests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Send the requests in this order with their clients; the answers by request id."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    proc = subprocess.run(
+        [str(venv / "bin/python"), str(DRIVER), f"http://{HOST}:{port}"],
+        input=json.dumps(requests).encode(), capture_output=True, timeout=DRIVE_TIMEOUT, check=False, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"the client driver failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    return {r["id"]: r for r in json.loads(proc.stdout)}
+
+
+def stop_with_sigint(procs: Processes, name: str, timeout: float = 60) -> int | None:
+    proc = procs.running.get(name)
+    if proc is None:
+        return None
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    procs.stop(name)
+    return proc.returncode
+
+
+def mitmdump() -> str:
+    return str(Path(sys.executable).with_name("mitmdump"))
+
+
+def backworks() -> str:
+    return str(Path(sys.executable).with_name("backworks"))
+
+
+def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int) -> list[str] | None:
+    base = ["--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy", "--listen-host", HOST, "-p", str(port)]
+    if tool == "backworks":
+        return [mitmdump(), "-s", str(REPO / "backworks.py"), "--set", f"blueprint={files['blueprint']}", *base]
+    if tool == "server-replay":
+        return [
+            mitmdump(), "--server-replay", str(files["flows"]), "--set", "server_replay_extra=404",
+            "--set", "server_replay_ignore_host=true", "--set", "server_replay_ignore_port=true", *base,
+        ]  # fmt: skip
+    if tool == "prism" and prism is not None:
+        return [str(prism), "mock", "-h", HOST, "-p", str(port), str(files["openapi"])]
+    return None
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    app: str
+    tool: str
+    order: str
+    total: int = 0
+    matches: int = 0
+    byte_identical: int = 0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def record(app: App, venv: Path, work: Path, procs: Processes, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Path], dict[str, Any]]:
+    """Live answers, the Backworks capture (blueprint + OpenAPI) and plain mitmdump flows."""
+    out = work / app.name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    files = {"blueprint": out / "captured.yaml", "openapi": out / "openapi.json", "flows": out / "flows.mitm"}
+    app_port = free_port()
+    procs.start(f"{app.name}-app", app.start(venv, work, app_port))
+    wait_listening(procs, f"{app.name}-app", app_port, timeout=60)
+    time.sleep(0.5)
+    live = drive(venv, app_port, app.requests)
+    extra: dict[str, Any] = {}
+
+    cap_port = free_port()
+    procs.start(f"{app.name}-capture", [backworks(), "capture", "--upstream", f"http://{HOST}:{app_port}", "-p", str(cap_port), "-o", str(files["blueprint"]), *args.capture_arg])
+    wait_listening(procs, f"{app.name}-capture", cap_port, timeout=60)
+    captured = drive(venv, cap_port, app.requests)
+    rc = stop_with_sigint(procs, f"{app.name}-capture")
+    if not files["blueprint"].exists():
+        raise SystemExit(f"backworks capture (exit {rc}) wrote no blueprint:\n{procs.log_tail(app.name + '-capture')}")
+    sh([backworks(), "mock-from", str(files["blueprint"]) + ".jsonl", "-o", str(files["openapi"]), "--format", "openapi", *args.capture_arg[:0]], out / "mock-from.log", 120)
+    extra["through_capture"] = sum(compare(live[r["id"]], captured[r["id"]], app.server_secrets).ok for r in app.requests)
+    extra["through_capture_diff"] = [
+        (r["id"], compare(live[r["id"]], captured[r["id"]], app.server_secrets).reasons) for r in app.requests if not compare(live[r["id"]], captured[r["id"]], app.server_secrets).ok
+    ]
+
+    rec_port = free_port()
+    procs.start(f"{app.name}-mitm-record", [mitmdump(), "--mode", f"reverse:http://{HOST}:{app_port}", "--listen-host", HOST, "-p", str(rec_port), "-w", str(files["flows"]), "-q"])
+    wait_listening(procs, f"{app.name}-mitm-record", rec_port, timeout=60)
+    drive(venv, rec_port, app.requests)
+    stop_with_sigint(procs, f"{app.name}-mitm-record")
+
+    if args.schemathesis:
+        extra["schemathesis_app"] = schemathesis(venv, files["openapi"], app_port, out / "st-app", args.st_max_examples)
+    procs.stop(f"{app.name}-app")  # offline from here on
+    return live, files, extra
+
+
+def replay(app: App, venv: Path, live: dict[str, Any], files: dict[str, Path], prism: Path | None, procs: Processes, args: argparse.Namespace) -> list[Run]:
+    runs = []
+    orders = [("recorded", list(app.requests))]
+    for seed in args.seeds:
+        shuffled = list(app.requests)
+        random.Random(seed).shuffle(shuffled)
+        orders.append((f"shuffled s{seed}", shuffled))
+    for tool in args.tools:
+        for order_name, order in orders:
+            port = free_port()
+            argv = mock_argv(tool, files, prism, port)
+            if argv is None:
+                continue
+            name = f"{app.name}-{tool}"
+            procs.start(name, argv)
+            wait_listening(procs, name, port, timeout=90)
+            answers = drive(venv, port, order)
+            procs.stop(name)
+            run = Run(app.name, tool, order_name, total=len(order))
+            for r in app.requests:
+                v = compare(live[r["id"]], answers[r["id"]], app.server_secrets)
+                run.matches += v.ok
+                run.byte_identical += v.byte_identical
+                if not v.ok:
+                    run.mismatches.append({"id": r["id"], "request": f"{r['client']} {r['method']} {r['path']} {dict(r['headers']) or ''}".strip(), "reasons": v.reasons, "area": area(tool, v.reasons, answers[r["id"]])})
+            runs.append(run)
+            print(f"  {app.name:10} {tool:14} {order_name:12} {run.matches}/{run.total}", flush=True)
+    return runs
+
+
+# -- schemathesis ------------------------------------------------------------------------------
+
+ST_CLASSES = {
+    # check name -> (who is at fault on the real app, on the mock)
+    "not_a_server_error": ("the app (a 5xx for generated input)", "Backworks (the mock failed)"),
+    "status_code_conformance": ("recording (a status never recorded; a recording cannot know it)", "Backworks, when the status is the mock's own (404/405/422)"),
+    "content_type_conformance": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
+    "response_headers_conformance": ("Backworks (a response header declared required)", "Backworks (a response header declared required)"),
+    "response_schema_conformance": ("Backworks (the inferred schema is narrower than the app's answers)", "Backworks (the mock's answer does not fit its own schema)"),
+    "negative_data_rejection": ("the app/spec (the inferred spec has no constraints the app enforces)", "the mock (accepts input the spec rejects: validation is opt-in)"),
+    "positive_data_acceptance": ("the app (rejects input the inferred spec allows: the spec cannot know)", "the mock (answers only recorded requests)"),
+    "missing_required_header": ("the app", "the mock"),
+    "unsupported_method": ("the app", "the mock"),
+    "ignored_auth": ("the app (accepts missing auth) or the spec (securitySchemes)", "the mock (answers without credentials)"),
+}
+
+
+def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int) -> dict[str, Any]:
+    """``st run`` against SPEC on 127.0.0.1:PORT; the failures by check, from the JUnit report."""
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    argv = [
+        str(venv / "bin/st"), "run", str(spec), "--url", f"http://{HOST}:{port}", "--checks", "all",
+        "--max-examples", str(max_examples), "--seed", "1", "--workers", "1", "--request-timeout", "5",
+        "--max-time", "120", "--report", "junit", "--report-junit-path", str(junit), "--no-color",
+        "--generation-database", "none", "--phases", "examples,coverage,fuzzing",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=400, check=False, env=env, cwd=out, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
+    (out / "st.log").write_bytes(proc.stdout + proc.stderr)
+    failures: dict[str, list[str]] = {}
+    operations = 0
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            operations += 1
+            for fail in [*case.iter("failure"), *case.iter("error")]:
+                text = (fail.get("message") or "") + "\n" + (fail.text or "")
+                checks = re.findall(r"^\s*(?:-\s*)?([A-Z][A-Za-z -]+)$", text, re.M)
+                key = _st_check(text)
+                failures.setdefault(key, []).append(f"{case.get('name')}: {(checks[0] if checks else text.strip().splitlines()[0] if text.strip() else '?')[:100]}")
+    tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
+    return {"exit": proc.returncode, "operations": operations, "failures": failures, "summary": tail, "log": str(out / "st.log")}
+
+
+def _st_check(text: str) -> str:
+    low = text.lower()
+    for needle, check in (
+        ("server error", "not_a_server_error"),
+        ("undocumented http status", "status_code_conformance"),
+        ("undocumented content-type", "content_type_conformance"),
+        ("missing content-type", "content_type_conformance"),
+        ("missing required headers", "response_headers_conformance"),
+        ("response header", "response_headers_conformance"),
+        ("response violates schema", "response_schema_conformance"),
+        ("api accepted schema-violating", "negative_data_rejection"),
+        ("api rejected schema-compliant", "positive_data_acceptance"),
+        ("missing header not rejected", "missing_required_header"),
+        ("unsupported methods", "unsupported_method"),
+        ("authentication declared but not enforced", "ignored_auth"),
+        ("schema error", "schema (the document cannot be used)"),
+    ):
+        if needle in low:
+            return check
+    return "other"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def report(runs: list[Run], extras: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    apps = list(dict.fromkeys(r.app for r in runs))
+    orders = list(dict.fromkeys(r.order for r in runs))
+    tools = list(dict.fromkeys(r.tool for r in runs))
+    print("\n== fidelity: answers identical to the live app (status, body modulo normalisation and redaction, Content-Type, Location, ETag, WWW-Authenticate, Set-Cookie names)")
+    head = f"{'app':10} {'order':12} " + " ".join(f"{t:>20}" for t in tools)
+    print(head)
+    print("-" * len(head))
+    for app in apps:
+        for order in orders:
+            cells = []
+            for tool in tools:
+                r = next((x for x in runs if x.app == app and x.tool == tool and x.order == order), None)
+                cells.append(f"{r.matches}/{r.total} {100 * r.matches / r.total:5.1f}%" if r else "-")
+            print(f"{app:10} {order:12} " + " ".join(f"{c:>20}" for c in cells))
+        through = extras.get(app, {}).get("through_capture")
+        if through is not None:
+            n = next(x.total for x in runs if x.app == app)
+            print(f"{app:10} {'(capture)':12} {f'{through}/{n} through backworks capture':>20}")
+    print("\nbyte-identical bodies (after normalisation) among the matches: " + "; ".join(f"{r.app}/{r.tool}/{r.order}: {r.byte_identical}" for r in runs if r.order == "recorded"))
+    print("\n== mismatches (each request once per tool; the orders it failed in)")
+    for app in apps:
+        for tool in tools:
+            seen: dict[str, dict[str, Any]] = {}
+            for r in runs:
+                if r.app == app and r.tool == tool:
+                    for m in r.mismatches:
+                        seen.setdefault(m["id"], dict(m, orders=[]))["orders"].append(r.order)
+            if not seen:
+                continue
+            print(f"-- {app} / {tool}: {len(seen)} request(s)")
+            for m in seen.values():
+                print(f"  {m['id']} [{', '.join(m['orders'])}] {m['request'][:110]}\n      -> {'; '.join(m['reasons'])[:400]}\n      area: {m['area']}")
+    for app, extra in extras.items():
+        diff = extra.get("through_capture_diff")
+        if diff:
+            print(f"-- {app}: answers that differ when the client goes through backworks capture (transparency): {len(diff)}")
+            for rid, reasons in diff:
+                print(f"  {rid}: {'; '.join(reasons)[:300]}")
+        for where in ("schemathesis_app", "schemathesis_mock"):
+            st = extra.get(where)
+            if not st:
+                continue
+            side = 0 if where.endswith("app") else 1
+            print(f"\n== schemathesis on the {'real app' if side == 0 else 'Backworks mock'} ({app}): {st.get('operations', 0)} operation(s), exit {st.get('exit')}, log {st.get('log')}")
+            for line in st.get("summary", []):
+                print(f"   {line}")
+            for check, items in sorted(st.get("failures", {}).items()):
+                blame = ST_CLASSES.get(check, ("?", "?"))[side]
+                print(f"  {check}: {len(items)} operation(s); cause: {blame}")
+                for item in items[:6]:
+                    print(f"     {item}")
+
+
+def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None, live: dict[str, Any], runs: list[Run], procs: Processes, work: Path, seconds: float) -> None:
+    """wrk against each mock on the recorded GETs (no headers) that all of them answer like the live app."""
+    failed = {m["id"] for r in runs if r.app == app.name and r.order == "recorded" for m in r.mismatches}
+    paths = [r["path"] for r in app.requests if r["method"] == "GET" and not r["headers"] and r["id"] not in failed]
+    if not paths:
+        print("throughput: no recorded GET that every mock answers right; skipped")
+        return
+    lua = work / "paths.lua"
+    lua.write_text("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\ni = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n" + WRK_LUA)
+    print(f"\n== mock serving throughput ({app.name}): wrk -c8, {seconds:g}s, cycling over {len(paths)} recorded GET(s) every tool answers like the live app")
+    for tool in ("backworks", "server-replay", "prism"):
+        port = free_port()
+        argv = mock_argv(tool, files, prism, port)
+        if argv is None:
+            continue
+        procs.start(f"tp-{tool}", argv)
+        wait_listening(procs, f"tp-{tool}", port, timeout=90)
+        run_wrk(f"http://{HOST}:{port}/", 2, 8, 2, lua)  # warm-up
+        s = run_wrk(f"http://{HOST}:{port}/", seconds, 8, 2, lua)
+        procs.stop(f"tp-{tool}")
+        print(f"  {tool:14} {s.rps:9.0f} req/s  p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  errors {s.errors}", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--apps", default="httpbin,datasette", help="comma-separated: httpbin, datasette (default both)")
+    p.add_argument("--tools", default="backworks,server-replay,prism", help="comma-separated mocks to replay against")
+    p.add_argument("--seeds", default="1,2", help="shuffle seeds (default 1,2)")
+    p.add_argument("--schemathesis", action="store_true", help="also run st run on the real app and on the mock")
+    p.add_argument("--st-max-examples", type=int, default=10, help="schemathesis test cases per operation (default 10)")
+    p.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="also measure mock serving with wrk (httpbin's recording)")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="work (venv, Prism, recordings) in DIR and keep it")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--capture-arg", action="append", default=[], metavar="ARG", help="one more argument for backworks capture (repeatable)")
+    args = p.parse_args(argv)
+    args.apps = [a for a in args.apps.split(",") if a]
+    args.tools = [t for t in args.tools.split(",") if t]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    unknown = [a for a in args.apps if a not in APPS]
+    if unknown:
+        p.error(f"unknown app(s) {unknown}; known: {sorted(APPS)}")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="backworks-fidelity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(exist_ok=True)
+    procs = Processes(work / "logs")
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    try:
+        venv = ensure_venv(work)
+        prism = ensure_prism(work) if "prism" in args.tools else None
+        runs: list[Run] = []
+        extras: dict[str, dict[str, Any]] = {}
+        for name in args.apps:
+            app = APPS[name]
+            print(f"{name}: recording {len(app.requests)} requests (live, backworks capture, mitmdump -w)", flush=True)
+            live, files, extra = record(app, venv, work, procs, args)
+            extras[name] = extra
+            app_runs = replay(app, venv, live, files, prism, procs, args)
+            runs += app_runs
+            if args.schemathesis:
+                port = free_port()
+                procs.start(f"{name}-st-mock", mock_argv("backworks", files, prism, port) or [])
+                wait_listening(procs, f"{name}-st-mock", port, timeout=90)
+                extra["schemathesis_mock"] = schemathesis(venv, files["openapi"], port, work / name / "st-mock", args.st_max_examples)
+                procs.stop(f"{name}-st-mock")
+            if args.throughput and name == "httpbin":
+                throughput(app, venv, files, prism, live, app_runs, procs, work, args.throughput)
+        report(runs, extras, args)
+        print(f"\n(work folder {work}; {time.monotonic() - started:.0f}s)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"runs": [r.__dict__ for r in runs], "extras": extras}, indent=1, default=str))
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
