@@ -116,7 +116,7 @@ class TargetConfig(StrictModel):
 
 class RetryConfig(StrictModel):
     attempts: int = Field(2, ge=0, description="extra tries after the first", examples=[3])
-    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "reset"], description="what is retried: connect_failure, timeout, reset, or status codes; a connect failure is retried for every method, the rest only for idempotent methods unless retry_non_idempotent", examples=[["connect_failure", "timeout", 503]])
+    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "timeout", "reset"], description="what is retried: connect_failure, timeout, reset, or status codes; a connect failure is retried for every method, the rest only for idempotent methods unless retry_non_idempotent (the default is nginx's `proxy_next_upstream error timeout`)", examples=[["connect_failure", "timeout", 503]])
     per_try_timeout: PositiveDuration | None = Field(None, description="the longest one try may take (the whole request stays within `timeout`)", examples=["2s"])
     backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter", examples=["50ms"])
     retry_non_idempotent: bool = Field(False, description="also retry POST and PATCH after a timeout, a reset or a listed status", examples=[True])
@@ -451,6 +451,19 @@ def _first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     for name, value in pairs:
         first.setdefault(name, value)
     return first
+
+
+def retry_notes(retries: RetryConfig, timeout: float | None) -> list[tuple[tuple[str, ...], str]]:
+    """Retry settings that can have no effect, as (key path under `retries`, why) for a lint warning."""
+    notes: list[tuple[tuple[str, ...], str]] = []
+    per_try = retries.per_try_timeout
+    if per_try is not None and "timeout" not in retries.retry_on:
+        notes.append((("per_try_timeout",), "a try that runs out of per_try_timeout is not retried: add timeout to retry_on, or a hanging target answers 504"))
+    if per_try is not None and timeout is not None and per_try >= timeout:
+        notes.append((("per_try_timeout",), f"per_try_timeout ({per_try:g}s) is not shorter than the request's timeout ({timeout:g}s): no try after a timed-out one fits"))
+    if retries.attempts == 0 and retries.model_fields_set - {"attempts"}:
+        notes.append((("attempts",), "attempts is 0: the other retry settings have no effect"))
+    return notes
 
 
 def retry_policy(endpoint: RetryConfig | None, pool: RetryConfig | None, target_attempts: int | None, pool_size: int) -> RetryPolicy:
@@ -906,6 +919,8 @@ class ProxyPlugin(Plugin):
             for index, target in enumerate(pool.targets):
                 if target.weight != 1 and pool.load_balancing in ("round_robin", "ip_hash"):
                     notes.append((loc + ("targets", index, "weight"), f"{pool.load_balancing} ignores weights"))
+            if pool.retries is not None:
+                notes += [(loc + key, note) for key, note in retry_notes(pool.retries, pool.timeout)]
         return notes
 
     @classmethod
@@ -913,11 +928,12 @@ class ProxyPlugin(Plugin):
         retries = getattr(config, "retries", None)
         if retries is None:
             return []
-        return [
+        notes: list[tuple[tuple[str | int, ...], str]] = [
             (("retries", key), f"{key} applies to a pool's retries; on an endpoint it has no effect")
             for key in ("budget_percent", "min_retry_concurrency")
             if key in retries.model_fields_set
         ]
+        return notes + [(("retries", *key), note) for key, note in retry_notes(retries, getattr(config, "timeout", None))]
 
     def pools_for(self, config: ProxyPluginConfig | None) -> dict[str | None, Pool]:
         if config is None:

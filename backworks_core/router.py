@@ -342,7 +342,14 @@ def _resolve(leaf: _Leaf, values: list[str], search: _Search) -> Match | None:
 def _walk(node: _Node, segments: list[str], i: int, values: list[str], search: _Search) -> Match | None:
     """Depth-first, most specific branch first; each trie node is visited at most once."""
     if i == len(segments):
-        return _resolve(node.leaf, values, search) if node.leaf is not None else None
+        found = _resolve(node.leaf, values, search) if node.leaf is not None else None
+        if found is None and i == 0 and node.path_leaf is not None:
+            # `/{rest:path}` is a catch-all: it answers the root too, with an empty value (a
+            # `{x:path}` deeper in a template still needs at least one segment).
+            values.append("")
+            found = _resolve(node.path_leaf, values, search)
+            values.pop()
+        return found
     segment = segments[i]
     child = node.literals.get(segment)
     if child is not None:

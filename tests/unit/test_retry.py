@@ -70,7 +70,7 @@ def test_policy_resolution_order() -> None:
     assert (chosen.attempts, chosen.statuses, chosen.conditions) == (1, frozenset({503}), frozenset())
     # the original per-target retry_attempts, with the default conditions
     per_target = retry_policy(None, None, 3, 3)
-    assert (per_target.attempts, per_target.conditions) == (3, frozenset({"connect_failure", "reset"}))
+    assert (per_target.attempts, per_target.conditions) == (3, frozenset({"connect_failure", "timeout", "reset"}))  # nginx: error timeout
     # nothing configured: fail over from a refusing target, up to two more targets
     default = retry_policy(None, None, None, 3)
     assert (default.attempts, default.conditions) == (2, frozenset({"connect_failure"}))
@@ -143,3 +143,15 @@ async def test_failing_over_from_a_refused_connection_is_not_held_to_the_budget(
     flow = await send(gateway, "GET", "/x")
     assert flow.response.status_code == 200 and upstream.budget_seen == [0, 0]
     assert handler.pool.budget.active_retries == 0
+
+
+def test_retry_settings_without_effect_are_named() -> None:
+    from addons.proxy import RetryConfig, retry_notes
+
+    assert retry_notes(RetryConfig(per_try_timeout=2), 30) == []  # timeout is retried by default
+    [(key, note)] = retry_notes(RetryConfig(per_try_timeout=2, retry_on=["connect_failure"]), 30)
+    assert key == ("per_try_timeout",) and "add timeout to retry_on" in note
+    [(key, note)] = retry_notes(RetryConfig(per_try_timeout=5), 5)
+    assert "not shorter than the request's timeout" in note
+    [(key, note)] = retry_notes(RetryConfig(attempts=0, per_try_timeout=1), 30)
+    assert key == ("attempts",)

@@ -552,3 +552,19 @@ def test_check_routes_finds_the_one_conflict_among_ten_thousand_routes() -> None
     routes += [route("/tenant", "GET", host=f"t{i}.example.com") for i in range(2_000)]
     # Speed is measured in bench/route_matching.py, never asserted here.
     assert conflicts(routes) == [("error", 5, 10_000)]
+
+
+def test_a_root_catch_all_also_answers_the_root() -> None:
+    catch_all = Router([route("/{rest:path}", "ANY")])
+    assert catch_all.match("GET", "/") == Match(catch_all.routes[0], {"rest": ""})
+    assert catch_all.match("GET", "/a/b") == Match(catch_all.routes[0], {"rest": "a/b"})
+    # the root's own endpoint still wins, and a deeper {x:path} still needs a segment
+    both = Router([route("/{rest:path}"), route("/")])
+    assert both.match("GET", "/") == Match(both.routes[1], {})
+    deeper = Router([route("/files/{rest:path}")])
+    assert deeper.match("GET", "/files") is None
+    assert deeper.match("GET", "/files/") is None
+    # the root answered by the catch-all for GET only: another method is a 405 with its Allow
+    assert catch_all.match("DELETE", "/") == Match(catch_all.routes[0], {"rest": ""})
+    get_only = Router([route("/{rest:path}", "GET")])
+    assert isinstance(get_only.match("POST", "/"), MethodNotAllowed)
