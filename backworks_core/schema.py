@@ -31,6 +31,43 @@ DURATION_SCHEMA: dict[str, Any] = {
 }
 
 
+# `${VAR}` / `${VAR:-default}` written as a whole value: the loader substitutes it in any string
+# before it checks types, so `port: "${BACKWORKS_PORT:-8080}"` is an integer once loaded.
+ENV_REFERENCE: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$",
+    "description": "an environment variable, substituted when the blueprint loads: ${VAR} or ${VAR:-default}",
+}
+_TYPED = frozenset({"integer", "number", "boolean"})
+
+
+def allow_env_references(node: Any) -> Any:
+    """Every schema that takes a non-string scalar (or a fixed set of values) also takes `${VAR}`."""
+    if isinstance(node, list):
+        return [allow_env_references(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _env_child(key, value) for key, value in node.items()}
+    kinds = node.get("type")
+    scalar = kinds in _TYPED or (isinstance(kinds, list) and _TYPED & set(kinds)) or "enum" in node or "const" in node
+    if not scalar or "properties" in node:
+        return node
+    outer = {key: node.pop(key) for key in ("description", "title", "default", "examples") if key in node}
+    return {**outer, "anyOf": [node, ENV_REFERENCE]}
+
+
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "patternProperties", "dependentSchemas"})
+_VALUES = frozenset({"enum", "const", "examples", "default", "required"})
+
+
+def _env_child(key: str, value: Any) -> Any:
+    if key in _VALUES:
+        return value
+    if key in _SCHEMA_MAPS and isinstance(value, dict):  # name → schema, not a schema itself
+        return {name: allow_env_references(child) for name, child in value.items()}
+    return allow_env_references(value)
+
+
 class _BlueprintJsonSchema(GenerateJsonSchema):
     """Durations are numbers or strings with a unit in the blueprint, not only numbers."""
 
@@ -126,4 +163,4 @@ def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     root["$id"] = SCHEMA_ID
     root["title"] = "Backworks blueprint"
     root["$defs"] = defs
-    return root
+    return allow_env_references(root)
