@@ -42,14 +42,15 @@ _TYPED = frozenset({"integer", "number", "boolean"})
 
 
 def allow_env_references(node: Any) -> Any:
-    """Every schema that takes a non-string scalar (or a fixed set of values) also takes `${VAR}`."""
+    """Every schema that takes a number, a boolean or one of an `enum` also takes `${VAR}`."""
     if isinstance(node, list):
         return [allow_env_references(item) for item in node]
     if not isinstance(node, dict):
         return node
     node = {key: _env_child(key, value) for key, value in node.items()}
     kinds = node.get("type")
-    scalar = kinds in _TYPED or (isinstance(kinds, list) and _TYPED & set(kinds)) or "enum" in node or "const" in node
+    # `const` stays as it is: it tells plugins and middlewares apart (`oneOf`, `if`), a place for no variable
+    scalar = kinds in _TYPED or (isinstance(kinds, list) and _TYPED & set(kinds)) or "enum" in node
     if not scalar or "properties" in node:
         return node
     outer = {key: node.pop(key) for key in ("description", "title", "default", "examples") if key in node}
