@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BIN, ROOT, free_port, request, wait_for_port
+from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +89,27 @@ def test_hello_world_example_as_documented(tmp_path: Path) -> None:
         assert wrong.status == 405 and wrong.header("Allow") == "POST"
     finally:
         stop(process)
+
+
+def test_init_proxy_then_run_is_a_gateway_in_front_of_the_api(tmp_path: Path) -> None:
+    api = Upstream("my-api").start()
+    try:
+        project = tmp_path / "gateway"
+        created = subprocess.run([str(BIN / "backworks"), "init", str(project), "--proxy", api.url], capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stderr
+        blueprint = (project / "blueprint.yaml").read_text()
+        assert blueprint.startswith("# yaml-language-server: $schema=./blueprint.schema.json\n")
+        assert (project / "blueprint.schema.json").is_file() and not (project / "handlers").exists()
+        port = free_port()
+        process = run_backworks("run", str(project / "blueprint.yaml"), "--port", str(port), cwd=tmp_path)
+        try:
+            wait_for_port(port, process=process)
+            root = request("GET", "/", port=port)  # the catch-all answers the root too
+            assert root.status == 200 and root.json["path"] == "/"
+            posted = request("POST", "/orders/7?x=1", port=port, body=b'{"a": 1}', headers={"Content-Type": "application/json"})
+            assert posted.status == 200 and posted.json["path"] == "/orders/7" and posted.json["query"] == "x=1"
+        finally:
+            stop(process)
+        assert [(r.method, r.path) for r in api.received if r.path != "/"][-1:] == [("POST", "/orders/7")]
+    finally:
+        api.stop()
