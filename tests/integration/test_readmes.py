@@ -460,7 +460,19 @@ def start_auth_api(service: Callable[..., Service], tmp: Path) -> Setup:
     return Setup({8080: gateway}, cwd=tmp, env=env)
 
 
+def start_gateway_quickstart(service: Callable[..., Service], tmp: Path) -> Setup:
+    """The README's gateway: the demo backend as the API, `backworks init --proxy`, then run."""
+    backend, gateway, admin = free_port(), free_port(), free_port()
+    service([str(BIN / "backworks"), "demo-backend", "--port", str(backend), "--name", "demo-backend"], port=backend)
+    created = subprocess.run([str(BIN / "backworks"), "init", str(tmp / "my-gateway"), "--proxy", f"http://127.0.0.1:{backend}"], capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    argv = [str(BIN / "backworks"), "run", str(tmp / "my-gateway" / "blueprint.yaml"), "--port", str(gateway), "--", "--set", f"backworks_admin=127.0.0.1:{admin}"]
+    service(argv, port=gateway, ready_text="backworks: loaded blueprint")
+    return Setup({8080: gateway, 3001: backend, 9901: admin})
+
+
 READMES = [
+    Readme("README.md", "A gateway in front of your API", ".venv/bin/backworks init my-gateway --proxy http://127.0.0.1:3001", start_gateway_quickstart),
     Readme("README.md", "Set-up: two commands", "./run.sh", start_demo),
     Readme("blueprints/README.md", "How the commands are written", "./run.sh", start_demo),  # the index's example
     Readme("blueprints/hello-world/README.md", None, ".venv/bin/backworks run blueprints/hello-world/blueprint.yaml", start_hello_world),
@@ -472,6 +484,8 @@ READMES = [
 
 def readme_id(readme: Readme) -> str:
     way = readme.starts_with.split()[0].rsplit("/", 1)[-1]
+    if readme.path == "README.md":
+        return f"{readme.path}:{readme.heading}"
     return readme.path if readme.path != "blueprints/hello-world/README.md" else f"{readme.path}:{way}"
 
 
@@ -512,9 +526,8 @@ def test_every_readme_with_curl_commands_is_tested() -> None:
     tested = {readme.path for readme in READMES}
     with_curl = {str(p.relative_to(ROOT)) for p in ROOT.glob("blueprints/**/README.md") if re.search(r"^\s*curl ", p.read_text(), re.M)}
     assert with_curl <= tested
-    for path in tested:  # no curl command hides outside the blocks the test reads (e.g. in indented code)
+    for path, heading in {(r.path, r.heading) for r in READMES}:  # no curl command hides outside the blocks the test reads
         text = (ROOT / path).read_text()
-        heading = next(r.heading for r in READMES if r.path == path)
         parsed = "\n".join(c.text for c in parse_commands(text, heading))
         stray = [line.strip() for line in sections(text, heading).splitlines() if re.match(r"\s*(\S+=\$\()?curl ", line) and line.strip() not in parsed]
         assert not stray, f"{path}: curl commands outside ```sh blocks: {stray}"
