@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate", help="check blueprints; exit 1 on any error")
-    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="blueprint files; every error of each is printed as file:line:col: key.path: message")
     validate.set_defaults(func=cmd_validate)
 
     schema = sub.add_parser("schema", help="print the blueprint JSON Schema (for editors)")
@@ -400,14 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a blueprint with mitmdump in reverse mode (or mitmweb with --web)",
         epilog="Arguments after `--` go to mitmdump/mitmweb as they are.",
     )
-    run.add_argument("file", metavar="FILE")
+    run.add_argument("file", metavar="FILE", help="the blueprint to serve; it is watched and reloaded when it or a handler file changes")
     run.add_argument("--web", action="store_true", help="start mitmweb instead of mitmdump")
     run.add_argument("--host", help="listen address (default: server.host)")
     run.add_argument("--port", type=int, help="listen port (default: server.port)")
     run.add_argument(
         "--upstream",
         default="http://127.0.0.1:9",
-        help="where unmatched requests go when server.unmatched is passthrough (default: none)",
+        help="where requests no endpoint matches go when server.unmatched is passthrough; the default, "
+        "http://127.0.0.1:9 (the discard port), is mitmproxy's placeholder: nothing listens there, so they get a 502",
     )
     run.add_argument("--flow-detail", type=int, default=1, help="mitmdump's --flow-detail (default 1)")
     run.set_defaults(func=cmd_run, extra=[])
@@ -440,14 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     capture.set_defaults(func=cmd_capture)
 
     mock_from = sub.add_parser("mock-from", help="turn mitmproxy flow files, HAR files or capture journals into mocks, OpenAPI or HAR")
-    mock_from.add_argument("inputs", nargs="+", metavar="INPUT")
-    mock_from.add_argument("-o", "--output", required=True)
+    mock_from.add_argument("inputs", nargs="+", metavar="INPUT", help="mitmproxy flow files (-w), HAR files (browsers, mitmproxy's savehar) or capture journals (.jsonl); the kind is read from the content")
+    mock_from.add_argument("-o", "--output", required=True, help="the file to write: a blueprint (.yaml), OpenAPI (with --format openapi) or HAR (--format har)")
     capture_options(mock_from)
     mock_from.set_defaults(func=cmd_mock_from)
 
     demo = sub.add_parser("demo-backend", help="start a small upstream API for demos and examples")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=3001)
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=3001, help="listen port (default 3001)")
     demo.add_argument("--name", help="name shown in every answer (default: backend-PORT)")
     demo.set_defaults(func=cmd_demo_backend)
     return parser
