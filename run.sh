@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Backworks' one entry point.
-#   ./run.sh            install everything (first run), start the demo backend and serve blueprints/demo.yaml
-#   ./run.sh test       install everything (first run; promtool, prometheus and chromium from the
-#                       system's packages when missing) and run the test suite
+#   ./run.sh            install Backworks (first run), start the demo backend and serve blueprints/demo.yaml
+#                       (ports: DEMO_BACKEND_PORT, default 3001; BACKWORKS_PORT, 8080; BACKWORKS_ADMIN_PORT, 9901)
+#   ./run.sh test       install Backworks and the test tools (first run; promtool, prometheus and
+#                       chromium from the system's packages when missing) and run the test suite
 #   ./run.sh reliability  the reliability suite (fuzzing, chaos, soak; about ten minutes)
 #   ./run.sh run FILE   serve another blueprint (any `backworks` subcommand works the same way)
 set -euo pipefail
@@ -11,18 +12,36 @@ cd "$(dirname "$0")"
 VENV="${BACKWORKS_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
+# install [test]: Backworks and what it needs to run; with `test`, what the test suite needs too.
 install() {
+  local extras="" marker="$VENV/.backworks-installed"
+  if [ "${1:-}" = test ]; then extras="[test]"; marker="$VENV/.backworks-test-installed"; fi
   if [ ! -x "$VENV/bin/python" ]; then
     echo "run.sh: creating $VENV with $("$PYTHON" --version)" >&2
     "$PYTHON" -m venv "$VENV"
   fi
   # Reinstall when pyproject.toml changed since the last install.
-  if [ ! -f "$VENV/.backworks-installed" ] || [ pyproject.toml -nt "$VENV/.backworks-installed" ]; then
-    echo "run.sh: installing Backworks and its dependencies into $VENV" >&2
+  if [ ! -f "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+    echo "run.sh: installing Backworks${extras:+ and its test tools} into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+    "$VENV/bin/python" -m pip install --quiet -e ".${extras}"
     "$VENV/bin/python" -m pip check
-    touch "$VENV/.backworks-installed"
+    touch "$marker"
+    [ -z "$extras" ] || touch "$VENV/.backworks-installed"  # the test install holds the plain one
+  fi
+}
+
+# What listens on 127.0.0.1:PORT, if anything: "PID (command line)", or "an unknown process".
+listener_on() {
+  local port="$1" pid=""
+  (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null || return 1
+  if command -v ss >/dev/null 2>&1; then
+    pid=$(ss -ltnpH "sport = :${port}" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1)
+  fi
+  if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; then
+    echo "PID $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" | sed 's/ $//'))"
+  else
+    echo "an unknown process"
   fi
 }
 
@@ -41,6 +60,15 @@ stop_backend() {
 demo() {
   local backend_port="${DEMO_BACKEND_PORT:-3001}" port="${BACKWORKS_PORT:-8080}" admin_port="${BACKWORKS_ADMIN_PORT:-9901}"
   export DEMO_BACKEND_URL="http://127.0.0.1:${backend_port}" BACKWORKS_PORT="$port" BACKWORKS_ADMIN_PORT="$admin_port"
+  local busy
+  for wanted in "$backend_port:the demo backend (DEMO_BACKEND_PORT)" "$port:the gateway (BACKWORKS_PORT)"; do
+    if busy=$(listener_on "${wanted%%:*}"); then
+      echo "run.sh: port ${wanted%%:*}, for ${wanted#*:}, is already in use by ${busy}." >&2
+      echo "  a demo left running by an earlier ./run.sh? stop it (kill <PID>), or choose other ports:" >&2
+      echo "  DEMO_BACKEND_PORT=3101 BACKWORKS_PORT=8180 ./run.sh" >&2
+      exit 1
+    fi
+  done
   "$VENV/bin/backworks" demo-backend --port "$backend_port" --name demo-backend &
   BACKEND_PID=$!  # global: the EXIT trap runs after this function has returned
   trap stop_backend EXIT
@@ -69,7 +97,7 @@ MSG
   "$VENV/bin/backworks" run blueprints/demo.yaml "$@"
 }
 
-install
+case "${1:-}" in test|reliability) install test ;; *) install ;; esac
 case "${1:-}" in
   test) shift; bash tests/system-tools.sh; exec "$VENV/bin/python" -m pytest "$@" ;;
   reliability) shift; bash tests/system-tools.sh; exec "$VENV/bin/python" -m pytest tests/reliability "$@" ;;
