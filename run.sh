@@ -46,15 +46,21 @@ listener_on() {
 }
 
 BACKEND_PID=""
+GATEWAY_PID=""
 
 # A background job of a non-interactive shell ignores SIGINT, so the demo backend would outlive
-# a Ctrl-C sent to the whole process group: it is stopped here, with SIGTERM, on every way out.
-stop_backend() {
-  if [ -n "$BACKEND_PID" ]; then
-    kill "$BACKEND_PID" 2>/dev/null || true
-    wait "$BACKEND_PID" 2>/dev/null || true
-    BACKEND_PID=""
-  fi
+# a Ctrl-C sent to the whole process group; and bash runs a trap only once its foreground child
+# has exited, so a SIGTERM to this script alone would wait forever. Both processes therefore run
+# in the background, this script waits for the gateway, and every way out stops both with SIGTERM.
+stop_demo() {
+  local pid
+  for pid in "$GATEWAY_PID" "$BACKEND_PID"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "$GATEWAY_PID" "$BACKEND_PID"; do
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  done
+  GATEWAY_PID="" BACKEND_PID=""
 }
 
 demo() {
@@ -71,9 +77,9 @@ demo() {
   done
   "$VENV/bin/backworks" demo-backend --port "$backend_port" --name demo-backend &
   BACKEND_PID=$!  # global: the EXIT trap runs after this function has returned
-  trap stop_backend EXIT
-  trap 'stop_backend; exit 130' INT
-  trap 'stop_backend; exit 143' TERM
+  trap stop_demo EXIT
+  trap 'stop_demo; exit 130' INT
+  trap 'stop_demo; exit 143' TERM
   for _ in $(seq 100); do  # up to 10 s for the backend to listen
     (exec 3<>"/dev/tcp/127.0.0.1/${backend_port}") 2>/dev/null && break
     kill -0 "$BACKEND_PID" 2>/dev/null || { echo "run.sh: the demo backend did not start (see above)" >&2; exit 1; }
@@ -94,7 +100,12 @@ The status page (admin listener, loopback only): http://127.0.0.1:${admin_port}/
   curl http://127.0.0.1:${admin_port}/__backworks/api/status
 
 MSG
-  "$VENV/bin/backworks" run blueprints/demo.yaml "$@"
+  "$VENV/bin/backworks" run blueprints/demo.yaml "$@" &
+  GATEWAY_PID=$!
+  local status=0
+  wait "$GATEWAY_PID" || status=$?
+  GATEWAY_PID=""
+  return "$status"
 }
 
 case "${1:-}" in test|reliability) install test ;; *) install ;; esac
