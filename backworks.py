@@ -13,6 +13,7 @@ from addons.core import Backworks
 from addons.dashboard import Dashboard
 from addons.exposure import TargetGuard
 from addons.header_timeout import HeaderTimeout
+from addons.offline import OfflineTunnels
 from addons.upstream_connect import UpstreamConnectGuard
 from backworks_core.plugins import PluginRegistry
 
@@ -22,7 +23,9 @@ core = Backworks(registry, plugins)
 dashboard = Dashboard(core)
 admin = AdminListener(core)  # serves the status page and metrics on 127.0.0.1:9901 (server.admin)
 target_guard = TargetGuard(core)  # regular mode: no pass-through, tunnel or raw relay to a pool target
-core.extensions += [dashboard, admin, target_guard]
+# regular mode: a CONNECT to a host the blueprint serves opens no upstream connection (before target_guard)
+offline_tunnels = OfflineTunnels()
+core.extensions += [dashboard, admin, offline_tunnels, target_guard]
 
 # First: its requestheaders stops the header timer before any addon's own (async) work on the head.
 header_timeout = HeaderTimeout()
@@ -30,4 +33,4 @@ header_timeout = HeaderTimeout()
 # mitmproxy's own upstream connections (passthrough, WebSocket): failures named, not described.
 upstream_connect = UpstreamConnectGuard(core)
 
-addons = [header_timeout, core, dashboard, admin, target_guard, *plugins, upstream_connect]
+addons = [header_timeout, core, dashboard, admin, offline_tunnels, target_guard, *plugins, upstream_connect]

@@ -17,7 +17,7 @@ from mitmproxy import ctx, exceptions
 from backworks_core.admin import OFF, OPTION, AdminAddress, blueprint_admin_address, parse_admin_option
 from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
-from backworks_core.pages import InternalEndpoint, SidePort
+from backworks_core.pages import InternalEndpoint, Page, SidePort
 
 if TYPE_CHECKING:
     from addons.core import Backworks
@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TAKEN_HINT = f"choose another port with server.admin.port in the blueprint or --set {OPTION}=127.0.0.1:PORT (0: any free port), or --set {OPTION}=off; the API is served all the same"
+
+
+FAVICON = "/favicon.ico"
+
+
+def no_icon(_headers: object) -> Page:
+    """A browser asks every site for /favicon.ico: an empty answer, not a 404 in its console."""
+    return Page(204, "image/x-icon", b"", {"Cache-Control": "max-age=86400"})
 
 
 def admin_address(option: str, gateway: Gateway | None) -> AdminAddress | None:
@@ -75,7 +83,7 @@ class AdminListener:
             address = admin_address(getattr(ctx.options, OPTION, ""), gateway)
         except ValueError:
             return  # configure() refuses the option
-        routes = {page.path: page.page for page in gateway.admin_pages}
+        routes = {FAVICON: no_icon, **{page.path: page.page for page in gateway.admin_pages}}
         if address is None:
             self.side_port.apply("", None, routes)
         else:

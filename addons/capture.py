@@ -21,8 +21,9 @@ from mitmproxy import command, exceptions, http
 from pydantic import BaseModel, Field, field_validator
 
 from backworks_core.capture import formats
+from backworks_core.capture.build import MATCH_HEADERS
 from backworks_core.capture.model import Exchange
-from backworks_core.capture.redact import RedactionRules, redact_exchange, redact_target
+from backworks_core.capture.redact import RedactionRules, Redactor
 from backworks_core.context import ID_ADDED, REQUEST_ID_HEADER
 from backworks_core.files import open_append_private
 from backworks_core.flowstate import peek_state
@@ -52,7 +53,18 @@ class CaptureConfig(StrictModel):
     methods: list[str] | None = Field(None, description="methods to record; default all", examples=[["GET", "POST"]])
     hosts: list[str] | None = Field(None, description="host globs to record (`*.example.com`); default all", examples=[["*.example.com"]])
     redact: RedactConfig = Field(default_factory=RedactConfig, description="what is hidden in the files written: credentials and token-like values, and the names listed", examples=[{"headers": ["X-Api-Key"]}])
-    max_examples: int = Field(5, ge=1, le=1000, description="examples kept per endpoint in the blueprint", examples=[10])
+    max_examples: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="answers shown per endpoint: inline in a blueprint (the rest go to OUTPUT.data/, still answered), examples in OpenAPI",
+        examples=[10],
+    )
+    match_headers: list[str] = Field(
+        default_factory=lambda: list(MATCH_HEADERS),
+        description="request headers a mock matches on where they changed the answer (credentials by fingerprint, conditional headers, Accept, Range…); replaces the default list",
+        examples=[["authorization", "if-none-match", "x-tenant"]],
+    )
     max_body: Size = Field("1m", validate_default=True, description="bodies larger than this are recorded empty", examples=["256k"])
     api_name: str | None = Field(None, description="the written blueprint's `name`; default: the capturing blueprint's name + ' (captured)'", examples=["Orders API"])
     log_flows: bool = Field(
@@ -121,15 +133,16 @@ def _without_added_id(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return headers
 
 
-def flow_line(flow: http.HTTPFlow, rules: RedactionRules, recorded: bool) -> str:
-    """mitmdump's one-line flow summary, with the target redacted as the files redact it."""
+def flow_line(flow: http.HTTPFlow, rules: RedactionRules | Redactor, recorded: bool) -> str:
+    """mitmdump's one-line flow summary, with the target redacted as the files redact it (by the
+    run's redactor: a secret remembered from any flow is scrubbed here too)."""
     request = flow.request
     client = flow.client_conn.peername
     who = f"{client[0]}:{client[1]}: " if client else ""
     host = f"[{request.host}]" if ":" in request.host else request.host
     default = {"http": 80, "https": 443}.get(request.scheme)
     origin = "" if request.method.upper() == "CONNECT" else f"{request.scheme}://{host}{'' if request.port == default else f':{request.port}'}"
-    target = f"{host}:{request.port}" if request.method.upper() == "CONNECT" else redact_target(request.path, rules)
+    target = f"{host}:{request.port}" if request.method.upper() == "CONNECT" else Redactor.of(rules).target(request.path)
     if flow.response is not None:
         answer = f"{flow.response.status_code} {flow.response.reason} {len(flow.response.raw_content or b'')}b"
     else:
@@ -148,9 +161,12 @@ class CapturePlugin(Plugin):
         self.config: CaptureConfig | None = None
         self.filter: CaptureFilter | None = None
         self.rules = RedactionRules()
+        self.redactor = Redactor(self.rules)  # the run's secrets, remembered across flows
         self.max_body = 1 << 20
         self.api_name = "captured"
         self.recorded = 0
+        self.not_recorded = 0  # this run: left out by the filters, or ended without a response
+        self.emptied = 0  # this run: bodies over max_body recorded empty
         self._journal: IO[str] | None = None
         self._journal_path: str | None = None
 
@@ -162,7 +178,9 @@ class CapturePlugin(Plugin):
             self.filter = None
             return
         self.filter = CaptureFilter(config)
-        self.rules = RedactionRules.build(config.redact.enabled, config.redact.headers, config.redact.fields)
+        rules = RedactionRules.build(config.redact.enabled, config.redact.headers, config.redact.fields)
+        if rules != self.rules:
+            self.rules, self.redactor = rules, Redactor(rules)
         self.max_body = config.max_body
         self.api_name = config.api_name or f"{blueprint.settings.name} (captured)"
         if not config.redact.enabled:
@@ -196,13 +214,17 @@ class CapturePlugin(Plugin):
         request = flow.request
         wanted = flow.response is not None and self.filter.wants(request.method, request.pretty_host, request.path.split("?", 1)[0])
         recorded = exchange_from_flow(flow, self.max_body) if wanted else None  # None: a WebSocket, a CONNECT
-        if recorded is not None:
-            exchange = redact_exchange(recorded, self.rules)
+        if recorded is None:
+            self.not_recorded += 1
+        else:
+            response = flow.response
+            self.emptied += bool(request.raw_content and not recorded.request_body) + bool(response and response.raw_content and not recorded.response_body)
+            exchange = self.redactor.exchange(recorded)
             self._journal.write(exchange.to_json() + "\n")
             self._journal.flush()  # in the kernel's hands: a crash of this process loses nothing
             self.recorded += 1
         if self.config.log_flows:
-            logger.info("%s", flow_line(flow, self.rules, recorded is not None))
+            logger.info("%s", flow_line(flow, self.redactor, recorded is not None))
 
     def save(self) -> str:
         """Build the output from the journal; returns what was written."""
@@ -213,8 +235,18 @@ class CapturePlugin(Plugin):
         if self._journal is not None:
             self._journal.flush()
         summary = write_output(
-            [self._journal_path], self.config.output, self.config.format, name=self.api_name, max_examples=self.config.max_examples, rules=self.rules
+            [self._journal_path],
+            self.config.output,
+            self.config.format,
+            name=self.api_name,
+            max_examples=self.config.max_examples,
+            rules=self.redactor,  # its secrets: scrubbed from flows recorded before they were seen
+            match_headers=self.config.match_headers,
         )
+        if self.not_recorded:
+            summary += f"; this run left {self.not_recorded} flow(s) unrecorded (filters, no response, WebSocket or CONNECT)"
+        if self.emptied:
+            summary += f"; this run recorded {self.emptied} body(ies) over max_body ({self.max_body} bytes) empty"
         logger.info("capture: %s", summary)
         return summary
 

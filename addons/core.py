@@ -11,7 +11,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +24,7 @@ from mitmproxy.net.http.http1 import expected_http_body_size
 from mitmproxy.utils import human
 
 from backworks_core.context import json_error, request_id_for, stamp_response
-from backworks_core.diagnostics import BlueprintError
+from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.flowstate import flow_state, peek_state
 from backworks_core.gcfreeze import Freezer
 from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
@@ -50,6 +52,18 @@ class CoreExtension(Protocol):
     def internal_endpoints(self, blueprint: LoadedBlueprint) -> list[InternalEndpoint]: ...
 
     def apply_gateway(self, gateway: Gateway) -> None: ...
+
+
+@dataclass(frozen=True)
+class RefusedReload:
+    """The last reload that failed while a previous version kept serving (for the status page).
+
+    Set where the BlueprintError is caught; cleared by the next blueprint that goes live.
+    """
+
+    at: float  # wall time
+    file: str  # the blueprint as given (`--set blueprint=FILE`)
+    errors: tuple[Diagnostic, ...]  # every error, sorted by file and position
 
 
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
@@ -148,6 +162,9 @@ class Backworks:
         self._watcher: asyncio.Task[None] | None = None
         self.relay = StreamRelay()
         self.freezer = Freezer()
+        self.refused: RefusedReload | None = None  # the last refused reload, until a good one
+        self._served_option: str | None = None  # the `blueprint` value of the version being served
+        self.wall: Callable[[], float] = time.time
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -202,10 +219,17 @@ class Backworks:
             if not path:
                 self.gateway = None
                 return
+            if self.gateway is not None and self.refused is not None and path == self._served_option != self.refused.file:
+                # mitmproxy puts the previous value back after our OptionsError (once per nested
+                # rollback): that version is still live, and the refusal stays on show.
+                return
             try:
                 self._swap(compile_blueprint(path, self.registry, self.plugins, pages=[e.internal_endpoints for e in self.extensions]))
             except BlueprintError as exc:
+                if self.gateway is not None:  # `set blueprint=...` while serving: the old one stays
+                    self.refused = RefusedReload(self.wall(), path, tuple(exc.diagnostics))
                 raise exceptions.OptionsError(f"{path}: {exc.render()}") from None
+            self._served_option = path
 
     def running(self) -> None:
         if self._watcher is None:
@@ -228,6 +252,7 @@ class Backworks:
     def _swap(self, gateway: Gateway) -> None:
         previous = self.gateway
         self.gateway = gateway
+        self.refused = None
         self._watch_files(gateway.blueprint.files)
         for warning in gateway.warnings:
             logger.warning("%s", warning)
@@ -259,6 +284,7 @@ class Backworks:
             # Also watch the folders: the fix may be a file that does not exist yet.
             files = self.gateway.blueprint.files if self.gateway else {Path(path).resolve()}
             self._watch_files(files | {f.parent for f in files})
+            self.refused = RefusedReload(self.wall(), path, tuple(exc.diagnostics))
             logger.error("backworks: blueprint %s refused, the previous version keeps serving:\n%s", path, exc.render())
             return False
         self._swap(gateway)

@@ -46,6 +46,7 @@ __all__ = [
     "Probe",
     "StatusRanges",
     "describe_error",
+    "failure_kind",
     "effective_config",
     "first_delay",
     "http_probe",
@@ -151,6 +152,24 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def failure_kind(exc: BaseException) -> str:
+    """What failed, for the status page: a kind, never an address or the OS's text.
+
+    `describe_error` (for the log) may carry both: aiohttp's connect errors name host and port.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, (ssl.SSLError, aiohttp.ClientSSLError)):
+        return "TLS error"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return "connection reset"
+    if isinstance(exc, (aiohttp.ClientConnectorError, OSError)):
+        return "connect failed"
+    return "probe failed"
+
+
 def http_probe(
     session: aiohttp.ClientSession,
     ssl_context_for: Callable[[str], ssl.SSLContext | None] | None = None,
@@ -215,6 +234,7 @@ class _Checked:
     last_status: int | None = None
     last_error: str | None = None
     last_check: float | None = None  # from `clock` (wall time by default)
+    last_result: str | None = None  # "passed", or what failed without addresses (failure_kind)
     task: asyncio.Task[None] | None = None
 
 
@@ -332,6 +352,7 @@ class HealthChecker:
                 "last_status": checked.last_status,
                 "last_error": checked.last_error,
                 "last_check": checked.last_check,
+                "last_result": checked.last_result,
                 "url": checked.url,
             }
         return listing
@@ -373,19 +394,24 @@ class HealthChecker:
         config = checked.config
         status: int | None = None
         error: str | None = None
+        result = "passed"
         try:
             async with asyncio.timeout(config.timeout):
                 status = await self._probe(checked.url, config.timeout)
         except TimeoutError:
             error = f"timeout after {config.timeout:g}s"
+            result = "timeout"
         except Exception as exc:  # the probe's transport failed: that is what a check is for
             error = describe_error(exc)
+            result = failure_kind(exc)
         else:
             if not checked.matches(status):
                 error = f"status {status}, expected {checked.matches}"
+                result = f"status {status}"
         checked.last_check = self._clock()
         checked.last_status = status
         checked.last_error = error
+        checked.last_result = result
         if error is None:
             checked.passes += 1
             checked.failures = 0

@@ -10,7 +10,7 @@ in the given order, to BASE_URL (always http://127.0.0.1:PORT) with the named cl
 - ``requests``: python-requests, one fresh Session per request (no cookie jar carried over);
 - ``httpie``: the ``http`` command of the venv (``--print=hb --pretty=none``, ``--raw`` body).
 
-Prints one JSON list: ``{"id", "status", "headers", "body" (base64), "error"}`` per request, the
+Prints one JSON list: ``{"id", "status", "headers", "body" (base64), "decoded", "error"}`` per request, the
 final answer when redirects are followed. curl gives the body as sent (compressed when the server
 compressed it); requests and httpie decode it: bench/fidelity.py decodes before comparing.
 """
@@ -104,7 +104,8 @@ def main() -> int:
                     status, headers, body = via_requests(url, req)
                 else:
                     status, headers, body = via_httpie(url, req)
-                results.append({"id": req["id"], "status": status, "headers": headers, "body": base64.b64encode(body).decode(), "error": None})
+                decoded = req["client"] != "curl"  # requests and httpie decode Content-Encoding themselves
+                results.append({"id": req["id"], "status": status, "headers": headers, "body": base64.b64encode(body).decode(), "decoded": decoded, "error": None})
             except Exception as exc:  # noqa: BLE001 - reported per request, the run goes on
                 results.append({"id": req["id"], "status": 0, "headers": [], "body": "", "error": f"{type(exc).__name__}: {exc}"})
     json.dump(results, sys.stdout)

@@ -29,10 +29,10 @@ import yaml
 from backworks_core.capture.formats import FormatError, OperationEvidence, OperationSpec, count_hint, is_json_media_type, openapi_document, read_any, write_har
 from backworks_core.capture.infer import EndpointGroup, infer_schema, infer_templates, json_body, select_examples
 from backworks_core.capture.model import Exchange
-from backworks_core.capture.redact import RedactionRules, redact_exchange
+from backworks_core.capture.redact import PLACEHOLDER, RedactionRules, Redactor, placeholder
 from backworks_core.bodies import json_depth
 from backworks_core.files import private_output, write_private
-from backworks_core.handlers.mock import json_body_bytes
+from backworks_core.handlers.mock import JsonLayout, json_body_bytes
 from backworks_core.handlers.mock_features import is_media_type
 from backworks_core.router import Match, Route, Router
 
@@ -109,13 +109,16 @@ class Progress:
         return f"  {self.what}: {self.done:,}{of} flows"
 
 
-def read_inputs(inputs: Sequence[str | os.PathLike[str]], rules: RedactionRules) -> Iterator[Exchange]:
+def read_inputs(inputs: Sequence[str | os.PathLike[str]], rules: RedactionRules | Redactor) -> Iterator[Exchange]:
+    """Every exchange, redacted; pass one `Redactor` for a run, so that a secret seen in one
+    exchange is scrubbed from those after it (and, in a second pass, from all)."""
+    redactor = Redactor.of(rules)
     for path in inputs:
         if not Path(path).is_file():
             raise BuildInputError(f"{path}: no such file")
         try:
             for exchange in read_any(path):
-                yield redact_exchange(exchange, rules)
+                yield redactor.exchange(exchange)
         except FormatError as exc:
             raise BuildInputError(str(exc)) from None
 
@@ -184,7 +187,7 @@ def _json_object_body(exchange: Exchange) -> str | None:
 
 def collect(
     inputs: Sequence[str],
-    rules: RedactionRules,
+    rules: RedactionRules | Redactor,
     progress: IO[str] | None = None,
     *,
     evidence: bool = False,
@@ -200,10 +203,17 @@ def collect(
     total = sum(count_hint(path) or 0 for path in inputs) or None
     paths: dict[str, Counter[str]] = {}
     meter = Progress(progress, "reading", total)
-    for exchange in read_inputs(inputs, rules):
+    redactor = Redactor.of(rules)  # one for both passes: the second knows every secret of the run
+    rules = redactor.rules
+    for exchange in read_inputs(inputs, redactor):
         paths.setdefault(_host(exchange.host), Counter())[exchange.path] += 1
         meter.step()
     meter.finish()
+    for host, counter in paths.items():  # as the second pass will see them: secrets learned late scrubbed
+        rescrubbed: Counter[str] = Counter()
+        for path, count in counter.items():
+            rescrubbed[redactor.path(path)] += count
+        paths[host] = rescrubbed
     routers: dict[str, tuple[dict[str, str], Router]] = {}
     for host, counter in paths.items():
         templates = infer_templates(counter.elements())
@@ -211,7 +221,7 @@ def collect(
     endpoints: dict[tuple[str, str, str], Endpoint] = {}
     flows = 0
     meter = Progress(progress, "grouping", meter.done)
-    for exchange in read_inputs(inputs, rules):
+    for exchange in read_inputs(inputs, redactor):
         meter.step()
         flows += 1
         host = _host(exchange.host)
@@ -262,10 +272,11 @@ def _body_fields(exchange: Exchange, response: bool) -> dict[str, Any]:
 def body_fields(body: bytes, content_type: str | None) -> dict[str, Any]:
     """`body` or `body_base64` that the mock serves as these very bytes.
 
-    A JSON object or array is written as YAML data (readable, editable) only when the mock's
-    compact serialisation gives back exactly `body`; any other UTF-8 text is written as its
-    exact text (pretty-printed JSON, `\u00e9` escapes, a trailing newline, HTML); anything else
-    as base64. Strings are escaped for the loader's `${VAR}` substitution (`literal`).
+    A JSON object or array is written as YAML data (readable, editable) when the mock's
+    serialisation gives back exactly `body`: compact, or in the `json_layout` it is written in
+    (`json_layout_of`). Any other UTF-8 text is written as its exact text (JSON with `\u00e9`
+    escapes or `1.0E5`, HTML); anything else as base64. Strings are escaped for the loader's
+    `${VAR}` substitution (`literal`).
     """
     if not body:
         return {}
@@ -275,16 +286,36 @@ def body_fields(body: bytes, content_type: str | None) -> dict[str, Any]:
         return {"body_base64": base64.b64encode(body).decode("ascii")}
     if text[:1] in ("{", "["):
         parsed = json_body(body, content_type)
-        if isinstance(parsed, (dict, list)) and json_depth(parsed, YAML_DATA_DEPTH) <= YAML_DATA_DEPTH and _compact_is(parsed, body):
-            return {"body": _literal_data(parsed)}
+        if isinstance(parsed, (dict, list)) and json_depth(parsed, YAML_DATA_DEPTH) <= YAML_DATA_DEPTH:
+            layout = json_layout_of(parsed, body)
+            if layout is not None:
+                return {"body": _literal_data(parsed)} | ({"json_layout": layout} if layout else {})
     return {"body": literal(text)}
 
 
-def _compact_is(value: Any, body: bytes) -> bool:
-    try:
-        return json_body_bytes(value) == body
-    except (UnicodeEncodeError, ValueError):  # a lone surrogate from a `\ud800` escape
-        return False
+def json_layout_of(value: Any, body: bytes) -> dict[str, Any] | None:
+    """The `json_layout` in which the mock writes `value` as exactly `body` (`{}`: compact, the
+    default), or None. Tried: the indentation of the second line (one line: compact, then
+    `spaced`), escapes only for an ASCII body, a final newline when there is one."""
+    newline = body.endswith(b"\n")
+    core = body[:-1] if newline else body
+    if b"\n" in core:
+        second = core.split(b"\n", 2)[1]
+        shapes: list[tuple[int | None, bool]] = [(len(second) - len(second.lstrip(b" ")), False)]
+    else:
+        shapes = [(None, False), (None, True)]
+    for indent, spaced in shapes:
+        for ascii_ in (False, True) if core.isascii() else (False,):
+            layout = JsonLayout(indent=indent, spaced=spaced, ascii=ascii_, newline=newline)
+            written = layout.model_dump(exclude_defaults=True)
+            try:
+                if json_body_bytes(value, layout if written else None) == body:
+                    if ascii_:
+                        json_body_bytes(value)  # a lone surrogate (`\ud800`) is no text a blueprint can hold
+                    return written
+            except (UnicodeEncodeError, ValueError):
+                return None
+    return None
 
 
 def literal(text: str) -> str:
@@ -341,7 +372,10 @@ def _answer(exchange: Exchange) -> dict[str, Any]:
     answer: dict[str, Any] = {"status": exchange.status}
     if headers:
         answer["headers"] = headers
-    answer.update(_body_fields(exchange, response=True))
+    if body and exchange.header("content-encoding"):  # bytes still encoded
+        answer["body_base64"] = base64.b64encode(body).decode("ascii")
+    else:
+        answer.update(_body_fields(exchange, response=True))
     answer["latency"] = round(exchange.duration, 4)
     return answer
 
@@ -382,8 +416,8 @@ def endpoint_examples(
     for exchange, params in zip(group.exchanges, group.params):
         base = _when(exchange, params, match_body)
         answer = _raw_data(_answer(exchange))
-        rows.append((base, _canonical(base), _sent_headers(exchange, names), answer, _canonical(_without_latency(answer))))
-    changing = _answer_changing_headers([(row[1], row[2], row[4]) for row in rows], names)
+        rows.append((base, _match_key(base), _sent_headers(exchange, names), answer, _canonical(_without_latency(answer))))
+    changing = _answer_changing_headers([(row[1], {n: _as_fingerprint(v) for n, v in row[2].items()}, row[4]) for row in rows], names)
     # Requests in order of first appearance, each with its answers (consecutive repeats once).
     requests: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     request_of: list[str] = []
@@ -396,7 +430,7 @@ def endpoint_examples(
             when["headers"] = conditions
         else:
             with_no_header.add(base_key)
-        key = _canonical(when)
+        key = _match_key(when)
         entry = requests.setdefault(key, (when, []))
         if not entry[1] or _without_latency(entry[1][-1]) != _without_latency(answer):
             entry[1].append(answer)
@@ -465,6 +499,22 @@ def _answer_changing_headers(rows: Sequence[tuple[str, dict[str, str], str]], na
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _match_key(when: dict[str, Any]) -> str:
+    """`when` as the mock compares it: a value and the placeholder of that value are the same
+    request (`passwd` in a path recorded before redaction knew it a secret, `[REDACTED:…]` after)."""
+    normal: dict[str, Any] = dict(when)
+    for part in ("path", "query", "headers"):
+        if part in normal:
+            normal[part] = {
+                name: [_as_fingerprint(v) for v in value] if isinstance(value, list) else _as_fingerprint(value) for name, value in normal[part].items()
+            }
+    return _canonical(normal)
+
+
+def _as_fingerprint(value: str) -> str:
+    return value if PLACEHOLDER.fullmatch(value) else placeholder(value)
 
 
 def _raw_data(value: Any) -> Any:
@@ -584,7 +634,7 @@ def write_output(
     *,
     name: str,
     max_examples: int = 5,
-    rules: RedactionRules | None = None,
+    rules: RedactionRules | Redactor | None = None,
     progress: IO[str] | None = None,
     match_headers: Iterable[str] = MATCH_HEADERS,
 ) -> str:
@@ -595,7 +645,7 @@ def write_output(
     before the blueprint that names them; files of an earlier build no longer named are
     removed). The summary says what was left out, with counts.
     """
-    rules = rules or RedactionRules()
+    rules = Redactor.of(rules)  # one per run: secrets seen in any flow are scrubbed from all
     target = Path(output)
     if fmt == "har":
         meter = Progress(progress, "writing HAR", sum(count_hint(p) or 0 for p in inputs) or None)

@@ -29,6 +29,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
@@ -755,14 +756,6 @@ class _Seen:
     file: bool = False  # a multipart part with a file name or a binary type
     media: list[str] = field(default_factory=list)  # multipart: the parts' content types
 
-    def add(self, values: list[str]) -> None:
-        self.count += 1
-        self.repeated = self.repeated or len(values) > 1
-        for value in values:
-            value = value[:MAX_VALUE_LENGTH]
-            if len(self.values) < MAX_VALUES and value not in self.values:
-                self.values.append(value)
-
     def merge(self, other: _Seen) -> None:
         self.count += other.count
         self.repeated = self.repeated or other.repeated
@@ -777,21 +770,26 @@ class _Seen:
 
 def _tally(table: dict[str, _Seen], pairs: Iterable[tuple[str, str]], fold_case: bool) -> list[str]:
     """Count one message's names into `table`; returns the names that did not fit."""
-    grouped: dict[str, list[str]] = {}
-    spelled: dict[str, str] = {}
+    dropped: list[str] = []
+    here: set[str] = set()
     for name, value in pairs:
         key = name.lower() if fold_case else name
-        grouped.setdefault(key, []).append(value)
-        spelled.setdefault(key, name)
-    dropped: list[str] = []
-    for key, values in grouped.items():
         seen = table.get(key)
         if seen is None:
             if len(table) >= MAX_NAMES:
                 dropped.append(key)
                 continue
-            seen = table[key] = _Seen(spelled[key])
-        seen.add(values)
+            seen = table[key] = _Seen(name)
+        if key in here:
+            seen.repeated = True
+        else:
+            here.add(key)
+            seen.count += 1
+        values = seen.values
+        if len(values) < MAX_VALUES:
+            value = value[:MAX_VALUE_LENGTH]
+            if value not in values:
+                values.append(value)
     return dropped
 
 
@@ -891,8 +889,9 @@ def _auth_credential(value: str) -> tuple[Credential, str]:
     return ("authorization", ""), value  # redacted whole, or a bare token: the scheme is not known
 
 
-def _cookie_names(value: str) -> list[str]:
-    return [name.strip() for name, eq, _ in (item.partition("=") for item in value.split(";")) if eq and name.strip()]
+def _cookie_pairs(value: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a Cookie header."""
+    return [(name.strip(), cookie.strip()) for name, eq, cookie in (item.partition("=") for item in value.split(";")) if eq and name.strip()]
 
 
 class OperationEvidence:
@@ -903,10 +902,11 @@ class OperationEvidence:
     credentials (the redactor's own test), so that API keys become security schemes.
     """
 
-    def __init__(self, rules: RedactionRules | None = None) -> None:
+    def __init__(self, rules: RedactionRules | Any = None) -> None:
         from backworks_core.capture.redact import RedactionRules
 
-        self.rules = rules or RedactionRules()
+        rules = getattr(rules, "rules", rules)  # a run's Redactor carries its rules
+        self.rules: RedactionRules = rules if isinstance(rules, RedactionRules) else RedactionRules()
         self.total = 0
         self.first: Exchange | None = None
         self.statuses: Counter[int] = Counter()
@@ -926,7 +926,7 @@ class OperationEvidence:
         self.origins: list[tuple[str, str, int]] = []  # scheme, host, port: the servers
 
     @classmethod
-    def of(cls, exchanges: Iterable[Exchange], rules: RedactionRules | None = None) -> OperationEvidence:
+    def of(cls, exchanges: Iterable[Exchange], rules: RedactionRules | Any = None) -> OperationEvidence:
         evidence = cls(rules)
         for exchange in exchanges:
             evidence.add(exchange)
@@ -994,9 +994,10 @@ class OperationEvidence:
                     seen.media.append(part.content_type)
 
     def _add_credentials(self, exchange: Exchange) -> None:
-        from backworks_core.capture.redact import JWT, SECRET_HEADERS, is_secret_name
+        from backworks_core.capture.redact import JWT
 
         found: set[Credential] = set()
+        rules = self.rules
         for name, value in exchange.request_headers:
             lowered = name.lower()
             if lowered == "authorization":
@@ -1009,17 +1010,15 @@ class OperationEvidence:
                 found.add(credential)
                 self.credential_names.setdefault(credential, "Authorization")
             elif lowered == "cookie":
-                for cookie in _cookie_names(value):
-                    if is_secret_name(cookie, self.rules):
+                for cookie, cookie_value in _cookie_pairs(value):
+                    if cookie_value.startswith("[REDACTED") or _credential_name(cookie, "cookie", rules):
                         found.add(("cookie", cookie))
                         self.credential_names.setdefault(("cookie", cookie), cookie)
-            elif lowered not in _NOT_API_KEY_HEADERS and not _injected(lowered) and (
-                lowered in SECRET_HEADERS or lowered in self.rules.headers or is_secret_name(lowered, self.rules)
-            ):
+            elif _credential_name(name, "header", rules):
                 found.add(("header", lowered))
                 self.credential_names.setdefault(("header", lowered), name)
         for name, _ in exchange.query:
-            if is_secret_name(name, self.rules):
+            if _credential_name(name, "query", rules):
                 found.add(("query", name))
                 self.credential_names.setdefault(("query", name), name)
         self.credentials[frozenset(found)] += 1
@@ -1060,6 +1059,32 @@ class OperationEvidence:
         self.challenges |= other.challenges
         self._drop(sorted(other.dropped))
         self.origins.extend(o for o in other.origins if o not in self.origins)
+
+
+@lru_cache(maxsize=4096)
+def _credential_name(name: str, context: str, rules: RedactionRules) -> bool:
+    """The redactor's own test: is a value of this name a credential? (`context`: "header",
+    "query" for query parameters, or "cookie".)"""
+    from backworks_core.capture import redact
+
+    if context == "header":
+        lowered = name.lower()
+        if lowered in _NOT_API_KEY_HEADERS or _injected(lowered):
+            return False
+        safe = getattr(redact, "_SAFE_HEADERS", frozenset())
+        return lowered in redact.SECRET_HEADERS or lowered in rules.headers or (lowered not in safe and _is_secret_name(name, rules, "header"))
+    if context == "cookie":
+        return _is_secret_name(name, rules, "query") or _is_secret_name(name, rules, "json")
+    return _is_secret_name(name, rules, context)
+
+
+def _is_secret_name(name: str, rules: RedactionRules, context: str) -> bool:
+    from backworks_core.capture.redact import is_secret_name
+
+    try:
+        return is_secret_name(name, rules, context)
+    except TypeError:  # a name test without contexts
+        return is_secret_name(name, rules)
 
 
 def _injected(lowered: str) -> bool:
@@ -1228,7 +1253,8 @@ def _response_headers(status: int, evidence: OperationEvidence) -> dict[str, Any
             header["required"] = True
         if lowered == "set-cookie":
             names = list(dict.fromkeys(v.split("=", 1)[0].strip() for v in seen.values if "=" in v))
-            header["description"] = "One header per cookie" + (f" ({', '.join(names)})" if names else "") + "; recorded values are redacted."
+            redacted = any("[REDACTED" in v for v in seen.values)
+            header["description"] = "One header per cookie" + (f" ({', '.join(names)})" if names else "") + ("; recorded values are redacted." if redacted else ".")
         elif seen.repeated:
             header["description"] = "Sent more than once in a response."
         if seen.values:

@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from backworks_core.capture.model import Exchange
+from backworks_core.capture.redact import PLACEHOLDER, fingerprint
 from backworks_core.router import Match, Route, Router
 from backworks_core.router import _split_path  # the router's own split: templates must match it
 
@@ -402,6 +403,9 @@ def _generalize(nodes: list[_Raw], parent: str | None) -> _Gen:
     words = sorted(value for value, kind in kinds.items() if not kind)
     if not params and parent is not None and _sibling_rule_applies(parent):
         params = _sibling_params(children, words, parent)
+    redacted = {found.group(1) for value in params if (found := PLACEHOLDER.fullmatch(value))}
+    if redacted:  # `passwd` recorded before it was known a secret, `[REDACTED:…]` after: one position
+        params = params | {value for value in words if fingerprint(value) in redacted}
     for value in words:
         if value not in params:
             gen.literals[value] = _generalize(children[value], value)

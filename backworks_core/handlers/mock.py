@@ -61,9 +61,10 @@ Answers
   application/octet-stream, each unless the example's headers set a Content-Type. `body: null`
   or no body is an empty body. A string is sent byte for byte: the capture writes a recorded
   body as a string (its exact text) unless compact JSON gives back the same bytes. A header
-  value may be a list (Set-Cookie sent twice). Headers are literal too, Content-Encoding
-  included: it describes the bytes given (the capture stores bodies decoded and writes it only
-  for bytes it could not decode). Content-Length is computed; the recorded Content-Length,
+  value may be a list (Set-Cookie sent twice). Headers are literal too. Content-Encoding is
+  sent with `body_base64` (bytes still encoded: the capture stores bodies decoded and writes
+  it only for bytes it could not decode) or without a body, and dropped with `body`, which is
+  decoded text or JSON by definition. Content-Length is computed; the recorded Content-Length,
   Transfer-Encoding, the hop-by-hop headers and X-Request-ID (the answer carries this
   request's id) are dropped from the example's headers. 1xx, 204 and 304 cannot carry a body
   and get no Content-Length. HEAD gets the GET answer's headers, its Content-Length included,
@@ -71,13 +72,18 @@ Answers
   Content-Length announces that one to HEAD.
 
 Latency
-  With `replay_latency: true` an example's `latency` is waited out before answering, at most
-  60 s (a longer recorded latency is cut to 60 s); the wait ends at once when the client goes.
+  With `replay_latency: true` an example's `latency` × `latency_factor` is waited out before
+  answering, at most `max_latency` (60 s at most); the wait ends at once when the client goes.
+
+Beyond replay
+  Request validation (`validate`, `request_body`), `Prefer: code=…/example=…`, answers
+  synthesised for unrecorded path values (`unrecorded`), the latency keys, and their
+  blueprint-wide defaults in `server.mock`: backworks_core.handlers.mock_features. Order: a
+  refused request (415/400/422) first, then a preferred example, then matching as above.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -106,7 +112,8 @@ MAX_LATENCY = 60.0
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Dropped from recorded headers: the body's length is computed (a HEAD answer without a body
 # keeps the recorded one), the hop-by-hop ones belong to the recorded connection, and the answer
-# carries this request's id. Content-Encoding is sent as given: it describes the stored bytes.
+# carries this request's id. Content-Encoding is sent only with `body_base64` (encoded bytes) or
+# no body (a HEAD answer): a `body` is text or JSON, decoded by definition.
 _DROPPED_HEADERS = frozenset(
     {
         "content-length",
@@ -212,6 +219,19 @@ class MockWhen(StrictModel):
         return "body" in self.model_fields_set
 
 
+class JsonLayout(StrictModel):
+    """How a JSON `body` given as YAML data is written out; the default is compact JSON.
+
+    The capture writes it when the recorded bytes are one of these layouts (Python's
+    `json.dumps` default, `JSON.stringify(v, null, 2)`, httpbin's), so that the body stays
+    readable data and is still sent byte for byte."""
+
+    indent: int | None = Field(None, ge=0, le=16, description="spaces per level, one member per line (`,` and `: ` between); none: one line", examples=[2])
+    spaced: bool = Field(False, description="on one line, `, ` between members and `: ` after keys (Python's json.dumps default); none: `,` and `:`", examples=[True])
+    ascii: bool = Field(False, description="characters beyond ASCII as `\\uXXXX` escapes; default: as UTF-8", examples=[True])
+    newline: bool = Field(False, description="a newline after the JSON", examples=[True])
+
+
 class MockExample(StrictModel):
     """One recorded answer."""
 
@@ -220,6 +240,7 @@ class MockExample(StrictModel):
     headers: dict[str, str | list[str]] = Field(default_factory=dict, description="response headers; a list sends the header several times", examples=[{"X-Total-Count": "1"}])
     body: Any = Field(None, description="a JSON value (sent as JSON) or a string (sent as is); never template-rendered", examples=[{"id": 42, "status": "shipped"}])
     body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)", examples=["iVBORw0KGgo="])
+    json_layout: JsonLayout | None = Field(None, description="how a JSON `body` (an object or array) is written out; default: compact", examples=[{"indent": 2, "newline": True}])
     latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency", examples=["120ms"])
     name: str | None = Field(None, min_length=1, description="what `Prefer: example=NAME` asks for; default: derived from the status and `when` (backworks_core.handlers.mock_features)", examples=["200-ada"])
 
@@ -262,6 +283,8 @@ class MockExample(StrictModel):
         has_body = self.body is not None or bool(self.body_base64)
         if has_body and (self.status < 200 or self.status in _NO_BODY_STATUSES):
             raise ValueError(f"a {self.status} answer has no body; remove `body`/`body_base64`, or use another status")
+        if self.json_layout is not None and not isinstance(self.body, (dict, list)):
+            raise ValueError("`json_layout` lays out a JSON object or array given as `body`; remove it, or give the body as YAML data")
         return self
 
     @property
@@ -492,12 +515,12 @@ class _Answer:
         elif isinstance(example.body, str):
             content, default_type = example.body.encode("utf-8"), "text/plain; charset=utf-8"
         elif example.body is not None:
-            content, default_type = json_body_bytes(example.body), "application/json"
+            content, default_type = json_body_bytes(example.body, example.json_layout), "application/json"
         else:
             content, default_type = b"", ""
         fields: list[tuple[bytes, bytes]] = []
         for name, value in example.headers.items():
-            if name.lower() in _DROPPED_HEADERS:
+            if name.lower() in _DROPPED_HEADERS or (example.body is not None and name.lower() == "content-encoding"):
                 continue
             for item in value if isinstance(value, list) else [value]:
                 fields.append((_header_bytes(name), _header_bytes(item)))
@@ -517,10 +540,18 @@ class _Answer:
         return http.Response(b"HTTP/1.1", self.status, self.reason, http.Headers(fields), content, None, now, now)
 
 
-def json_body_bytes(value: Any) -> bytes:
-    """How a JSON `body` is sent: compact, key order kept, non-ASCII as UTF-8. The capture writes
-    a recorded JSON body as YAML data only when this gives back its very bytes."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def json_body_bytes(value: Any, layout: JsonLayout | None = None) -> bytes:
+    """How a JSON `body` is sent: key order kept; compact and non-ASCII as UTF-8 unless `layout`
+    says otherwise. The capture writes a recorded JSON body as YAML data (with its layout) only
+    when this gives back its very bytes."""
+    if layout is None:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if layout.indent is not None:
+        separators = (",", ": ")
+    else:
+        separators = (", ", ": ") if layout.spaced else (",", ":")
+    text = json.dumps(value, ensure_ascii=layout.ascii, indent=layout.indent, separators=separators)
+    return (text + "\n" if layout.newline else text).encode("utf-8")
 
 
 def _recorded_length(headers: dict[str, str | list[str]]) -> int | None:

@@ -19,7 +19,8 @@ config:
 A blueprint may set the defaults of every mock endpoint once, under `server.mock` (the same
 keys but `request_body`); an endpoint's own key wins.
 
-Request validation (`validate: true`), in Prism's order and with its statuses:
+Request validation (`validate: true`), in Prism's order and with its statuses (an endpoint
+without `request_body` has nothing to be checked against: its requests pass):
   - a request without a body: `422` when `request_body.required` (`$` as the path), else fine;
   - a body whose Content-Type's media type is neither JSON (`application/json`, `…+json`) nor
     listed in `request_body.content_types`: `415` naming what is accepted; no Content-Type is
@@ -65,12 +66,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from jsonschema.exceptions import best_match
 from mitmproxy import http
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from backworks_core.bodies import BodyError, loads_json
 from backworks_core.context import RequestContext
@@ -140,12 +141,6 @@ class MockFeaturesConfig(MockDefaults):
     request_body: MockRequestBody | None = Field(
         None, description="the request body the recording saw: schema, accepted content types, required", examples=[{"schema": {"type": "object"}, "required": True}]
     )
-
-    @model_validator(mode="after")
-    def _validate_needs_a_body(self) -> MockFeaturesConfig:
-        if self.validate_ and "validate_" in self.model_fields_set and self.request_body is None:
-            raise ValueError("`validate: true` needs `request_body` (its `schema`, `content_types`, `required`) to check requests against")
-        return self
 
 
 def effective(config: MockFeaturesConfig, defaults: MockDefaults | None) -> MockDefaults:

@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -59,18 +60,65 @@ def target(label: str, state: str = "up", **overrides: Any) -> dict[str, Any]:
     return entry
 
 
+def history_buckets() -> list[dict[str, Any]]:
+    """15 minutes, oldest first: idle at first, then traffic with a burst of 5xx at 16:09."""
+    buckets = []
+    for minute in range(15):
+        requests = 0 if minute < 4 else 600 + 40 * minute
+        bad = 120 if minute == 9 else 2
+        classes = {"1xx": 0, "2xx": max(0, requests - 30 - bad), "3xx": 0, "4xx": 30 if requests else 0, "5xx": bad if requests else 0, "none": 0}
+        buckets.append(
+            {
+                "start": f"2026-11-26T15:{46 + minute:02d}:00Z" if minute < 14 else "2026-11-26T16:00:00Z",
+                "current": minute == 14,
+                "requests": requests,
+                "errors": classes["5xx"],
+                "error_rate": round(classes["5xx"] / requests, 4) if requests else None,
+                "classes": classes,
+                "latency_ms": {"avg": 3.0, "p50": 2.2, "p90": 5.3, "p99": 48.5, "max": 120.0} if requests else {"avg": None, "p50": None, "p90": None, "p99": None, "max": None},
+            }
+        )
+    return buckets
+
+
+REFUSED = {
+    "state": "refused",
+    "at": "2026-11-26T16:05:00Z",
+    "file": "/srv/blueprints/shop.yaml",
+    "error_count": 7,
+    "errors": [
+        {"file": "/srv/blueprints/shop.yaml", "line": 12, "col": 14, "key_path": "endpoints[1].handler", "message": "unknown handler 'proxi'", "text": "/srv/blueprints/shop.yaml:12:14: endpoints[1].handler: unknown handler 'proxi'"},
+        {"file": "/srv/blueprints/shop.yaml", "line": 20, "col": 5, "key_path": "endpoints[3].method", "message": "unknown method 'FETCH'", "text": "/srv/blueprints/shop.yaml:20:5: endpoints[3].method: unknown method 'FETCH'"},
+    ],
+}
+
+
 def sample_status() -> dict[str, Any]:
     """A realistic status: two pools, every state, some nulls, a few errors."""
     return {
-        "blueprint": {"name": "shop", "version": "1.0.0", "path": "/srv/blueprints/shop.yaml", "loaded_at": "2026-11-26T16:00:00Z"},
+        "blueprint": {
+            "name": "shop",
+            "version": "1.0.0",
+            "path": "/srv/blueprints/shop.yaml",
+            "loaded_at": "2026-11-26T16:00:00Z",
+            "reload": {"state": "ok", "at": "2026-11-26T16:00:00Z", "file": None, "error_count": 0, "errors": []},
+        },
         "uptime_seconds": 3725.4,
-        "totals": {"requests": 12840, "in_flight": 3, "rate_per_s": 21.37, "error_rate": 0.0123, "latency_ms": {"p50": 2.1, "p90": 5.0, "p99": 48.6}},
+        "totals": {
+            "requests": 12840,
+            "in_flight": 3,
+            "rate_per_s": 21.37,
+            "error_rate": 0.0123,
+            "latency_ms": {"p50": 2.1, "p90": 5.0, "p99": 48.6},
+            "classes": {"1xx": 0, "2xx": 12100, "3xx": 40, "4xx": 542, "5xx": 150, "none": 8},
+        },
+        "history": {"minutes": 15, "buckets": history_buckets()},
         "pools": [
             {
                 "name": "users",
                 "policy": "round_robin",
                 "targets": [
-                    target("backend-1", url="http://127.0.0.1:3001", requests=6120, rate_per_s=10.2, in_flight=1),
+                    target("backend-1", url="http://127.0.0.1:3001", requests=6120, rate_per_s=10.2, in_flight=1, last_check={"at": "2026-11-26T16:00:02Z", "result": "passed"}),
                     target(
                         "backend-2",
                         "degraded",
@@ -82,6 +130,8 @@ def sample_status() -> dict[str, Any]:
                         in_flight=2,
                         error_rate=0.031,
                         latency_ms={"p50": 3.4, "p90": 11.2, "p99": 120.5},
+                        state_reason="circuit breaker half open (on trial)",
+                        last_error={"at": "2026-11-26T16:00:02Z", "kind": "5xx", "status": 503},
                     ),
                     target(
                         "backend-3",
@@ -94,6 +144,10 @@ def sample_status() -> dict[str, Any]:
                         rate_per_s=0.0,
                         error_rate=0.62,
                         latency_ms={"p50": None, "p90": None, "p99": None},
+                        state_reason="health check failing (connection refused)",
+                        last_check={"at": "2026-11-26T16:00:03Z", "result": "connection refused"},
+                        last_error={"at": "2026-11-26T16:00:01Z", "kind": "connect_failure", "status": None},
+                        failures_in_a_row=4,
                     ),
                 ],
             },
@@ -104,7 +158,7 @@ def sample_status() -> dict[str, Any]:
             },
         ],
         "endpoints": [
-            {"label": "GET /users/{id}", "path": "/users/{id}", "methods": ["GET"], "handler": "proxy", "requests": 9400, "rate_per_s": 15.1, "error_rate": 0.012, "latency_ms": {"p50": 2.0, "p90": 4.0, "p99": 9.0}},
+            {"label": "GET /users/{id}", "path": "/users/{id}", "methods": ["GET"], "handler": "proxy", "requests": 9400, "rate_per_s": 15.1, "error_rate": 0.012, "latency_ms": {"p50": 2.0, "p90": 4.0, "p99": 9.0}, "classes": {"1xx": 0, "2xx": 9100, "3xx": 0, "4xx": 187, "5xx": 105, "none": 8}},
             {"label": "POST /users", "path": "/users", "methods": ["POST"], "handler": "proxy", "requests": 2440, "rate_per_s": 4.2, "error_rate": 0.0, "latency_ms": {"p50": 3.1, "p90": 6.0, "p99": 14.2}},
             {"label": "GET /hello", "path": "/hello", "methods": ["GET"], "handler": "static", "requests": 1000, "rate_per_s": 2.07, "error_rate": 0.0, "latency_ms": {"p50": 0.31, "p90": 0.52, "p99": 1.1}},
             {"label": "POST /pay", "path": "/pay", "methods": ["POST"], "handler": "python", "requests": 0, "rate_per_s": 0.0, "error_rate": None, "latency_ms": {"p50": None, "p90": None, "p99": None}},
@@ -126,6 +180,7 @@ class FakeBackend:
         self.fail_with: int | None = None  # answer the API with this HTTP status instead
         self.delay = 0.0  # seconds before the API answers
         self.api_calls = 0
+        self.other_paths: list[str] = []  # requests for anything but the page and the API
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -169,7 +224,13 @@ class FakeBackend:
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            app = web.Application()
+            @web.middleware
+            async def record_others(request: web.Request, handler: Any) -> web.StreamResponse:
+                if request.path not in (DASHBOARD_PATH, API_PATH):
+                    self.other_paths.append(request.path)
+                return await handler(request)
+
+            app = web.Application(middlewares=[record_others])
             app.router.add_get(DASHBOARD_PATH, self._page)
             app.router.add_get(API_PATH, self._api)
             runner = web.AppRunner(app, access_log=None)
@@ -348,3 +409,64 @@ def test_garbage_json_does_not_stop_the_loop(page: Page, backend: FakeBackend) -
     page.wait_for("document.querySelectorAll('#pools tr[data-target]').length === 4", timeout=5)
     assert backend.api_calls > calls
     assert page.evaluate("document.getElementById('banner-render').textContent") == ""
+
+
+# -- issue 21: refused reloads, answers by class, the last 15 minutes, why a target is down -------
+
+
+def test_a_refused_reload_shows_a_banner_until_the_next_good_load(page: Page, backend: FakeBackend) -> None:
+    page.wait_for(LOADED, timeout=10)
+    assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "none"
+    status = sample_status()
+    status["blueprint"]["reload"] = REFUSED
+    backend.set_status(status)
+    page.wait_for("document.getElementById('banner-reload').dataset.state === 'refused'", timeout=5)
+    head = page.evaluate("document.querySelector('#banner-reload .head').textContent")
+    assert re.fullmatch(r"Reload refused at \d\d:\d\d:\d\d: /srv/blueprints/shop\.yaml has 7 errors; the previous version keeps serving \(loaded at \d\d:\d\d:\d\d\)\.", head), head
+    items = page.evaluate("[...document.querySelectorAll('#banner-reload li')].map(li => li.textContent)")
+    assert items == [e["text"] for e in REFUSED["errors"]]
+    assert page.evaluate("document.querySelector('#banner-reload .more').textContent") == "\u2026 and 5 more in the gateway's log."
+    assert "null" not in page.evaluate("document.getElementById('banner-reload').textContent")
+    assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "block"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(ARTIFACTS / "dashboard-fake-refused.png")
+
+    backend.set_status(sample_status())
+    page.wait_for("document.getElementById('banner-reload').dataset.state === 'ok'", timeout=5)
+    assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "none"
+    assert page.evaluate("document.getElementById('banner-reload').textContent") == ""
+
+
+def test_answers_by_class_and_the_last_fifteen_minutes(page: Page, backend: FakeBackend) -> None:
+    page.wait_for(LOADED, timeout=10)
+    classes = page.evaluate("[...document.querySelectorAll('#classes [data-class]')].map(c => [c.dataset.class, c.querySelector('.v').textContent])")
+    assert classes == [["2xx", "12,100"], ["3xx", "40"], ["4xx", "542"], ["5xx", "150"], ["none", "8"]]  # 1xx only when there are any
+    cells = page.evaluate("[...document.querySelector('#endpoints tr[data-endpoint=\"GET /users/{id}\"]').cells].map(c => c.textContent)")
+    assert cells[2:7] == ["9,400", "9,100", "0", "187", "113"]  # requests, 2xx, 3xx, 4xx, 5xx and no answer
+    bars = page.evaluate("[...document.querySelectorAll('#chart .bar')].map(b => [b.dataset.requests, b.dataset.errors, b.classList.contains('current'), b.offsetHeight, [...b.children].map(s => s.offsetHeight)])")
+    assert len(bars) == 15
+    assert [b[0] for b in bars[:4]] == ["0"] * 4 and bars[4][0] == "760"
+    assert bars[9][1] == "120" and [b[2] for b in bars] == [False] * 14 + [True]
+    tallest = max(sum(b[4]) for b in bars)
+    assert sum(bars[-1][4]) == tallest and sum(bars[4][4]) < tallest  # heights follow the counts
+    assert page.evaluate("document.querySelectorAll('#history details tbody tr').length") == 11  # minutes with requests
+    assert "120 errors" in page.evaluate("document.querySelectorAll('#chart .bar')[9].title")
+
+
+def test_why_a_target_is_in_its_state_its_last_check_and_its_last_error(page: Page, backend: FakeBackend) -> None:
+    page.wait_for(LOADED, timeout=10)
+    down = page.evaluate("(r => [r.querySelector('.reason').textContent, r.querySelector('.last-check').textContent, r.querySelector('.last-error').innerText])(document.querySelector('#pools tr[data-target=\"backend-3\"]'))")
+    assert down[0] == "health check failing (connection refused)"
+    assert re.fullmatch(r"checked \d\d:\d\d:\d\d: connection refused", down[1]), down[1]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\nconnect failed", down[2]), down[2]
+    assert page.evaluate("document.querySelector('#pools tr[data-target=\"backend-2\"] .last-error').innerText").endswith("status 503")
+    assert page.evaluate("document.querySelector('#pools tr[data-target=\"payments-eu\"] .last-check').textContent") == "no health check"
+    assert page.evaluate("document.getElementById('pools-count').textContent") == "2 pools · 2/4 targets up · 1 degraded · 1 down"
+
+
+def test_the_page_asks_for_no_favicon(page: Page, backend: FakeBackend) -> None:
+    page.wait_for(LOADED, timeout=10)
+    wait_updates_after(page, updates(page))
+    page.reload()
+    page.wait_for(LOADED, timeout=10)
+    assert backend.other_paths == []

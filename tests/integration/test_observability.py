@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.browser import Browser, chromium_path
-from tests.integration.harness import mitmweb_options, ROOT, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import mitmweb_options, ROOT, Upstream, free_port, request, wait_for_port, write_atomically
 from tests.integration.prometheus import require
 
 pytestmark = pytest.mark.integration
@@ -195,3 +195,97 @@ def test_mitmweb_shows_decisions_marks_errors_and_lists_the_commands(tmp_path: P
     ours = {name: spec for name, spec in commands.items() if name.startswith("backworks.")}
     assert {"backworks.reload", "backworks.endpoints", "backworks.targets", "backworks.breaker.reset", "backworks.status", "backworks.help"} <= set(ours)
     assert all(spec["help"].strip() for spec in ours.values()), {n: s["help"] for n, s in ours.items()}
+
+
+# -- the status page: answers by class, a target refusing, a refused reload (issue 21) -----------
+
+
+STATUS_BLUEPRINT = """
+name: shop
+plugins:
+  proxy:
+    config:
+      targets:
+        - {{name: backend-1, url: "{first}"}}
+        - {{name: backend-2, url: "{second}", health_check: {{enabled: false}}}}
+      health_check: {{path: /health, interval: 0.3, timeout: 0.5, unhealthy_threshold: 1, healthy_threshold: 1}}
+      retries: {{attempts: 1}}
+endpoints:
+  - {{path: "/users/{{id}}", handler: proxy}}
+  - {{path: /hello, handler: static, config: {{static: {{body: hi}}}}}}
+  - {{path: /moved, handler: static, config: {{static: {{status: 302, headers: {{Location: /hello}}}}}}}}
+"""
+
+TARGET_STATES = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#pools tr[data-target]')].map(r => [r.dataset.target, r.dataset.state])))"
+CLASS_COUNTS = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('#classes [data-class]')].map(c => [c.dataset.class, c.querySelector('.v').textContent])))"
+
+
+def test_the_status_page_in_chromium_normal_a_target_down_and_a_refused_reload(tmp_path: Path, make_upstream, start_proxy) -> None:
+    """Screenshots: test-artifacts/status-normal.png, status-target-down.png, status-reload-refused.png."""
+    browser_binary = require(chromium_path(), "chromium")
+    first, second = make_upstream("backend-1"), make_upstream("backend-2")
+    blueprint = tmp_path / "shop.yaml"
+    good = STATUS_BLUEPRINT.format(first=first.url, second=second.url)
+    blueprint.write_text(good)
+    proxy = start_proxy(blueprint)
+    for user in range(10):
+        assert proxy.get(f"/users/{user}").status == 200
+    assert proxy.get("/moved").status == 302
+    assert proxy.get("/nothing").status == 404
+    assert proxy.get("/favicon.ico").status == 404  # what a browser asks the API for by itself
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    favicon = proxy.admin_get("/favicon.ico")
+    assert favicon.status == 204 and favicon.body == b""  # the admin listener answers it quietly
+
+    with Browser(browser_binary) as browser:
+        page = browser.open(f"http://127.0.0.1:{proxy.admin_port}/__backworks")
+        page.wait_for("document.documentElement.dataset.loaded === 'true'", timeout=10)
+        page.wait_for("document.querySelector('#pools tr[data-target=\"backend-1\"] .last-check') !== null", timeout=10)
+
+        # normal: both up; answers by class, in total and per endpoint; the minute's bar
+        assert json.loads(page.evaluate(TARGET_STATES)) == {"backend-1": "up", "backend-2": "up"}
+        assert json.loads(page.evaluate(CLASS_COUNTS)) == {"2xx": "10", "3xx": "1", "4xx": "2", "5xx": "0", "none": "0"}
+        cells = page.evaluate("[...document.querySelector('#endpoints tr[data-endpoint=\"GET /users/{id}\"]').cells].map(c => c.textContent)")
+        assert cells[2:7] == ["10", "10", "0", "0", "0"]  # requests, 2xx, 3xx, 4xx, 5xx/none
+        assert page.evaluate("document.querySelectorAll('#chart .bar').length") == 15
+        assert page.evaluate("document.querySelector('#chart .bar.current').dataset.requests") == "13"
+        check = page.evaluate("document.querySelector('#pools tr[data-target=\"backend-1\"] .last-check').textContent")
+        assert re.fullmatch(r"checked \d\d:\d\d:\d\d: passed", check), check
+        assert page.evaluate("document.querySelector('#pools tr[data-target=\"backend-2\"] .last-check').textContent") == "no health check"
+        errors = page.evaluate("[...document.querySelectorAll('#errors tbody tr')].map(r => r.cells[3].textContent)")
+        assert errors == ["/nothing"]  # the browser's own /favicon.ico is not listed
+        assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "none"
+        page.screenshot(ARTIFACTS / "status-normal.png")
+
+        # a target down: it refuses connections and nothing checks it; its own failures say so
+        second.stop()
+        answers = [proxy.get(f"/users/{user}").status for user in range(10)]  # a connect failure is retried on backend-1
+        page.wait_for("document.querySelector('#pools tr[data-target=\"backend-2\"]').dataset.state === 'down'", timeout=10)
+        row = page.evaluate("document.querySelector('#pools tr[data-target=\"backend-2\"]').innerText")
+        assert "no answer to the last" in row and "connect failed" in row and "unchecked" in row
+        assert "degraded" not in row
+        assert page.evaluate("document.getElementById('pools-count').textContent") == "1 pool · 1/2 targets up · 1 down"
+        expected = {"2xx": str(10 + answers.count(200)), "5xx": str(answers.count(502) + answers.count(503))}
+        page.wait_for(f"(c => c['2xx'] === {json.dumps(expected['2xx'])} && c['5xx'] === {json.dumps(expected['5xx'])})({CLASS_COUNTS.replace('JSON.stringify', '')})", timeout=5)
+        page.screenshot(ARTIFACTS / "status-target-down.png")
+
+        # a refused reload: the banner says when, which file, the errors with file:line:col
+        write_atomically(blueprint, good.replace("handler: proxy}", "handler: proxi}"))
+        page.wait_for("document.getElementById('banner-reload').dataset.state === 'refused'", timeout=15)
+        banner = page.evaluate("document.getElementById('banner-reload').innerText")
+        assert re.search(r"Reload refused at \d\d:\d\d:\d\d: " + re.escape(str(blueprint)) + r" has 1 error; the previous version keeps serving", banner), banner
+        assert re.search(re.escape(str(blueprint)) + r":\d+:\d+: endpoints\[0\]\.handler", banner), banner
+        assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "block"
+        assert proxy.get("/users/1").status in (200, 502)  # the previous version still serves
+        page.screenshot(ARTIFACTS / "status-reload-refused.png")
+        status = proxy.admin_get("/__backworks/api/status").json
+        assert status["blueprint"]["reload"]["state"] == "refused" and status["blueprint"]["reload"]["file"] == str(blueprint)
+
+        # the next good load clears it
+        write_atomically(blueprint, good + "  - {path: /new, handler: static, config: {static: {body: new}}}\n")
+        page.wait_for("document.getElementById('banner-reload').dataset.state === 'ok'", timeout=15)
+        assert page.evaluate("getComputedStyle(document.getElementById('banner-reload')).display") == "none"
+        assert page.errors == []
+    assert proxy.admin_get("/__backworks/api/status").json["blueprint"]["reload"]["state"] == "ok"
+    assert proxy.get("/new").status == 200

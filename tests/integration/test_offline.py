@@ -10,6 +10,7 @@ as before (a 502 when they cannot be reached).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import yaml
 from aiohttp import web
 
 from tests.certs import write_self_signed
-from tests.integration.harness import BIN, Proxy, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, Upstream, free_port, request, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -306,10 +307,12 @@ def test_an_https_recording_replays_through_the_regular_proxy_with_the_api_stopp
         proxy = start_proxy(output, "--set", f"confdir={confdir}")  # no flag beyond the blueprint
         ca = ca_of(confdir)
         for path, body in recorded.items():
-            assert fetch_h1(proxy.port, ca, "127.0.0.1", upstream.port, path) == (200, body)
-            assert fetch_h2(proxy.port, ca, "127.0.0.1", upstream.port, path) == (200, body)
+            for fetch in (fetch_h1, fetch_h2):
+                status, served = fetch(proxy.port, ca, "127.0.0.1", upstream.port, path)
+                assert (status, json.loads(served)) == (200, json.loads(body)), fetch.__name__
         if curl_supports_http2():
-            assert fetch_curl(proxy.port, ca, "127.0.0.1", upstream.port, "/orders", http2=True) == (200, recorded["/orders"], "2")
+            status, served, version = fetch_curl(proxy.port, ca, "127.0.0.1", upstream.port, "/orders", http2=True)
+            assert (status, json.loads(served), version) == (200, json.loads(recorded["/orders"]), "2")
         # server.unmatched: not_found: what was not recorded is Backworks' 404, still offline
         status, body = fetch_h1(proxy.port, ca, "127.0.0.1", upstream.port, "/nothing")
         assert status == 404 and b"no endpoint matches GET /nothing" in body
@@ -331,5 +334,77 @@ def test_a_secure_proxy_client_still_reaches_an_unnamed_host(tmp_path: Path, sta
     ca = ca_of(confdir)
     status, body = fetch_h1(proxy.port, ca, "127.0.0.1", upstream.port, "/anything")
     assert status == 200 and b'"upstream": "real"' in body
-    status, body = fetch_h2(proxy.port, ca, "127.0.0.1", upstream.port, "/anything")
-    assert status == 200 and b'"upstream": "real"' in body
+    assert len(upstream.received) == 1
+    if curl_supports_http2():  # the ALPN offered to the client is still the server's (no h2 here)
+        status, body, version = fetch_curl(proxy.port, ca, "127.0.0.1", upstream.port, "/anything", http2=True)
+        assert (status, version) == (200, "1.1") and b'"upstream": "real"' in body
+
+
+PASSING_ON = """
+name: passing-on
+endpoints:
+  - path: /items/{id}
+    host: 127.0.0.1
+    handler: mock
+    config:
+      mock:
+        examples:
+          - when: {path: {id: 1}}
+            body: recorded item 1
+        passthrough: true
+"""
+
+
+def test_a_request_the_mock_passes_on_reaches_the_host_over_tls(tmp_path: Path, start_proxy: Any, make_upstream: Any) -> None:
+    """Answered tunnels are still https: what the blueprint does not answer goes on with TLS, when asked."""
+    blueprint = tmp_path / "passing-on.yaml"
+    blueprint.write_text(textwrap.dedent(PASSING_ON))
+    cert, key = write_self_signed(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    upstream = make_upstream("real", ssl_context=context)
+    confdir = tmp_path / "mitm"
+    proxy = start_proxy(blueprint, "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={cert}")
+    ca = ca_of(confdir)
+    for fetch in (fetch_h1, fetch_h2):
+        assert fetch(proxy.port, ca, "127.0.0.1", upstream.port, "/items/1") == (200, b"recorded item 1")
+    assert upstream.received == []  # answered by the mock: the host was not contacted
+    for fetch in (fetch_h1, fetch_h2):
+        status, body = fetch(proxy.port, ca, "127.0.0.1", upstream.port, "/items/2")
+        assert status == 200 and json.loads(body)["upstream"] == "real", body
+    assert [r.path for r in upstream.received] == ["/items/2", "/items/2"]
+
+
+def test_a_pool_target_stays_guarded_in_an_answered_tunnel(tmp_path: Path, start_proxy: Any, listener: CountingListener) -> None:
+    """TargetGuard still closes raw bytes to a pool target inside a tunnel answered without it."""
+    blueprint = tmp_path / "guarded.yaml"
+    blueprint.write_text(
+        textwrap.dedent(
+            f"""
+            name: guarded
+            server: {{unmatched: not_found}}
+            plugins:
+              proxy: {{config: {{targets: [{{name: api, url: "http://127.0.0.1:{listener.port}"}}]}}}}
+            endpoints:
+              - {{path: /hello, handler: static, config: {{static: {{body: hi}}}}}}
+            """
+        )
+    )
+    confdir = tmp_path / "mitm"
+    proxy = start_proxy(blueprint, "--set", f"confdir={confdir}")
+    ca = ca_of(confdir)
+    assert fetch_h1(proxy.port, ca, "127.0.0.1", listener.port, "/hello") == (200, b"hi")
+    status, body = fetch_h1(proxy.port, ca, "127.0.0.1", listener.port, "/elsewhere")
+    assert status == 404 and b"no endpoint matches" in body
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as raw:
+        raw.sendall(f"CONNECT 127.0.0.1:{listener.port} HTTP/1.1\r\n\r\n".encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+        tls = ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(b"\x00\x01 raw bytes, not HTTP\n")
+        tls.settimeout(10)
+        try:
+            assert tls.recv(4096) == b""  # closed
+        except (ConnectionError, ssl.SSLError):
+            pass
+    assert listener.accepted == 0
+    assert "relaying raw bytes" in proxy.log()

@@ -143,9 +143,9 @@ def test_capture_follows_no_planted_symlink_writes_0600_and_prints_no_query_secr
     for path in written:
         text = path.read_text()
         assert API_KEY not in text and TOKEN not in text, path
-    assert "[REDACTED]" in output.read_text()
+    assert "[REDACTED:" in output.read_text()  # `[REDACTED:<fingerprint>]`
     assert API_KEY not in log and TOKEN not in log, log
-    assert re.search(r"GET http://127\.0\.0\.1:\d+/orders\?api_key=\[REDACTED\]&token=\[REDACTED\]&page=2 << 200", log), log
+    assert re.search(r"GET http://127\.0\.0\.1:\d+/orders\?api_key=\[REDACTED:[0-9a-f]{12}\]&token=\[REDACTED:[0-9a-f]{12}\]&page=2 << 200", log), log
 
 
 def test_mock_from_outputs_are_0600_and_replace_a_planted_symlink(tmp_path: Path) -> None:

@@ -530,3 +530,259 @@ def test_openapi_from_recorded_files():
     _validate(doc)
     assert doc["servers"] == [{"url": "http://127.0.0.1:18931"}]
     assert set(doc["paths"]["/api/users/{id}"]["get"]["responses"]) == {"200", "404"}
+
+
+# ------------------------------------------------- OpenAPI for spec-driven tools (issue 18)
+
+JWT_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+BOUNDARY = "----form7MA4YWxkTrZu0gW"
+SESSION = "Zk9xV2pQa1lUbW9MZ3JzWQ"
+STATUSES = (200, 201, 204, 301, 404, 418, 500)
+# What the gateway or a proxy adds, and what every client sends: never parameters.
+INJECTED = [("X-Request-ID", "a1b2c3"), ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("tracestate", "k=v"), ("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Proto", "https"), ("Via", "1.1 proxy")]
+CLIENT = [("User-Agent", "curl/8.5"), ("Accept-Encoding", "gzip"), ("Host", "api.example.com"), ("Connection", "keep-alive"), ("Accept", "*/*")]
+TRANSPORT = [("Date", "Tue, 14 May 2024 09:31:07 GMT"), ("Server", "gunicorn"), ("X-Request-ID", "a1b2c3"), ("Connection", "keep-alive"), ("Keep-Alive", "timeout=5")]
+JSON_TYPE = [("Content-Type", "application/json")]
+PNG_BYTES = PNG_MAGIC + b"\x00\x00\x00\rIHDR\xff"
+
+
+def _flow(method, path, status, *, query=(), headers=(), body=b"", response_headers=(), response_body=b""):
+    request_headers = [*headers, *INJECTED, *CLIENT] + ([("Content-Length", str(len(body)))] if body else [])
+    return _ex(
+        method=method, path=path, query=list(query), request_headers=request_headers, request_body=body, status=status,
+        response_headers=[*response_headers, *TRANSPORT, ("Content-Length", str(len(response_body)))], response_body=response_body,
+    )
+
+
+def _multipart(parts, boundary=BOUNDARY, newline=b"\r\n"):
+    out = b""
+    for name, filename, media, value in parts:
+        disposition = f'Content-Disposition: form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}".encode() + newline + disposition.encode() + newline
+        if media:
+            out += f"Content-Type: {media}".encode() + newline
+        out += newline + value + newline
+    return out + f"--{boundary}--".encode() + newline
+
+
+def _recording():
+    """A form login, a multipart upload, bearer/basic/API-key auth, ETag/Location/Set-Cookie/Link
+    headers and seven statuses for one path, each request with what a gateway adds."""
+    basic = base64.b64encode(b"user:passwd").decode()
+    form = [("Content-Type", "application/x-www-form-urlencoded")]
+    upload = _multipart([("title", None, None, b"Holiday"), ("count", None, None, b"3"), ("file", "cat.png", "image/png", PNG_BYTES)])
+    flows = [
+        _flow("POST", "/login", 302, headers=form, body=b"username=ada&password=s3cret-Passw0rd&remember=true",
+              response_headers=[("Location", "/dashboard"), ("Set-Cookie", f"sessionid={SESSION}; Path=/; HttpOnly"), ("Set-Cookie", "lang=en; Path=/")]),
+        _flow("POST", "/login", 200, headers=form, body=b"username=grace&password=hunter22",
+              response_headers=[("Content-Type", "text/html")], response_body=b"<p>wrong password</p>"),
+        _flow("POST", "/uploads", 201, headers=[("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")], body=upload,
+              response_headers=[*JSON_TYPE, ("Location", "/uploads/17"), ("ETag", '"u17"')], response_body=b'{"id": 17}'),
+        _flow("GET", "/items", 200, query=[("page", "2")], headers=[("Authorization", f"Bearer {JWT_TOKEN}"), ("If-None-Match", '"v1"')],
+              response_headers=[*JSON_TYPE, ("ETag", '"v2"'), ("Link", '<https://api.example.com/items?page=3>; rel="next"'), ("X-Total-Count", "42"), ("Vary", "Accept-Language")],
+              response_body=b'[{"id": 1}]'),
+        _flow("GET", "/items", 401, headers=[("Accept-Language", "fr")], response_headers=[*JSON_TYPE, ("WWW-Authenticate", 'Bearer realm="api"')], response_body=b'{"error": "unauthorized"}'),
+        _flow("GET", "/items", 304, query=[("page", "2")], headers=[("Authorization", f"Bearer {JWT_TOKEN}"), ("If-None-Match", '"v2"')], response_headers=[("ETag", '"v2"')]),
+        _flow("GET", "/basic-auth/user", 200, headers=[("Authorization", f"Basic {basic}")], response_headers=JSON_TYPE, response_body=b'{"user": "user"}'),
+        _flow("GET", "/basic-auth/user", 401, response_headers=[("WWW-Authenticate", 'Basic realm="Fake Realm"')]),
+        _flow("GET", "/reports", 200, query=[("api_key", "k9Xq2LmP4tRz8WvB"), ("year", "2024")], response_headers=JSON_TYPE, response_body=b'{"ok": true}'),
+        _flow("GET", "/reports", 200, query=[("year", "2023")], headers=[("X-API-Key", "Zk9xV2pQa1lUbW9MZ3JzWQab"), ("X-Tenant", "acme")], response_headers=JSON_TYPE, response_body=b'{"ok": true}'),
+        _flow("GET", "/me", 200, headers=[("Cookie", f"sessionid={SESSION}; lang=en")], response_headers=JSON_TYPE, response_body=b'{"name": "Ada"}'),
+    ]
+    bodies = {200: b'{"ok": true}', 201: b'{"id": 1}', 404: b"not found", 418: b"I'm a teapot", 500: b"<h1>boom</h1>"}
+    for code in STATUSES:
+        media = {200: "application/json", 201: "application/json", 404: "text/plain", 418: "text/plain", 500: "text/html"}.get(code)
+        response_headers = [("Content-Type", media)] if media else []
+        if code == 301:
+            response_headers.append(("Location", "/status/200"))
+        flows.append(_flow("GET", f"/status/{code}", code, response_headers=response_headers, response_body=bodies.get(code, b"")))
+    return flows
+
+
+def _recorded_openapi(tmp_path, max_examples=3, redact=True):
+    from backworks_core.capture.build import write_output
+    from backworks_core.capture.redact import RedactionRules
+
+    journal = tmp_path / "recorded.jsonl"
+    write_jsonl(_recording(), journal)
+    output = tmp_path / "openapi.json"
+    write_output([str(journal)], str(output), "openapi", name="Recorded", max_examples=max_examples, rules=RedactionRules(enabled=redact))
+    text = output.read_text()
+    document = json.loads(text)
+    _validate(document)
+    return document, text
+
+
+def test_openapi_form_and_multipart_bodies_are_objects(tmp_path):
+    doc, _ = _recorded_openapi(tmp_path)
+    login = doc["paths"]["/login"]["post"]["requestBody"]
+    assert login["required"] is True
+    form = login["content"]["application/x-www-form-urlencoded"]
+    assert form["schema"]["type"] == "object"
+    assert form["schema"]["properties"] == {"username": {"type": "string"}, "password": {"type": "string"}, "remember": {"type": "boolean"}}
+    assert form["schema"]["required"] == ["username", "password"]  # `remember` was sent once of twice
+    assert form["example"]["username"] == "ada" and "s3cret" not in json.dumps(form)
+    upload = doc["paths"]["/uploads"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"] == {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "count": {"type": "integer"}, "file": {"type": "string", "format": "binary"}},
+        "required": ["title", "count", "file"],
+    }
+    assert upload["encoding"] == {"file": {"contentType": "image/png"}}
+    assert upload["example"] == {"title": "Holiday", "count": 3}
+
+
+def test_openapi_response_headers(tmp_path):
+    doc, text = _recorded_openapi(tmp_path)
+    redirect = doc["paths"]["/login"]["post"]["responses"]["302"]["headers"]
+    assert set(redirect) == {"Location", "Set-Cookie"}
+    assert redirect["Location"] == {"schema": {"type": "string"}, "required": True, "example": "/dashboard"}
+    assert "redacted" in redirect["Set-Cookie"]["description"] and SESSION not in text
+    assert redirect["Set-Cookie"]["required"] is True
+    created = doc["paths"]["/uploads"]["post"]["responses"]["201"]["headers"]
+    assert created["Location"]["example"] == "/uploads/17" and created["ETag"]["example"] == '"u17"'
+    page = doc["paths"]["/items"]["get"]["responses"]["200"]["headers"]
+    assert page["X-Total-Count"] == {"schema": {"type": "integer"}, "required": True, "example": 42}
+    assert page["Link"]["example"].endswith('rel="next"') and page["ETag"]["required"] is True
+    assert doc["paths"]["/items"]["get"]["responses"]["304"]["headers"]["ETag"]["example"] == '"v2"'
+    assert doc["paths"]["/status/{status_id}"]["get"]["responses"]["301"]["headers"]["Location"]["example"] == "/status/200"
+    # the connection's, the moment's and the gateway's own headers are not the API's
+    for item in doc["paths"].values():
+        for operation in item.values():
+            for response in operation["responses"].values():
+                names = {name.lower() for name in response.get("headers", {})}
+                assert not names & {"date", "server", "x-request-id", "connection", "keep-alive", "content-length", "content-type"}
+
+
+def test_openapi_keeps_every_status_whatever_max_examples(tmp_path):
+    doc, _ = _recorded_openapi(tmp_path, max_examples=2)
+    responses = doc["paths"]["/status/{status_id}"]["get"]["responses"]
+    assert sorted(responses) == [str(code) for code in STATUSES]
+    assert responses["418"]["content"]["text/plain"]["example"] == "I'm a teapot"  # shown though past max_examples
+    assert responses["500"]["content"]["text/html"]["schema"] == {"type": "string"}
+    assert "content" not in responses["204"]
+    assert sorted(doc["paths"]["/items"]["get"]["responses"]) == ["200", "304", "401"]
+
+
+def test_openapi_leaves_out_injected_and_client_headers(tmp_path):
+    doc, text = _recorded_openapi(tmp_path)
+    header_parameters = {
+        path: sorted(p["name"] for p in operation.get("parameters", []) if p["in"] == "header")
+        for path, item in doc["paths"].items()
+        for operation in item.values()
+    }
+    # conditional headers matter; Accept-Language because a response varies on it; X-Tenant is the API's
+    assert header_parameters["/items"] == ["Accept-Language", "If-None-Match"]
+    assert header_parameters["/reports"] == ["X-Tenant"]
+    assert all(not names for path, names in header_parameters.items() if path not in ("/items", "/reports"))
+    for name in ("traceparent", "Traceparent", "tracestate", "X-Forwarded-For", "X-Forwarded-Proto", "User-Agent", "Accept-Encoding"):
+        assert f'"{name}"' not in text, name
+    items = {p["name"]: p for p in doc["paths"]["/items"]["get"]["parameters"]}
+    assert items["If-None-Match"] == {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}, "example": '"v1"'}
+    assert items["page"]["required"] is False  # the 401 came without it
+
+
+def test_openapi_security_schemes_from_a_redacted_recording(tmp_path):
+    doc, text = _recorded_openapi(tmp_path)
+    schemes = doc["components"]["securitySchemes"]
+    by_kind = {(s["type"], s.get("scheme") or s["in"], s.get("name")): name for name, s in schemes.items()}
+    bearer, basic = by_kind[("http", "bearer", None)], by_kind[("http", "basic", None)]
+    header_key, query_key = by_kind[("apiKey", "header", "X-API-Key")], by_kind[("apiKey", "query", "api_key")]
+    cookie_key = by_kind[("apiKey", "cookie", "sessionid")]  # the session cookie, not `lang`
+    assert len(schemes) == 5
+    paths = doc["paths"]
+    assert paths["/items"]["get"]["security"] == [{bearer: []}, {}]  # also seen without credentials
+    assert paths["/basic-auth/user"]["get"]["security"] == [{basic: []}, {}]
+    assert sorted(map(list, paths["/reports"]["get"]["security"])) == sorted([[header_key], [query_key]])
+    assert paths["/me"]["get"]["security"] == [{cookie_key: []}]
+    assert "security" not in paths["/status/{status_id}"]["get"]
+    report_parameters = [p["name"] for p in paths["/reports"]["get"]["parameters"]]
+    assert "api_key" not in report_parameters and "X-API-Key" not in report_parameters  # security, not parameters
+    assert "k9Xq2LmP4tRz8WvB" not in text and JWT_TOKEN not in text
+
+
+def test_openapi_security_schemes_from_visible_credentials():
+    """Without redaction the values tell more: JWTs, other schemes, cookies, custom key names."""
+    from backworks_core.capture.redact import RedactionRules
+
+    def spec(path, *headers, query=(), status=200, response_headers=()):
+        return OperationSpec("GET", path, "api.example.com", examples=[_ex(path=path, query=list(query), request_headers=list(headers), status=status, response_headers=list(response_headers))])
+
+    doc = openapi_document(
+        [
+            spec("/jwt", ("Authorization", f"Bearer {JWT_TOKEN}")),
+            spec("/token", ("Authorization", "Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b")),
+            spec("/digest", ("Authorization", 'Digest username="u", realm="r"')),
+            spec("/me", ("Cookie", f"sessionid={SESSION}; lang=en"), ("X-CSRF-Token", "abc")),
+            spec("/hidden", ("Authorization", "[REDACTED]")),  # redacted whole, no challenge: scheme unknown
+            spec("/sig", query=[("signature", "abc"), ("q", "x")]),
+        ],
+        "Auth",
+    )
+    _validate(doc)
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert schemes["digestAuth"] == {"type": "http", "scheme": "digest"}
+    assert schemes["authorizationHeaderToken"]["in"] == "header" and schemes["authorizationHeaderToken"]["name"] == "Authorization"
+    assert schemes["authorizationHeader"]["type"] == "apiKey"
+    assert schemes["cookie.sessionid"] == {"type": "apiKey", "in": "cookie", "name": "sessionid"}  # `lang` is no credential
+    assert schemes["header.X-CSRF-Token"] == {"type": "apiKey", "in": "header", "name": "X-CSRF-Token"}
+    assert doc["paths"]["/me"]["get"]["security"] == [{"cookie.sessionid": [], "header.X-CSRF-Token": []}]  # both at once
+    assert doc["paths"]["/sig"]["get"]["security"] == [{"query.signature": []}]
+    assert [p["name"] for p in doc["paths"]["/sig"]["get"]["parameters"]] == ["q"]
+    # a bearer token that is not a JWT: no bearerFormat
+    plain = openapi_document([spec("/a", ("Authorization", "Bearer abcdef0123456789"))], "Plain")
+    assert plain["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    # names configured for redaction are credentials too
+    from backworks_core.capture.formats import OperationEvidence
+
+    custom = OperationSpec("GET", "/c", examples=[], evidence=OperationEvidence.of([_ex(path="/c", request_headers=[("X-Partner", "p1")])], RedactionRules.build(headers=["X-Partner"])))
+    assert openapi_document([custom], "Custom")["components"]["securitySchemes"] == {"header.X-Partner": {"type": "apiKey", "in": "header", "name": "X-Partner"}}
+
+
+def test_openapi_merged_operations_keep_statuses_headers_and_security():
+    first = OperationSpec("GET", "/users/{id:int}", "a.example.com", examples=[_ex(host="a.example.com", path="/users/1", request_headers=[("Authorization", "Basic dTpw")], status=200, response_headers=[("ETag", '"1"')])])
+    second = OperationSpec("GET", "/users/{id}", "b.example.com", examples=[_ex(host="b.example.com", path="/users/x", status=404)])
+    doc = openapi_document([first, second], "Merged")
+    _validate(doc)
+    operation = doc["paths"]["/users/{id}"]["get"]
+    assert sorted(operation["responses"]) == ["200", "404"]
+    assert operation["responses"]["200"]["headers"]["ETag"]["example"] == '"1"'
+    assert operation["security"] == [{"basicAuth": []}, {}]
+    assert [s["url"] for s in operation["servers"]] == ["https://a.example.com", "https://b.example.com"]
+
+
+def test_multipart_parts():
+    from backworks_core.capture.formats import multipart_parts
+
+    body = _multipart([("a", None, None, b"1"), ("doc", "r\u00e9sum\u00e9.pdf", "application/pdf", b"%PDF\r\n\r\nx"), ("note", None, "text/plain; charset=utf-8", b"")])
+    parts = multipart_parts(f'multipart/form-data; boundary="{BOUNDARY}"', body)
+    assert [(p.name, p.filename, p.content_type, p.value) for p in parts] == [
+        ("a", None, None, b"1"),
+        ("doc", "r\u00e9sum\u00e9.pdf", "application/pdf", b"%PDF\r\n\r\nx"),
+        ("note", None, "text/plain", b""),
+    ]
+    lf_only = _multipart([("a", None, None, b"1")], newline=b"\n")
+    assert [(p.name, p.value) for p in multipart_parts(f"multipart/form-data; boundary={BOUNDARY}", lf_only)] == [("a", b"1")]
+    assert multipart_parts("multipart/form-data", body) is None  # no boundary
+    assert multipart_parts(f"multipart/form-data; boundary={BOUNDARY}", b"garbage") == []
+
+
+def test_openapi_multipart_repeated_files_and_types():
+    files = _multipart([("photos", "a.png", "image/png", PNG_BYTES), ("photos", "b.jpg", "image/jpeg", b"\xff\xd8\xff"), ("meta", None, "application/json", b'{"x": 1}')])
+    exchange = _ex(method="POST", path="/albums", request_headers=[("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")], request_body=files, status=201)
+    doc = openapi_document([OperationSpec("POST", "/albums", examples=[exchange])], "Albums")
+    _validate(doc)
+    content = doc["paths"]["/albums"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert content["schema"]["properties"]["photos"] == {"type": "array", "items": {"type": "string", "format": "binary"}}
+    assert content["encoding"] == {"photos": {"contentType": "image/png, image/jpeg"}, "meta": {"contentType": "application/json"}}
+
+
+def test_openapi_evidence_is_bounded(caplog):
+    from backworks_core.capture import formats
+
+    exchanges = [_ex(path="/wide", query=[(f"q{i}", str(i))], status=200) for i in range(formats.MAX_NAMES + 7)]
+    with caplog.at_level(logging.INFO, logger="backworks_core.capture.formats"):
+        doc = openapi_document([OperationSpec("GET", "/wide", examples=exchanges)], "Wide")
+    assert len(doc["paths"]["/wide"]["get"]["parameters"]) == formats.MAX_NAMES
+    assert "7 header, query or form field name(s)" in caplog.text

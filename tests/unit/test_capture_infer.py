@@ -553,3 +553,15 @@ def test_schema_is_deterministic() -> None:
 )
 def test_json_body(body: bytes, content_type: str | None, expected: object) -> None:
     assert json_body(body, content_type) == expected
+
+
+def test_a_redacted_segment_is_a_parameter_with_the_value_it_stands_for():
+    """A secret in a path (`/unsubscribe/sk_live_…`) redacted to its placeholder: a literal
+    route would never match the real value; the same value recorded before it was known a
+    secret joins the same parameter."""
+    from backworks_core.capture.redact import placeholder
+
+    templates = infer_templates(["/basic-auth/user/passwd", f"/basic-auth/user/{placeholder('passwd')}", "/basic-auth/user/me", f"/unsubscribe/{placeholder('sk_live_x')}"])
+    assert templates["/basic-auth/user/passwd"] == templates[f"/basic-auth/user/{placeholder('passwd')}"] == "/basic-auth/user/{user_id}"
+    assert templates["/basic-auth/user/me"] == "/basic-auth/user/me"  # another value stays a literal
+    assert templates[f"/unsubscribe/{placeholder('sk_live_x')}"] == "/unsubscribe/{unsubscribe_id}"

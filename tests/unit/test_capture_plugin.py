@@ -16,6 +16,7 @@ from addons.capture import CaptureConfig, CaptureFilter, CapturePlugin
 from addons.core import Backworks
 from addons.dashboard import Dashboard
 from backworks_core.capture.model import Exchange
+from backworks_core.capture.redact import placeholder
 from backworks_core.plugins import PluginRegistry
 
 from .conftest import make_flow
@@ -115,9 +116,9 @@ async def test_each_finished_flow_is_in_the_journal_at_once_redacted(stack) -> N
     assert len(recorded) == 1
     exchange = recorded[0]
     assert (exchange.method, exchange.path, exchange.status) == ("POST", "/login", 200)
-    assert exchange.header("authorization", response=False) == "[REDACTED]"
-    assert json.loads(exchange.request_body) == {"password": "[REDACTED]"}
-    assert exchange.query == [("api_key", "[REDACTED]")]
+    assert exchange.header("authorization", response=False) == f"Bearer {placeholder('secret-value')}"
+    assert json.loads(exchange.request_body) == {"password": placeholder("hunter2")}
+    assert exchange.query == [("api_key", placeholder("abc"))]
     text = (folder / "out.yaml.jsonl").read_text()
     assert "hunter2" not in text and "secret-value" not in text
 
@@ -205,9 +206,23 @@ async def test_log_flows_prints_each_flow_redacted_as_the_journal(stack, caplog:
         await finish(core, make_flow("GET", "/health?session=abc123"))
     lines = [r.getMessage() for r in caplog.records if r.name == "addons.capture" and " << " in r.getMessage()]
     assert len(lines) == 2, lines
-    assert "GET http://" in lines[0] and "/orders?api_key=[REDACTED]&token=[REDACTED]&page=2 << 200 OK" in lines[0]
-    assert lines[1].endswith("(not recorded)") and "session=[REDACTED]" in lines[1]
+    assert "GET http://" in lines[0] and f"/orders?api_key={placeholder('abc123')}&token={placeholder('t0k')}&page=2 << 200 OK" in lines[0]
+    assert lines[1].endswith("(not recorded)") and f"session={placeholder('abc123')}" in lines[1]
     assert "abc123" not in caplog.text
+
+
+async def test_a_secret_seen_once_is_scrubbed_from_later_flows_the_output_and_the_log(stack, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    core, capture, folder = await stack("{output: out.yaml, log_flows: true}")
+    with caplog.at_level("INFO", logger="addons.capture"):
+        await finish(core, make_flow("POST", "/login", headers={"Content-Type": "application/json"}, body='{"password": "hunter22x"}'))
+        await finish(core, make_flow("GET", "/search?q=hunter22x"))  # the upstream echoes the path back
+    text = (folder / "out.yaml.jsonl").read_text()
+    assert "hunter22x" not in text and placeholder("hunter22x") in text
+    later = journal(folder)[1]
+    assert later.query == [("q", placeholder("hunter22x"))] and json.loads(later.response_body) == {"path": f"/search?q={placeholder('hunter22x')}"}
+    assert "hunter22x" not in caplog.text
+    capture.save()
+    assert "hunter22x" not in (folder / "out.yaml").read_text()
 
 
 async def test_without_log_flows_the_plugin_logs_no_flow(stack, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from mitmproxy.test import taddons, tutils
 
 from addons import builtin_plugins
 from addons.core import Backworks
-from addons.dashboard import API_SUFFIX, RECENT_ERRORS, Dashboard, page_html, target_state
+from addons.dashboard import API_SUFFIX, RECENT_ERRORS, REFUSED_ERRORS_SHOWN, Dashboard, judge_target, page_html, target_state
 from addons.proxy import ProxyPlugin
 from backworks_core.plugins import PluginRegistry
 from backworks_core.telemetry import RECORD, Attempt, RequestRecord
@@ -392,3 +392,217 @@ async def test_the_page_has_its_api_url(project, stack: Stack) -> None:  # type:
         page = flow.response.get_content().decode()
         assert "{{API_URL}}" not in page
         assert json.dumps("/__backworks/api/status") in page
+
+
+# -- issue 21: why a target is in its state -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target, evidence, expected",
+    [
+        (row(), {"failures_in_a_row": 3, "failure_kind": "connect_failure"}, ("down", "no answer to the last 3 tries (connect failed)")),
+        (row(), {"failures_in_a_row": 2, "failure_kind": "connect_failure"}, ("up", "")),
+        (row(breaker="half_open"), {"failures_in_a_row": 5, "failure_kind": "timeout"}, ("down", "no answer to the last 5 tries (timeout)")),
+        (row(health="unhealthy"), {"check_result": "connection refused"}, ("down", "health check failing (connection refused)")),
+        (row(health="healthy"), {"check_result": "status 503"}, ("degraded", "last health check failed (status 503)")),
+        (row(health="healthy"), {"check_result": "passed"}, ("up", "")),
+        (row(ejected=True), {}, ("down", "ejected by outlier detection")),
+        (row(breaker="open"), {}, ("down", "circuit breaker open")),
+    ],
+)
+def test_judge_target_says_why(target: dict[str, Any], evidence: dict[str, Any], expected: tuple[str, str]) -> None:
+    assert judge_target(target, None, 0, **evidence) == expected
+    assert target_state(target, None, 0, **evidence) == expected[0]
+
+
+def proxied_failure(request_id: str, target: str, kind: str) -> Any:
+    """A flow whose only try got no answer at all (`kind`: connect_failure, timeout, reset)."""
+    flow = proxied(request_id, [(target, None, 0.001)], 502, error=f"target {target}: connect failed")
+    record = flow_state(flow)[RECORD]
+    record.attempts = [Attempt("default", target, kind, 0.001, None)]
+    return flow
+
+
+async def test_a_refusing_target_reads_down_with_its_last_error(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    """No health check, no breaker: a target refusing every connection still reads down (issue 21)."""
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        tctx.configure(stack.core, blueprint=str(write(project)))
+        for index in range(5):
+            stack.dashboard.observe(proxied_failure(f"r{index}", "b", "connect_failure"))
+            stack.wall.advance(1)
+        rows = target_rows(stack.dashboard.status())
+        assert (rows["b"]["state"], rows["b"]["health"]) == ("down", "unchecked")
+        assert rows["b"]["state_reason"] == "no answer to the last 5 tries (connect failed)"
+        assert rows["b"]["last_error"] == {"at": "1999-12-31T23:00:04Z", "kind": "connect_failure", "status": None}
+        assert rows["b"]["failures_in_a_row"] == 5
+        assert rows["b"]["last_check"] is None
+        assert (rows["a"]["state"], rows["a"]["last_error"]) == ("up", None)
+        assert "127.0.0.1" not in json.dumps(rows["b"]["last_error"]) + rows["b"]["state_reason"]
+        # one answer, even a 5xx, means it is reachable again; the last error stays on show
+        stack.dashboard.observe(proxied("back", [("b", 503, 0.01)], 503))
+        rows = target_rows(stack.dashboard.status())
+        assert rows["b"]["failures_in_a_row"] == 0 and rows["b"]["state"] != "down"
+        assert rows["b"]["last_error"]["kind"] == "5xx" and rows["b"]["last_error"]["status"] == 503
+        line = next(line for line in tctx.command(stack.dashboard.status_command) if line.startswith("b:"))
+        assert line.startswith("b: degraded (")
+
+
+async def test_a_target_that_moves_to_another_url_starts_afresh(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        path = write(project)
+        tctx.configure(stack.core, blueprint=str(path))
+        for index in range(3):
+            stack.dashboard.observe(proxied_failure(f"r{index}", "b", "timeout"))
+        stack.dashboard.observe(proxied_failure("a1", "a", "timeout"))
+        assert target_rows(stack.dashboard.status())["b"]["state"] == "down"
+        path.write_text(path.read_text().replace("http://127.0.0.1:2", "http://127.0.0.1:3"))
+        assert stack.core.reload()
+        rows = target_rows(stack.dashboard.status())
+        assert (rows["b"]["state"], rows["b"]["last_error"], rows["b"]["requests"]) == ("up", None, 0)
+        assert rows["a"]["last_error"]["kind"] == "timeout"  # same URL: kept
+
+
+class CheckedPool:
+    """A pool as the dashboard reads it, with a health checker's status (no network, no tasks)."""
+
+    name = "default"
+
+    class config:
+        load_balancing = "round_robin"
+
+    def __init__(self, checks: dict[str, dict[str, Any]], health: dict[str, str]) -> None:
+        self.checks, self.health_of = checks, health
+        self.health = self
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return self.checks
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"target": name, "name": name, "url": f"http://127.0.0.1:{port}", "health": self.health_of[name], "ejected": False, "breaker": "none", "in_flight": 0}
+            for port, name in enumerate(self.health_of, 1)
+        ]
+
+
+async def test_the_last_health_check_is_shown_and_a_failing_one_is_never_up(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        tctx.configure(stack.core, blueprint=str(write(project)))
+        checked = {"checked": True, "last_check": START, "consecutive_failures": 1}
+        pool = CheckedPool(
+            {"a": {**checked, "healthy": True, "last_result": "passed"}, "b": {**checked, "healthy": True, "last_result": "connection refused"}, "c": {**checked, "healthy": False, "last_result": "timeout"}},
+            {"a": "healthy", "b": "healthy", "c": "unhealthy"},
+        )
+        stack.core.live_pools = lambda: [pool]  # type: ignore[method-assign]
+        rows = target_rows(stack.dashboard.status())
+        assert rows["a"]["last_check"] == {"at": "1999-12-31T23:00:00Z", "result": "passed"}
+        assert (rows["a"]["state"], rows["b"]["state"], rows["c"]["state"]) == ("up", "degraded", "down")
+        assert rows["b"]["state_reason"] == "last health check failed (connection refused)"
+        assert rows["c"]["state_reason"] == "health check failing (timeout)"
+
+
+# -- issue 21: answers by status class, the last 15 minutes, favicon noise ------------------------
+
+
+async def test_answers_by_status_class_per_endpoint_and_in_total(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        tctx.configure(stack.core, blueprint=str(write(project)))
+        for index, status in enumerate((200, 201, 302, 404, 503)):
+            stack.dashboard.observe(proxied(f"c{index}", [("a", status, 0.01)], status))
+        stack.dashboard.observe(proxied("gone", [("a", 200, 0.01)], None))  # no answer
+        missing = make_flow("GET", "/nothing", mode=REVERSE)
+        await stack.core.request(missing)
+        stack.dashboard.observe(missing)
+        status = stack.dashboard.status()
+        assert status["totals"]["classes"] == {"1xx": 0, "2xx": 2, "3xx": 1, "4xx": 2, "5xx": 1, "none": 1}
+        endpoints = {e["label"]: e for e in status["endpoints"]}
+        assert endpoints["ANY /api/{rest:path}"]["classes"] == {"1xx": 0, "2xx": 2, "3xx": 1, "4xx": 1, "5xx": 1, "none": 1}
+        assert endpoints["GET /hello"]["classes"] == dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx", "none"), 0)
+        history = status["history"]
+        assert history["minutes"] == 15 and len(history["buckets"]) == 15
+        now = history["buckets"][-1]
+        assert now["current"] and now["start"] == "1999-12-31T23:00:00Z"
+        assert (now["requests"], now["errors"]) == (7, 2)
+        assert now["classes"] == status["totals"]["classes"]
+        assert now["latency_ms"]["max"] == 250.0
+
+
+async def test_a_browsers_own_favicon_request_is_counted_but_not_listed(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        tctx.configure(stack.core, blueprint=str(write(project)))
+        for path in ("/favicon.ico", "/apple-touch-icon.png", "/favicon.ico?v=2", "/favicon.icon"):
+            flow = make_flow("GET", path, mode=REVERSE)
+            await stack.core.request(flow)
+            assert flow.response.status_code == 404
+            stack.dashboard.observe(flow)
+        status = stack.dashboard.status()
+        assert status["totals"]["classes"]["4xx"] == 4
+        assert [e["path"] for e in status["recent_errors"]] == ["/favicon.icon"]  # only the real miss
+
+
+# -- issue 21: a refused reload -------------------------------------------------------------------
+
+
+BROKEN = "\nendpoints:\n  - path: /broken\n    handler: nosuch\n  - path: /worse\n    method: FETCH\n    handler: static\n"
+
+
+async def test_a_refused_reload_is_in_the_status_until_the_next_good_one(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        path = write(project)
+        good = path.read_text()
+        tctx.configure(stack.core, blueprint=str(path))
+        assert stack.dashboard.status()["blueprint"]["reload"] == {"state": "ok", "at": "1999-12-31T23:00:00Z", "file": None, "error_count": 0, "errors": []}
+        stack.core.wall = lambda: START + 60  # type: ignore[method-assign]
+        path.write_text(good.split("endpoints:")[0] + BROKEN)
+        assert not stack.core.reload()  # what the watcher calls on a change
+        blueprint = stack.dashboard.status()["blueprint"]
+        reload = blueprint["reload"]
+        assert blueprint["loaded_at"] == "1999-12-31T23:00:00Z"  # the previous version, still served
+        assert (reload["state"], reload["at"], reload["file"]) == ("refused", "1999-12-31T23:01:00Z", str(path))
+        assert reload["error_count"] == len(reload["errors"]) >= 2
+        first = reload["errors"][0]
+        assert first["file"] == str(path) and first["line"] and first["col"] and first["key_path"].startswith("endpoints[0]")
+        assert first["text"].startswith(f"{path}:{first['line']}:{first['col']}: endpoints[0]")
+        lines = tctx.command(stack.dashboard.status_command)
+        assert lines[0].startswith(f"reload refused at 1999-12-31T23:01:00Z: {path} has {reload['error_count']} errors; the previous version keeps serving")
+        assert lines[1] == "  " + first["text"]
+        # the backworks.reload command records it too (and still fails)
+        stack.core.wall = lambda: START + 120  # type: ignore[method-assign]
+        with pytest.raises(exceptions.CommandError):
+            stack.core.reload_command()
+        assert stack.dashboard.status()["blueprint"]["reload"]["at"] == "1999-12-31T23:02:00Z"
+        # the next good load clears it
+        path.write_text(good)
+        assert stack.core.reload()
+        assert stack.dashboard.status()["blueprint"]["reload"]["state"] == "ok"
+        assert stack.core.refused is None
+
+
+async def test_a_refused_reload_shows_only_the_first_errors(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        path = write(project)
+        tctx.configure(stack.core, blueprint=str(path))
+        many = "\nendpoints:\n" + "".join(f"  - path: /b{i}\n    handler: nosuch{i}\n" for i in range(REFUSED_ERRORS_SHOWN + 3))
+        path.write_text(path.read_text().split("endpoints:")[0] + many)
+        assert not stack.core.reload()
+        reload = stack.dashboard.status()["blueprint"]["reload"]
+        assert reload["error_count"] == REFUSED_ERRORS_SHOWN + 3
+        assert len(reload["errors"]) == REFUSED_ERRORS_SHOWN == 5
+
+
+async def test_setting_a_broken_blueprint_while_serving_is_a_refused_reload(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        path = write(project)
+        tctx.configure(stack.core, blueprint=str(path))
+        broken = project.blueprint("name: x\nendpoints: 7\n", name="broken.yaml")
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(stack.core, blueprint=str(broken))
+        assert stack.dashboard.status()["blueprint"]["reload"]["file"] == str(broken)
+        assert stack.dashboard.status()["blueprint"]["name"] == "status-test"
+
+
+async def test_a_blueprint_refused_at_startup_is_an_error_not_a_record(project, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+    with taddons.context(stack.core, stack.dashboard, stack.proxy) as tctx:
+        broken = project.blueprint("name: x\nendpoints: 7\n", name="broken.yaml")
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(stack.core, blueprint=str(broken))
+        assert stack.core.refused is None

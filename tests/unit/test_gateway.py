@@ -354,6 +354,30 @@ async def test_reverse_mode_passthrough_goes_on_canonical_unless_as_sent(guarded
     assert_error_body((await send(as_sent, "GET", "/admin%2Fsecret")).response, 400)
 
 
+async def test_reverse_mode_passthrough_as_sent_adds_nothing_either_way(guarded, send):
+    """`backworks capture`: the upstream gets the client's request as it was, the client the answer."""
+    from mitmproxy import http
+    from mitmproxy.test import tutils
+
+    from backworks_core.context import stamp_response
+
+    sent = [("user-agent", "curl/8.5"), ("X-Forwarded-For", "10.0.0.1"), ("Via", "1.1 corp"), ("X-Custom", "a"), ("x-custom", "b"), ("traceparent", "bogus")]
+    as_sent = guarded("server: {unmatched: passthrough, passthrough_path: as_sent}", ADMIN_ONLY)
+    flow = await send(as_sent, "POST", "/other/./x?q=%2e", headers=sent, body=b'{"a": 1}')
+    assert flow.response is None
+    assert flow.request.headers.fields == tuple((k.encode(), v.encode()) for k, v in sent)  # order, case, every one
+    assert flow.request.path == "/other/./x?q=%2e" and flow.request.raw_content == b'{"a": 1}'
+    assert "backworks.request_id" not in flow.metadata and record_for(flow).request_id == ""
+    flow.response = tutils.tresp(headers=http.Headers([(b"Content-Type", b"text/plain")]), content=b"ok")
+    stamp_response(flow)
+    assert flow.response.headers.fields == ((b"Content-Type", b"text/plain"),)
+
+    # Backworks' own upstream (canonical passthrough) still gets the id and a trace context.
+    canonical = guarded("server: {unmatched: passthrough}", ADMIN_ONLY)
+    flow = await send(canonical, "GET", "/other", headers=sent)
+    assert flow.request.headers["X-Request-ID"] == request_id_for(flow) and flow.request.headers["traceparent"] != "bogus"
+
+
 def test_the_capture_blueprint_passes_paths_as_sent():
     import argparse
     from pathlib import Path

@@ -13,7 +13,6 @@ import pytest
 from backworks_core.context import Forward
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import compile_blueprint
-from backworks_core.handlers import mock as mock_module
 from backworks_core.handlers.mock import MockConfig, json_contains
 
 from .conftest import body_json, diagnostic_lines, make_flow
@@ -342,7 +341,7 @@ async def test_replay_latency(mock_gateway, send, monkeypatch):
         slept.append(seconds)
 
     gateway = mock_gateway("replay_latency: true\nexamples: [{when: {path: {id: '1'}}, body: a, latency: 250ms}, {body: b, latency: 3600}, {when: {path: {id: '2'}}, body: c}]")
-    monkeypatch.setattr(mock_module.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)  # the wait is in mock_features
     await send(gateway, "GET", "/users/1")
     await send(gateway, "GET", "/users/9")
     await send(gateway, "GET", "/users/2")  # no recorded latency: no wait
@@ -488,3 +487,103 @@ def test_body_must_be_json_data():
     with pytest.raises(ValueError, match="is a set"):
         MockConfig.model_validate({"examples": [{"when": {"body": {"a": {1, 2}}}}]})
     json.dumps(MockConfig.model_json_schema())  # `backworks schema` can describe it
+
+
+# -- redacted values, absent headers, examples_file (issue 18) --------------------------------
+
+
+def test_value_matches_compares_placeholders_by_fingerprint():
+    from backworks_core.capture.redact import placeholder
+    from backworks_core.handlers.mock import value_matches
+
+    assert value_matches("s1", "s1") and not value_matches("s1", "s2")
+    assert value_matches(placeholder("s1"), "s1") and not value_matches(placeholder("s1"), "s2")
+    assert not value_matches(placeholder(""), "")  # a secret is never empty
+    assert value_matches(f"Bearer {placeholder('tok')}", "Bearer tok")
+    assert not value_matches(f"Bearer {placeholder('tok')}", "Basic tok")
+    assert not value_matches(f"Bearer {placeholder('tok')}", "Bearer other")
+    cookie = f"sid={placeholder('a;b')}; lang=en; csrf={placeholder('c')}"
+    assert value_matches(cookie, "sid=a;b; lang=en; csrf=c")  # the split that fits the fingerprints
+    assert not value_matches(cookie, "sid=a;b; lang=fr; csrf=c")
+    assert value_matches("[REDACTED]", "anything") and not value_matches("[REDACTED]", "")  # older recordings
+    assert value_matches("key=[REDACTED]&x=1", "key=k&x=1")
+
+
+async def test_redacted_path_query_and_header_values_match_the_same_secret(mock_gateway, send):
+    from backworks_core.capture.redact import placeholder
+
+    gateway = mock_gateway(
+        f"""
+        examples:
+          - when: {{path: {{id: "{placeholder('tok-1')}"}}, query: {{session_id: "{placeholder('s1')}"}}}}
+            body: one
+          - when: {{path: {{id: "{placeholder('tok-1')}"}}, query: {{session_id: "{placeholder('s2')}"}}, headers: {{Authorization: "Bearer {placeholder('k')}"}}}}
+            body: two
+        """
+    )
+
+    async def text(path: str, **kwargs) -> bytes:
+        return (await send(gateway, "GET", path, **kwargs)).response.get_content()
+
+    assert await text("/users/tok-1?session_id=s1") == b"one"
+    assert await text("/users/tok-1?session_id=s2", headers={"Authorization": "Bearer k"}) == b"two"
+    assert (await send(gateway, "GET", "/users/tok-1?session_id=s2")).response.status_code == 404
+    assert (await send(gateway, "GET", "/users/tok-2?session_id=s1")).response.status_code == 404
+
+
+async def test_a_null_header_condition_means_absent(mock_gateway, send):
+    gateway = mock_gateway(
+        """
+        examples:
+          - when: {headers: {Authorization: null}}
+            status: 401
+          - when: {headers: {Authorization: "Basic x"}}
+            body: welcome
+        """,
+        path="/auth",
+    )
+    assert (await send(gateway, "GET", "/auth")).response.status_code == 401
+    assert (await send(gateway, "GET", "/auth", headers={"Authorization": "Basic x"})).response.get_content() == b"welcome"
+    assert (await send(gateway, "GET", "/auth", headers={"Authorization": "Basic y"})).response.status_code == 404
+
+
+@pytest.mark.parametrize("header_first", [True, False])
+async def test_a_header_condition_wins_when_sent_and_the_plain_example_when_not(mock_gateway, send, header_first):
+    with_header = '- {when: {path: {id: "1"}, headers: {If-None-Match: \'"abc"\'}}, status: 304}'
+    plain = '- {when: {path: {id: "1"}}, body: fresh}'
+    gateway = mock_gateway("examples:\n" + "\n".join([with_header, plain] if header_first else [plain, with_header]))
+    assert (await send(gateway, "GET", "/users/1", headers={"If-None-Match": '"abc"'})).response.status_code == 304
+    assert (await send(gateway, "GET", "/users/1")).response.get_content() == b"fresh"
+    assert (await send(gateway, "GET", "/users/1", headers={"If-None-Match": '"other"'})).response.get_content() == b"fresh"
+
+
+async def test_examples_file_continues_the_examples(project, mock_gateway, send):
+    project.write("data/more.jsonl", '{"when": {"path": {"id": "2"}}, "body": {"id": 2}}\n\n{"body": "${NOT_EXPANDED}"}\n')
+    gateway = mock_gateway(
+        """
+        examples:
+          - when: {path: {id: "1"}}
+            body: {id: 1}
+        examples_file: data/more.jsonl
+        """
+    )
+    assert (await send(gateway, "GET", "/users/2")).response.get_content() == b'{"id":2}'
+    flow = await send(gateway, "GET", "/users/3")
+    assert flow.response.get_content() == b"${NOT_EXPANDED}"  # read as it is: no ${VAR} expansion
+    assert gateway.blueprint.files >= {(project.root / "data/more.jsonl").resolve()}  # edited: reloaded
+
+
+def test_examples_file_errors_name_the_file_and_line(project, mock_errors):
+    assert mock_errors("examples_file: missing.jsonl") == [
+        f"endpoints[0].config.mock: examples_file {project.root / 'missing.jsonl'}: cannot read it: No such file or directory"
+    ]
+    project.write("bad.jsonl", '{"status": 200}\n{"status": 700}\n')
+    assert mock_errors("examples_file: bad.jsonl") == [
+        f"endpoints[0].config.mock: examples_file {project.root / 'bad.jsonl'}:2: status: expected an HTTP status from 100 to 599, got 700"
+    ]
+    project.write("notjson.jsonl", "status: 200\n")
+    assert "notjson.jsonl:1: not a JSON object" in mock_errors("examples_file: notjson.jsonl")[0]
+    project.write("param.jsonl", '{"when": {"path": {"user": "1"}}}\n')
+    assert mock_errors("examples_file: param.jsonl") == [
+        f"endpoints[0].config.mock.examples_file: {project.root / 'param.jsonl'}: example 1: the endpoint's path '/users/{{id}}' has no parameter 'user'; its parameters are id"
+    ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -269,10 +271,32 @@ async def test_status_listing() -> None:
         "last_status": 200,
         "last_error": None,
         "last_check": 1700000000.0,
+        "last_result": "passed",
         "url": A_URL,
     }
     assert status["backend-2"]["last_check"] is None
+    assert status["backend-2"]["last_result"] is None
     assert status["unchecked"] == {"checked": False, "healthy": True}
+
+
+async def test_the_last_result_names_the_failure_without_addresses() -> None:
+    """The status page shows `last_result`; `last_error` (for the log) may name the address."""
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 3001)")
+    outcomes: list[Any] = [refused, 503, TimeoutError(), OSError(errno.EHOSTUNREACH, "No route to host 10.0.0.7"), 200]
+
+    async def probe(url: str, timeout: float) -> int:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    hc = HealthChecker([A], HealthCheckConfig(unhealthy_threshold=9), probe=probe)
+    results = []
+    for _ in range(5):
+        await hc.check_now("a")
+        results.append(hc.status()["a"]["last_result"])
+    assert results == ["connection refused", "status 503", "timeout", "connect failed", "passed"]
+    assert all("127.0.0.1" not in r and "10.0.0.7" not in r for r in results)
 
 
 # -- which targets are checked ------------------------------------------------------------------------------

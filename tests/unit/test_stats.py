@@ -199,3 +199,95 @@ def test_reservoir_is_not_biased_to_the_first_requests_of_a_second() -> None:
     snapshot = stats.snapshot()
     assert abs(snapshot.p50 - 0.5) < 0.1
     assert abs(snapshot.p90 - 0.9) < 0.1
+
+
+# -- answers by status class ----------------------------------------------------------------
+
+from addons.stats import LATENCY_BOUNDS, STATUS_CLASSES, MinuteHistory, StatusCounts, class_index  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "status, name",
+    [(101, "1xx"), (200, "2xx"), (204, "2xx"), (302, "3xx"), (404, "4xx"), (499, "4xx"), (500, "5xx"), (599, "5xx"), (None, "none"), (600, "none"), (99, "none")],
+)
+def test_status_classes(status: int | None, name: str) -> None:
+    assert STATUS_CLASSES[class_index(status)] == name
+    counts = StatusCounts()
+    counts.record(status)
+    assert counts.as_json() == {**dict.fromkeys(STATUS_CLASSES, 0), name: 1}
+
+
+# -- the last 15 minutes ----------------------------------------------------------------------
+
+T0 = 1_700_000_040.0  # 22:14:00 UTC, the start of a minute
+
+
+def test_history_buckets_by_wall_clock_minute_oldest_first() -> None:
+    wall = FakeClock(T0 + 10)
+    history = MinuteHistory(15, wall=wall)
+    for status in (200, 200, 404, 503):
+        history.record(0.010, status, error=status >= 500)
+    wall.advance(60)  # the next minute
+    history.record(0.020, None, error=True)
+    rows = history.snapshot()
+    assert len(rows) == 15
+    assert [r["current"] for r in rows] == [False] * 14 + [True]
+    assert rows[-2]["start"] == "2023-11-14T22:14:00Z" and rows[-1]["start"] == "2023-11-14T22:15:00Z"
+    assert (rows[-2]["requests"], rows[-2]["errors"], rows[-2]["error_rate"]) == (4, 1, 0.25)
+    assert rows[-2]["classes"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 1, "5xx": 1, "none": 0}
+    assert rows[-1]["classes"]["none"] == 1 and rows[-1]["errors"] == 1
+    assert all(r["requests"] == 0 and r["error_rate"] is None and r["latency_ms"]["p99"] is None for r in rows[:-2])
+
+
+def test_history_forgets_minutes_older_than_the_ring() -> None:
+    wall = FakeClock(T0)
+    history = MinuteHistory(15, wall=wall)
+    history.record(0.01, 200, error=False)
+    wall.advance(14 * 60)
+    assert history.snapshot()[0]["requests"] == 1  # 14 minutes ago: still the oldest row
+    wall.advance(60)
+    assert sum(r["requests"] for r in history.snapshot()) == 0
+    # its slot comes round again: reused, starting from zero
+    history.record(0.02, 500, error=True)
+    last = history.snapshot()[-1]
+    assert (last["requests"], last["errors"], last["classes"]["2xx"], last["classes"]["5xx"]) == (1, 1, 0, 1)
+
+
+def test_history_skips_idle_minutes_and_a_clock_set_back() -> None:
+    wall = FakeClock(T0)
+    history = MinuteHistory(15, wall=wall)
+    history.record(0.01, 200, error=False)
+    wall.advance(3 * 60)
+    history.record(0.01, 200, error=False)
+    assert [r["requests"] for r in history.snapshot()[-4:]] == [1, 0, 0, 1]
+    wall.now = T0 - 3600  # set back an hour: nothing recorded "in the future" is shown
+    assert sum(r["requests"] for r in history.snapshot()) == 0
+
+
+def test_history_latency_summary_is_within_one_histogram_step() -> None:
+    wall = FakeClock(T0)
+    history = MinuteHistory(15, wall=wall)
+    latencies = [i / 1000 for i in range(1, 1001)]  # 1 ms to 1 s
+    random.Random(7).shuffle(latencies)
+    for seconds in latencies:
+        history.record(seconds, 200, error=False)
+    lat = history.snapshot()[-1]["latency_ms"]
+    assert lat["avg"] == pytest.approx(500.5, abs=0.01)
+    assert lat["max"] == 1000.0
+    for key, exact in (("p50", 500.0), ("p90", 900.0), ("p99", 990.0)):
+        assert exact <= lat[key] <= exact * 2 ** 0.25 + 0.01, (key, lat[key])
+    assert LATENCY_BOUNDS[0] == 0.0001 and LATENCY_BOUNDS[-1] > 100
+
+
+def test_history_latency_beyond_the_last_bound_and_memory_is_fixed() -> None:
+    wall = FakeClock(T0)
+    history = MinuteHistory(15, wall=wall)
+    history.record(500.0, None, error=True)  # slower than the last bound
+    assert history.snapshot()[-1]["latency_ms"]["p99"] == 500_000.0
+    ring = history._ring
+    sizes = [len(b.histogram) for b in ring]
+    for step in range(10_000):
+        wall.advance(0.7)
+        history.record(0.001 * (step % 50), 200, error=False)
+    assert history._ring is ring and len(ring) == 15 and [len(b.histogram) for b in ring] == sizes
+    assert sum(r["requests"] for r in history.snapshot()) <= 15 * 60 / 0.7 + 2

@@ -1,0 +1,74 @@
+"""The fidelity suite's comparison (bench/fidelity.py): what counts as the same answer, and what does not."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import fidelity  # noqa: E402
+
+
+def answer(status: int = 200, headers: list[list[str]] | None = None, body: bytes | dict[str, Any] = b"", decoded: bool = True) -> dict[str, Any]:
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    return {"status": status, "headers": headers or [], "body": base64.b64encode(raw).decode(), "decoded": decoded, "error": None}
+
+
+def test_same_answer_on_another_port_with_another_date_matches() -> None:
+    live = answer(headers=[["Content-Type", "application/json"]], body={"url": "http://127.0.0.1:5001/get", "at": "2026-12-07T10:00:00Z"})
+    got = answer(headers=[["Content-Type", "application/json"]], body={"url": "http://127.0.0.1:8080/get", "at": "2026-12-07T11:22:33Z"})
+    assert fidelity.compare(live, got).ok
+
+
+def test_status_and_headers_that_matter_are_compared() -> None:
+    live = answer(401, [["WWW-Authenticate", 'Basic realm="x"'], ["Set-Cookie", "lang=en; Path=/"]])
+    assert "status 200 (live 401)" in fidelity.compare(live, answer(200, live["headers"])).reasons[0]
+    reasons = fidelity.compare(live, answer(401, [["Set-Cookie", "[REDACTED]"]])).reasons
+    assert any("www-authenticate missing" in r for r in reasons)
+    assert any("Set-Cookie names" in r for r in reasons)
+    # the cookie's value may be redacted; its name stays
+    assert fidelity.compare(live, answer(401, [["WWW-Authenticate", 'Basic realm="x"'], ["Set-Cookie", "lang=[REDACTED:0123456789ab]; Path=/"]])).ok
+
+
+def test_placeholder_stands_only_for_a_secret_the_requests_sent() -> None:
+    live = answer(body={"headers": {"Authorization": "Bearer tok-3fK9qLmZ2xR7"}, "cookies": {"lang": "en"}, "authenticated": True})
+    good = answer(body={"headers": {"Authorization": "[REDACTED]"}, "cookies": {"lang": "en"}, "authenticated": True})
+    assert fidelity.compare(live, good).ok
+    over = fidelity.compare(live, answer(body={"headers": {"Authorization": "[REDACTED]"}, "cookies": {"lang": "[REDACTED]"}, "authenticated": True}))
+    assert not over.ok and "over-redaction" in over.reasons[0]
+    boolean = fidelity.compare(live, answer(body={"headers": {"Authorization": "[REDACTED]"}, "cookies": {"lang": "en"}, "authenticated": "[REDACTED]"}))
+    assert not boolean.ok and "over-redaction" in boolean.reasons[0]
+
+
+def test_compressed_body_is_compared_decoded_and_json_by_value() -> None:
+    body = b'{"a": 1,\n "b": [1, 2]}'
+    live = answer(headers=[["Content-Encoding", "gzip"]], body=gzip.compress(body), decoded=False)  # curl: as sent
+    compact = answer(body=b'{"a":1,"b":[1,2]}')
+    verdict = fidelity.compare(live, compact)
+    assert verdict.ok and not verdict.byte_identical
+    assert fidelity.compare(live, answer(body=body)).byte_identical
+    assert not fidelity.compare(live, answer(body=b'{"a":2,"b":[1,2]}')).ok
+
+
+def test_an_echo_of_an_added_header_is_a_mismatch() -> None:
+    live = answer(body={"headers": {"Host": "127.0.0.1:5001"}})
+    got = answer(body={"headers": {"Host": "127.0.0.1:8080", "Traceparent": "00-abc-def-01"}})
+    verdict = fidelity.compare(live, got)
+    assert not verdict.ok and "Traceparent" in verdict.reasons[0]
+    assert fidelity.area("backworks", verdict.reasons, got) == "transparent capture"
+
+
+def test_no_answer_is_a_mismatch() -> None:
+    assert not fidelity.compare(answer(), {"error": "ConnectionError: refused"}).ok
+
+
+def test_corpus_is_about_sixty_requests_per_app_with_every_client() -> None:
+    for app in fidelity.APPS.values():
+        assert 50 <= len(app.requests) <= 80
+        assert {r["client"] for r in app.requests} == set(fidelity.CLIENTS)
+        assert len({r["id"] for r in app.requests}) == len(app.requests)
