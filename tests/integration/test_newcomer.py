@@ -38,6 +38,10 @@ def group_alive(pgid: int) -> bool:
 @pytest.mark.parametrize("how", ["SIGINT to the process group", "SIGTERM to run.sh"])
 def test_fresh_clone_run_curl_and_stop(tmp_path: Path, how: str) -> None:
     checkout = clone(tmp_path)
+    # The clone's pyproject.toml is the suite's own, freshly written: dated back so that run.sh
+    # finds the suite's venv current and installs nothing (an install would point the shared
+    # venv's editable install at this temporary clone).
+    os.utime(checkout / "pyproject.toml", (0, 0))
     backend, gateway, admin = free_port(), free_port(), free_port()
     # The venv the suite runs in stands in for the one ./run.sh would create (same pyproject.toml:
     # its install marker is current, so run.sh installs nothing).
