@@ -141,7 +141,8 @@ class ServerSettings(StrictModel):
         "canonical",
         description="reverse mode, `unmatched: passthrough`: the path a request no endpoint matches is forwarded with: "
         "canonical (dot segments resolved, `//` merged, ambiguous encodings refused with 400, as for every endpoint) or "
-        "as_sent (byte for byte as the client sent it; what `backworks capture` uses to record real traffic)",
+        "as_sent (byte for byte as the client sent it, and the whole request untouched: no X-Request-ID or traceparent added, "
+        "identity and forwarding headers not screened, no X-Request-ID on the answer; what `backworks capture` uses to record real traffic)",
         examples=["as_sent"],
     )
     max_body_size: Size | None = Field(

@@ -432,7 +432,7 @@ class Redactor:
         return f"{name}={self.secret(value)}"
 
     def _quoted_pair(self, m: re.Match[str]) -> str:
-        quote_mark, name, value = m.group(1), m.group(2), m.group(3)
+        name, value = m.group(2), m.group(3)
         if is_redacted(value) or not self.secret_name(name):
             return m.group(0)
         return m.group(0)[: m.start(3) - m.start(0)] + self.secret(value) + '"'

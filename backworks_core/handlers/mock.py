@@ -56,7 +56,8 @@ No match
 
 Answers
   Bodies are literal data: never template-rendered, so a recorded `{{now}}` stays text. A JSON
-  value body is sent as compact JSON with Content-Type application/json, a string as its UTF-8
+  value body is sent as compact JSON (or as its `json_layout` says: indented, spaced, `\\u`
+  escapes, a final newline) with Content-Type application/json, a string as its UTF-8
   bytes with text/plain; charset=utf-8, `body_base64` as the decoded bytes with
   application/octet-stream, each unless the example's headers set a Content-Type. `body: null`
   or no body is an empty body. A string is sent byte for byte: the capture writes a recorded
@@ -283,7 +284,7 @@ class MockExample(StrictModel):
         has_body = self.body is not None or bool(self.body_base64)
         if has_body and (self.status < 200 or self.status in _NO_BODY_STATUSES):
             raise ValueError(f"a {self.status} answer has no body; remove `body`/`body_base64`, or use another status")
-        if self.json_layout is not None and not isinstance(self.body, (dict, list)):
+        if self.json_layout is not None and has_body and not isinstance(self.body, (dict, list)):
             raise ValueError("`json_layout` lays out a JSON object or array given as `body`; remove it, or give the body as YAML data")
         return self
 

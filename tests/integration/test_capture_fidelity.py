@@ -142,7 +142,9 @@ def test_capture_is_transparent_and_its_mocks_answer_byte_for_byte(tmp_path: Pat
 
     document = yaml.safe_load(output.read_text())
     assert document["endpoints"], output.read_text()
-    assert "|" in output.read_text()  # the pretty-printed body is a readable block
+    written = output.read_text()
+    assert "json_layout:" in written and "indent: 2" in written  # the pretty-printed body stays readable data
+    assert "$${base}" in written  # read back as ${base}, not as an environment variable
 
     # The upstream is gone: the recording answers alone, byte for byte.
     mocks = start_proxy(output, "--mode", "reverse:http://127.0.0.1:9")

@@ -21,6 +21,7 @@ from backworks_core.context import request_id_for, stamp_response
 from backworks_core.source import parse_yaml
 
 from .conftest import make_flow
+from .test_handlers_mock import mock_errors  # noqa: F401 - a fixture
 
 PRETTY = json.dumps({"zeta": 1, "alpha": {"b": [1, 2.50, None], "a": "x"}}, indent=2).encode() + b"\n"
 ESCAPED = b'{"name":"Ren\\u00e9e","z":1,"a":"\\/path","n":1.0E5}'
@@ -71,21 +72,31 @@ async def served(compile_gateway, send, output: Path, method: str, path: str) ->
 # -- the representation ------------------------------------------------------------------------
 
 
-def test_compact_json_stays_yaml_data_and_everything_else_is_its_exact_text():
+def test_json_stays_yaml_data_in_its_layout_and_anything_else_is_its_exact_text():
     assert body_fields(COMPACT, "application/json") == {"body": {"z": 1, "a": ["é", True, None]}}
-    assert body_fields(PRETTY, "application/json") == {"body": PRETTY.decode()}
-    assert body_fields(ESCAPED, "application/json") == {"body": ESCAPED.decode()}
+    assert body_fields(PRETTY, "application/json") == {  # httpbin's, JSON.stringify(v, null, 2) + newline
+        "body": {"zeta": 1, "alpha": {"b": [1, 2.5, None], "a": "x"}},
+        "json_layout": {"indent": 2, "newline": True},
+    }
+    assert body_fields(b'{"id": 1, "name": "Ren\\u00e9e"}', None) == {"body": {"id": 1, "name": "Renée"}, "json_layout": {"spaced": True, "ascii": True}}
+    assert body_fields(ESCAPED, "application/json") == {"body": ESCAPED.decode()}  # `\\/` and `1.0E5`: no layout writes them
     assert body_fields(b'{"a":1,"a":2}', "application/json") == {"body": '{"a":1,"a":2}'}  # a duplicate key
     assert body_fields(b'{"a":"\\ud800"}', "application/json") == {"body": '{"a":"\\ud800"}'}  # a lone surrogate
+    assert body_fields(b'{"a": 1 }', "application/json") == {"body": '{"a": 1 }'}
     assert body_fields(PNG, "image/png") == {"body_base64": "iVBORw0KGgoAAAANSUhEUgD//g=="}
     assert body_fields(b"", "text/plain") == {}
     assert body_fields(b'{"t":"${X}"}', None) == {"body": {"t": "$${X}"}}  # read back as ${X}
 
 
+def test_json_layout_is_for_json_data_only(mock_errors):
+    errors = mock_errors("examples:\n  - {body: text, json_layout: {indent: 2}}")
+    assert [e.split(": ", 1)[1] for e in errors] == ["`json_layout` lays out a JSON object or array given as `body`; remove it, or give the body as YAML data"]
+
+
 def test_multi_line_text_is_a_block_scalar_that_loads_back_exactly():
     text = dump_blueprint({"body": PRETTY.decode()})
     assert text.startswith("body: |\n  {\n    \"zeta\": 1,"), text  # readable, as it came
-    for body in [PRETTY, *TEXTS]:
+    for body in [b"[1,\n2]\n", *TEXTS]:  # text of several lines, JSON that no layout writes
         fields = body_fields(body, "text/plain")
         loaded = parse_yaml(dump_blueprint({"examples": [fields]}), "x.yaml", {"HOME": "/h", "X": "x"})
         assert not loaded.diagnostics, loaded.diagnostics
