@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import command, http
 
-from addons.stats import MinuteHistory, RollingWindow, StatusCounts
+from addons.stats import MinuteHistory, RollingWindow, StatusCounts, class_index
 from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.flowstate import flow_state, peek_state
@@ -207,7 +207,8 @@ class Dashboard:
         seconds = max(0.0, now - flow.request.timestamp_start)
         failed = status is None or status >= 500
         self.totals.record(seconds, failed)
-        self.classes.record(status)
+        answer_class = class_index(status)
+        self.classes.counts[answer_class] += 1
         self.history.record(seconds, status, failed, now)
         label = record.endpoint_label
         if label is not None:
@@ -215,7 +216,7 @@ class Dashboard:
             classes = self.endpoint_classes.get(label)
             if classes is None:
                 classes = self.endpoint_classes[label] = StatusCounts()
-            classes.record(status)
+            classes.counts[answer_class] += 1
         for attempt in record.attempts:
             failed_try = attempt.status is None or attempt.status >= 500
             key = (attempt.pool, attempt.target)

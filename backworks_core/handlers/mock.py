@@ -26,10 +26,15 @@ Matching
     (`tag: [a, b]` matches `?tag=a&tag=b`, not `?tag=b&tag=a`). A string is a list of one, so
     `tag: a` does not match `?tag=a&tag=b`. Keys the example does not name are not looked at.
   - `headers`: names case-insensitive, values exact (a header sent several times matches when one
-    of its values, or all of them joined with ", ", is the given value).
+    of its values, or all of them joined with ", ", is the given value); null: the header is absent.
+  - Redacted values (`path`, `query`, `headers`): a `[REDACTED:<12 hex>]` placeholder, whole or
+    inside the value, matches the text with that fingerprint (`value_matches`), so a recording
+    redacted on the way answers the request it came from; a bare `[REDACTED]` matches any value.
   - `body`: the request body parsed as JSON (whatever its Content-Type) contains the given JSON:
     objects recursively (the request may have more keys), arrays and scalars equal (`true` is not
     `1`, `1` is `1.0`). A body that is not JSON matches no body condition.
+  `examples_file` holds more examples, one JSON object per line, read as if they followed
+  `examples` (capture writes the answers beyond `max_examples` there).
   The most specific matching example answers: specificity is the number of conditions, each
   path parameter, query key, header and body leaf counting one (an array or an empty object is
   one leaf). A tie goes to the example that comes first in the file.
