@@ -250,7 +250,7 @@ def capture_blueprint(args: argparse.Namespace, output: Path) -> str:
     capture["exclude"] = [*(args.exclude or []), "/__backworks/capture"]  # its own status endpoint
     capture["redact"] = {"enabled": not args.no_redact, "headers": args.redact_header or [], "fields": args.redact_field or []}
     capture["log_flows"] = True  # mitmdump's own flow lines are off: they would show query secrets
-    if args.match_header:
+    if getattr(args, "match_header", None):
         capture["match_headers"] = match_headers(args)
     blueprint = {
         "name": args.name or "captured-api",

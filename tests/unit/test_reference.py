@@ -92,6 +92,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (root / "handlers").mkdir()
     (root / "handlers" / "orders.py").write_text("def get_order(request):\n    return {'id': request.params['id']}\n")
+    (root / "captured.yaml.data").mkdir()  # a mock's examples_file, as `backworks capture` writes it
+    (root / "captured.yaml.data" / "001-get-users.jsonl").write_text('{"status": 200, "body": {"users": []}}\n')
     return root
 
 
