@@ -55,7 +55,9 @@ def test_every_policy_builds_and_rejects_empty_candidates(policy: Policy) -> Non
 @pytest.mark.parametrize("policy", POLICIES)
 def test_an_empty_pool_builds(policy: Policy) -> None:
     """A pool may have no targets (e.g. only named upstreams are used); it just has no candidates."""
-    make_balancer(policy, [], random.Random(0))
+    balancer = make_balancer(policy, [], random.Random(0))
+    with pytest.raises(ValueError, match="at least one candidate"):
+        balancer.choose([], "k")
 
 
 @pytest.mark.parametrize(

@@ -277,6 +277,17 @@ def test_check_rename(source: str, target: str, message: str) -> None:
         check_rename(parse_path(source), parse_path(target))
 
 
-@pytest.mark.parametrize("source, target", [("a", "b"), ("items[*].a", "items[*].b"), ("x[*].a", "x[*].m.a"), ("a.b", "c.d")])
-def test_check_rename_accepts(source: str, target: str) -> None:
+@pytest.mark.parametrize(
+    "source, target, doc",
+    [
+        ("a", "b", {"a": "v"}),
+        ("items[*].a", "items[*].b", {"items": [{"a": "v"}]}),
+        ("x[*].a", "x[*].m.a", {"x": [{"a": "v"}]}),
+        ("a.b", "c.d", {"a": {"b": "v"}}),
+    ],
+)
+def test_check_rename_accepts(source: str, target: str, doc: dict) -> None:
     check_rename(parse_path(source), parse_path(target))
+    # ...and such a rename really moves the value: found at the target, gone from the source
+    rename(doc, parse_path(source), parse_path(target))
+    assert find(doc, parse_path(target)) == ["v"] and find(doc, parse_path(source)) == []

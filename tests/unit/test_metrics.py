@@ -664,7 +664,10 @@ async def test_custom_buckets_take_effect(project, stack) -> None:  # type: igno
         flow = make_flow("GET", "/hello", mode="reverse:http://127.0.0.1:9")
         await core.request(flow)
         await finish(core, plugin, flow)
-        assert value(plugin.metrics, "backworks_request_duration_seconds_bucket", endpoint="/hello", method="GET", le="0.2") is not None
+        buckets = {le: value(plugin.metrics, "backworks_request_duration_seconds_bucket", endpoint="/hello", method="GET", le=le) for le in ("0.2", "2.0", "+Inf")}
+        assert None not in buckets.values() and buckets["+Inf"] == 1.0  # the one request, under these bounds
+        for default_bound in ("0.005", "0.25", "1.0", "10.0"):  # and none of the default ones
+            assert value(plugin.metrics, "backworks_request_duration_seconds_bucket", endpoint="/hello", method="GET", le=default_bound) is None
         assert value(plugin.metrics, "backworks_blueprint_loads_total") == 1
 
 

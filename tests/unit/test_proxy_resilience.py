@@ -701,12 +701,15 @@ async def test_breaker_reset_of_a_default_pool_target_whose_name_a_named_pool_sh
     with taddons.context(core, plugin) as tctx:
         tctx.configure(core, blueprint=str(blueprint))
         fail(plugin._live[None], "api", 1, 500)
-        # `api` is exactly the default pool's label (billing's is billing/api): it should name it,
-        # or `default/api` should; today both are refused and this breaker cannot be reset.
-        try:
-            tctx.command(plugin.breaker_reset_command, "api")
-        except exceptions.CommandError:
-            tctx.command(plugin.breaker_reset_command, "default/api")
+        fail(plugin._live["billing"], "api", 1, 500)
+        # `api` is exactly the default pool's label (billing's is billing/api): it names it, and
+        # so does `default/api`.
+        assert plugin._live[None].breakers["api"].state == "open"
+        tctx.command(plugin.breaker_reset_command, "api")
+        assert plugin._live[None].breakers["api"].state == "closed"
+        assert plugin._live["billing"].breakers["api"].state == "open"  # billing's api is another target
+        fail(plugin._live[None], "api", 1, 500)
+        tctx.command(plugin.breaker_reset_command, "default/api")
         assert plugin._live[None].breakers["api"].state == "closed"
         await plugin.done()
         await core.done()
