@@ -224,10 +224,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     port = args.port or server.port
     tls = server.tls.cert if server.tls else None
     command = run_arguments(args, host, port, tls)
+    taken = port_taken(host, port)
+    if taken is not None:
+        print(
+            f"backworks run: {host}:{port} is already in use ({taken}); stop what listens there, "
+            f"or serve on another port: --port N, or server.port in the blueprint",
+            file=sys.stderr,
+        )
+        return 1
     scheme = "https" if tls else "http"
     print(f"backworks: serving {blueprint.settings.name!r} on {scheme}://{host}:{port}", file=sys.stderr, flush=True)
     os.execv(command[0], command)
     return 0  # not reached
+
+
+def port_taken(host: str, port: int) -> str | None:
+    """Why mitmdump could not listen on host:port, found before it starts (mitmproxy would print
+    its own hint and exit with 1 after our "serving" line); None when the port is free."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return None  # mitmproxy reports an address it cannot resolve itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mitmproxy binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "another process listens there"
+            if exc.errno == errno.EACCES:
+                return "permission denied: ports below 1024 need privileges"
+            return None
+    return None
 
 
 def absolute_name(path: str) -> Path:

@@ -1052,6 +1052,20 @@ def _(env: Env) -> list[str]:
     return [err]
 
 
+@case("backworks run: port already in use")
+def _(env: Env) -> list[str]:
+    import socket
+
+    path = env.blueprint("name: shop\nendpoints:\n  - {path: /a, handler: static, config: {static: {body: ok}}}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        status, err = stderr_of(env, ["run", str(path), "--port", str(port)])
+    assert status == 1
+    return [err]
+
+
 @case("backworks run: mitmdump not found")
 def _(env: Env) -> list[str]:
     env.monkeypatch.setattr(sys, "executable", str(env.root / "no-venv" / "bin" / "python"))
