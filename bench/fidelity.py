@@ -59,7 +59,8 @@ Optional phases: ``--schemathesis`` runs ``st run`` (PyPI ``schemathesis`` in th
 the generated OpenAPI, on the real app and on the Backworks mock, and classifies each failure
 (``classify_st``); ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
 ``run_wrk``) on httpbin's recording: Backworks, server-replay and Prism, same run, on the recorded
-GETs that all three answer like the live app.
+GETs that all three answer like the live app (server replay with ``server_replay_reuse=true`` there, so a
+flow can be answered more than once; wrk counts any non-2xx/3xx answer as an error).
 
 Everything listens on and is sent to 127.0.0.1 only; every loop is bounded in count and time;
 every child is killed on exit, error or Ctrl-C (each runs in its own process group).
@@ -581,14 +582,16 @@ def backworks() -> str:
     return str(Path(sys.executable).with_name("backworks"))
 
 
-def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int) -> list[str] | None:
+def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int, reuse: bool = False) -> list[str] | None:
+    """How each mock is started; REUSE lets server replay answer a flow more than once (for load)."""
     base = ["--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy", "--listen-host", HOST, "-p", str(port)]
     if tool == "backworks":
         return [mitmdump(), "-s", str(REPO / "backworks.py"), "--set", f"blueprint={files['blueprint']}", *base]
     if tool == "server-replay":
         return [
             mitmdump(), "--server-replay", str(files["flows"]), "--set", "server_replay_extra=404",
-            "--set", "server_replay_ignore_host=true", "--set", "server_replay_ignore_port=true", *base,
+            "--set", "server_replay_ignore_host=true", "--set", "server_replay_ignore_port=true",
+            *(["--set", "server_replay_reuse=true"] if reuse else []), *base,
         ]  # fmt: skip
     if tool == "prism" and prism is not None:
         return [str(prism), "mock", "-h", HOST, "-p", str(port), str(files["openapi"])]
@@ -681,23 +684,24 @@ def replay(app: App, venv: Path, live: dict[str, Any], files: dict[str, Path], p
 
 # -- schemathesis ------------------------------------------------------------------------------
 
+# Schemathesis' failure codes (``st explain CODE``) -> who is at fault (on the real app, on the mock).
 ST_CLASSES = {
-    # check name -> (who is at fault on the real app, on the mock)
-    "not_a_server_error": ("the app (a 5xx for generated input)", "Backworks (the mock failed)"),
-    "status_code_conformance": ("recording (a status never recorded; a recording cannot know it)", "Backworks, when the status is the mock's own (404/405/422)"),
-    "content_type_conformance": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
-    "response_headers_conformance": ("Backworks (a response header declared required)", "Backworks (a response header declared required)"),
-    "response_schema_conformance": ("Backworks (the inferred schema is narrower than the app's answers)", "Backworks (the mock's answer does not fit its own schema)"),
-    "negative_data_rejection": ("the app/spec (the inferred spec has no constraints the app enforces)", "the mock (accepts input the spec rejects: validation is opt-in)"),
-    "positive_data_acceptance": ("the app (rejects input the inferred spec allows: the spec cannot know)", "the mock (answers only recorded requests)"),
-    "missing_required_header": ("the app", "the mock"),
-    "unsupported_method": ("the app", "the mock"),
-    "ignored_auth": ("the app (accepts missing auth) or the spec (securitySchemes)", "the mock (answers without credentials)"),
+    "ST101": ("the app (a 5xx for generated input)", "a recorded 5xx replayed (datasette's POST), else Backworks (the mock failed)"),
+    "ST103": ("the recording: a status never recorded (a recording cannot know it)", "Backworks, when the status is the mock's own answer (404 no example, 405) and the spec it wrote does not list it"),
+    "ST104": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
+    "ST105": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
+    "ST107": ("Backworks (a response header declared required that the app does not always send)", "Backworks (a response header declared required that the mock does not send)"),
+    "ST108": ("Backworks (the inferred schema is narrower than the app's answers)", "Backworks (the mock's answer does not fit the schema written beside it)"),
+    "ST109": ("the app, when it labels a non-JSON body application/json (httpbin's /stream: JSON lines); else Backworks", "as on the app: the recorded Content-Type is replayed"),
+    "ST201": ("the spec's silence: an inferred spec has none of the constraints the app enforces", "the mock: request validation is opt-in"),
+    "ST202": ("the app rejects input the inferred spec allows (a recording cannot know the constraints)", "the mock answers only recorded requests (404 for the rest, by design)"),
+    "ST204": ("the app (answers an undeclared method other than 405)", "the mock"),
+    "ST401": ("Backworks' inference: `security` declared because recorded requests carried credentials the app does not require", "the mock (answers without credentials) or the same inference"),
 }
 
 
 def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int) -> dict[str, Any]:
-    """``st run`` against SPEC on 127.0.0.1:PORT; the failures by check, from the JUnit report."""
+    """``st run`` against SPEC on 127.0.0.1:PORT; the failures by code, from the JUnit report."""
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "junit.xml"
     argv = [
@@ -712,40 +716,31 @@ def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     (out / "st.log").write_bytes(proc.stdout + proc.stderr)
+    result = parse_junit(junit)
+    tail = [ln for ln in proc.stdout.decode(errors="replace").strip().splitlines() if ln.strip()][-1:]
+    return dict(result, exit=proc.returncode, summary=tail, log=str(out / "st.log"))
+
+
+def parse_junit(junit: Path) -> dict[str, Any]:
+    """Schemathesis' JUnit report: per failure code, its title and ``operation: first detail``."""
     failures: dict[str, list[str]] = {}
+    titles: dict[str, str] = {}
     operations = 0
-    if junit.exists():
-        for case in ET.parse(junit).getroot().iter("testcase"):
-            operations += 1
-            for fail in [*case.iter("failure"), *case.iter("error")]:
-                text = (fail.get("message") or "") + "\n" + (fail.text or "")
-                checks = re.findall(r"^\s*(?:-\s*)?([A-Z][A-Za-z -]+)$", text, re.M)
-                key = _st_check(text)
-                failures.setdefault(key, []).append(f"{case.get('name')}: {(checks[0] if checks else text.strip().splitlines()[0] if text.strip() else '?')[:100]}")
-    tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-    return {"exit": proc.returncode, "operations": operations, "failures": failures, "summary": tail, "log": str(out / "st.log")}
-
-
-def _st_check(text: str) -> str:
-    low = text.lower()
-    for needle, check in (
-        ("server error", "not_a_server_error"),
-        ("undocumented http status", "status_code_conformance"),
-        ("undocumented content-type", "content_type_conformance"),
-        ("missing content-type", "content_type_conformance"),
-        ("missing required headers", "response_headers_conformance"),
-        ("response header", "response_headers_conformance"),
-        ("response violates schema", "response_schema_conformance"),
-        ("api accepted schema-violating", "negative_data_rejection"),
-        ("api rejected schema-compliant", "positive_data_acceptance"),
-        ("missing header not rejected", "missing_required_header"),
-        ("unsupported methods", "unsupported_method"),
-        ("authentication declared but not enforced", "ignored_auth"),
-        ("schema error", "schema (the document cannot be used)"),
-    ):
-        if needle in low:
-            return check
-    return "other"
+    if not junit.exists():
+        return {"operations": 0, "failures": {}, "titles": {}}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        operations += 1
+        for fail in [*case.iter("failure"), *case.iter("error")]:
+            text = fail.text or fail.get("message") or ""
+            for m in re.finditer(r"^- (ST\d+) ([^\n(]+)(?:\([^)]*\))?\n+\s*((?!- ST)[^\n]*)", text, re.M):
+                code, title, detail = m.group(1), m.group(2).strip(), m.group(3).strip()
+                titles[code] = title
+                item = f"{case.get('name')}: {detail[:110]}"
+                if item not in failures.setdefault(code, []):
+                    failures[code].append(item)
+            if not re.search(r"^- ST\d+", text, re.M):
+                failures.setdefault("error", []).append(f"{case.get('name')}: {text.strip().splitlines()[0][:110] if text.strip() else '?'}")
+    return {"operations": operations, "failures": failures, "titles": titles}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -798,9 +793,9 @@ def report(runs: list[Run], extras: dict[str, dict[str, Any]], args: argparse.Na
             print(f"\n== schemathesis on the {'real app' if side == 0 else 'Backworks mock'} ({app}): {st.get('operations', 0)} operation(s), exit {st.get('exit')}, log {st.get('log')}")
             for line in st.get("summary", []):
                 print(f"   {line}")
-            for check, items in sorted(st.get("failures", {}).items()):
-                blame = ST_CLASSES.get(check, ("?", "?"))[side]
-                print(f"  {check}: {len(items)} operation(s); cause: {blame}")
+            for code, items in sorted(st.get("failures", {}).items()):
+                blame = ST_CLASSES.get(code, ("?", "?"))[side]
+                print(f"  {code} {st.get('titles', {}).get(code, '')}: {len(items)} failure(s); cause: {blame}")
                 for item in items[:6]:
                     print(f"     {item}")
 
@@ -817,7 +812,7 @@ def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None,
     print(f"\n== mock serving throughput ({app.name}): wrk -c8, {seconds:g}s, cycling over {len(paths)} recorded GET(s) every tool answers like the live app")
     for tool in ("backworks", "server-replay", "prism"):
         port = free_port()
-        argv = mock_argv(tool, files, prism, port)
+        argv = mock_argv(tool, files, prism, port, reuse=True)
         if argv is None:
             continue
         procs.start(f"tp-{tool}", argv)
