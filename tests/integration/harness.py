@@ -312,6 +312,26 @@ class ResettingServer:
         self._sock.close()
 
 
+def start_capture(port: int, *args: str) -> subprocess.Popen:
+    """`backworks capture -p PORT ARGS...` in a session of its own, returned once it records
+    (mitmproxy 12 listens before its scripts have loaded); stopped again if it never gets there."""
+    process = subprocess.Popen(
+        [str(BIN / "backworks"), "capture", "-p", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, process=process)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if request("GET", "/__backworks/capture", port=port).status == 200:
+                return process
+            time.sleep(0.1)
+        raise TimeoutError(f"backworks capture on {port} did not start recording in 20 s")
+    except BaseException:
+        stop_process_group(process)
+        raise
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Editors save by rename; the watcher must never see a half-written file."""
     temporary = path.with_suffix(path.suffix + ".tmp")

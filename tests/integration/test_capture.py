@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from backworks_core.capture.redact import matches_placeholder
-from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, start_capture, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -264,17 +264,8 @@ def test_the_capture_command_records_in_reverse_mode_and_writes_on_ctrl_c(tmp_pa
     upstream = shop_upstream().start()
     port = free_port()
     output = tmp_path / "cli.yaml"
-    process = subprocess.Popen(
-        [str(BIN / "backworks"), "capture", "--upstream", upstream.url, "-p", str(port), "-o", str(output)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    process = start_capture(port, "--upstream", upstream.url, "-o", str(output))
     try:
-        wait_for_port(port, process=process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # mitmproxy 12 listens before its scripts have loaded
-            if request("GET", "/__backworks/capture", port=port).status == 200:
-                break
-            time.sleep(0.1)
         assert request("GET", "/users/1", port=port).status == 200
         assert request("GET", "/users/2", port=port).status == 200
         os.killpg(process.pid, signal.SIGINT)

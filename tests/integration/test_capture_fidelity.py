@@ -22,7 +22,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.harness import BIN, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -102,17 +102,8 @@ def test_capture_is_transparent_and_its_mocks_answer_byte_for_byte(tmp_path: Pat
     upstream = fidelity_upstream().start()
     port = free_port()
     output = tmp_path / "recorded.yaml"
-    process = subprocess.Popen(
-        [str(BIN / "backworks"), "capture", "--upstream", upstream.url, "-p", str(port), "-o", str(output)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    process = start_capture(port, "--upstream", upstream.url, "-o", str(output))
     try:
-        wait_for_port(port, process=process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # mitmproxy 12 listens before its scripts have loaded
-            if request("GET", "/__backworks/capture", port=port).status == 200:
-                break
-            time.sleep(0.1)
         live = [send(port, method, path, headers, body) for method, path, headers, body in traffic(port)]
         os.killpg(process.pid, signal.SIGINT)
         log = process.communicate(timeout=60)[0].decode(errors="replace")

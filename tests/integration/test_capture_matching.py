@@ -24,7 +24,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.harness import BIN, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -136,17 +136,8 @@ def test_a_recording_replays_right_in_any_order_with_nothing_lost(tmp_path: Path
     upstream = httpbin_like().start()
     port = free_port()
     output = tmp_path / "httpbin.yaml"
-    process = subprocess.Popen(
-        [str(BIN / "backworks"), "capture", "--upstream", upstream.url, "-p", str(port), "-o", str(output), "--max-examples", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    process = start_capture(port, "--upstream", upstream.url, "-o", str(output), "--max-examples", "3")
     try:
-        wait_for_port(port, process=process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # mitmproxy 12 listens before its scripts have loaded
-            if request("GET", "/__backworks/capture", port=port).status == 200:
-                break
-            time.sleep(0.1)
         live = send(port, list(range(len(traffic()))))
         os.killpg(process.pid, signal.SIGINT)
         log = process.communicate(timeout=60)[0].decode(errors="replace")

@@ -29,7 +29,7 @@ import yaml
 from aiohttp import web
 
 from tests.certs import write_self_signed
-from tests.integration.harness import BIN, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -271,21 +271,12 @@ def test_an_https_recording_replays_through_the_regular_proxy_with_the_api_stopp
     port = free_port()
     output = tmp_path / "shop.yaml"
     capture_conf = tmp_path / "capture-mitm"
-    process = subprocess.Popen(
-        [
-            str(BIN / "backworks"), "capture", "-p", str(port), "-o", str(output), "--name", "shop", "--",
-            "--set", f"confdir={capture_conf}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_cert}",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    process = start_capture(
+        port, "-o", str(output), "--name", "shop", "--",
+        "--set", f"confdir={capture_conf}", "--set", f"ssl_verify_upstream_trusted_ca={upstream_cert}",
     )
     recorded: dict[str, bytes] = {}
     try:
-        wait_for_port(port, process=process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # mitmproxy 12 listens before its scripts have loaded
-            if request("GET", "/__backworks/capture", port=port).status == 200:
-                break
-            time.sleep(0.1)
         for path in ("/users/1", "/orders"):
             status, body = fetch_h1(port, ca_of(capture_conf), "127.0.0.1", upstream.port, path)
             assert status == 200, body
