@@ -37,20 +37,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import brotli
+import brotli  # type: ignore[import-untyped]
 from mitmproxy import http
 
 try:  # mitmproxy 12: the standard library's API (Python 3.14) or its backport
-    from compression import zstd as _zstdlib  # type: ignore[import-not-found]
+    from compression import zstd as _zstdlib  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
     try:
-        from backports import zstd as _zstdlib  # type: ignore[import-not-found,no-redef]
+        from backports import zstd as _zstdlib  # type: ignore[import-not-found,no-redef,unused-ignore]
     except ImportError:
-        _zstdlib = None  # type: ignore[assignment]
+        _zstdlib = None  # type: ignore[assignment,unused-ignore]
 try:  # mitmproxy 11
-    import zstandard as _zstandard  # type: ignore[import-not-found]
+    import zstandard as _zstandard  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
-    _zstandard = None  # type: ignore[assignment]
+    _zstandard = None  # type: ignore[assignment,unused-ignore]
 
 DEFAULT_LIMIT = 10 * 1024 * 1024
 """Decoded bytes at most, where the endpoint sets no `max_body_size` (10 MiB)."""

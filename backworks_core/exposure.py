@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 IPAddress = IPv4Address | IPv6Address
@@ -223,7 +223,7 @@ def lookup_blocking(host: str) -> list[IPAddress]:
     return _addresses(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
 
 
-def _addresses(infos: Iterable[tuple]) -> list[IPAddress]:  # type: ignore[type-arg]
+def _addresses(infos: Iterable[tuple[Any, ...]]) -> list[IPAddress]:
     found: list[IPAddress] = []
     for info in infos:
         address = canonical_address(ip_address(str(info[4][0]).split("%", 1)[0]))

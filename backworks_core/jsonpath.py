@@ -143,7 +143,7 @@ def _parse_bracket(text: str, start: int, fail: Any) -> tuple[Step, int]:
     i = start + 1
     if i < len(text) and text[i] == '"':
         try:
-            name, i = json.decoder.scanstring(text, i + 1, True)
+            name, i = json.decoder.scanstring(text, i + 1, True)  # type: ignore[attr-defined]  # undeclared in typeshed, public since 2.6
         except json.JSONDecodeError as err:
             raise fail(f"bad quoted key ({err.msg})", err.pos) from None
         step: Step = Key(name)

@@ -141,10 +141,12 @@ class _Loader(yaml.SafeLoader):
 
     depth = 0  # collections open around the node being composed
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             node = super().compose_node(parent, index)
+            if node is None:
+                return None
             alias = copy.copy(node)  # shallow: shares `value`, so cycles stay detectable
             alias.start_mark = mark
             return alias

@@ -538,7 +538,8 @@ def _compile_node(value: Any, path: KeyPath, refs: list[tuple[str, str]]) -> _No
                     "use a string key",
                     path=path,
                 )
-            items.append((key, _compile_node(child, path + (key,), refs)))
+            step: str | int = key if isinstance(key, (str, int)) else json.dumps(key)  # as the key will be written
+            items.append((key, _compile_node(child, path + (step,), refs)))
         if all(n.is_constant for _, n in items):
             return _Const({k: n.value for k, n in items})  # type: ignore[attr-defined]
         return _Dict(tuple(items))

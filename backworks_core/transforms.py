@@ -216,7 +216,7 @@ class QueryTransform(StrictModel):
     @classmethod
     def _names(cls, value: dict[str, str] | list[str], info: ValidationInfo) -> dict[str, str] | list[str]:
         # `set` maps names to templates (checked as templates); `rename` maps names to names.
-        names = [*value.keys(), *value.values()] if info.field_name == "rename" else list(value)
+        names = [*value.keys(), *value.values()] if isinstance(value, dict) and info.field_name == "rename" else list(value)
         for name in names:
             if not name or "\x00" in name or has_crlf(name):
                 raise ValueError(f"{name!r} is not a valid query parameter name")

@@ -100,7 +100,8 @@ def load_handler(ref: HandlerRef, base_dir: Path, label: str) -> tuple[Callable[
     sys.path.insert(0, str(base_dir))
     try:
         module = importlib.import_module(ref.target)
-        module_file = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
+        file_name: str | None = getattr(module, "__file__", None)  # builtins have none, namespace packages None
+        module_file = Path(file_name).resolve() if file_name else None
         if module_file and base_dir.resolve() in module_file.parents:
             module = importlib.reload(module)  # the project's own code: pick up edits on reload
     except ImportError as exc:

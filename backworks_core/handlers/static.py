@@ -67,7 +67,7 @@ class StaticHandler:
         elif self._constant_body is not None:
             content = self._constant_body
         else:
-            content = self._encode(self.body.render(tctx))
+            content = self._encode(self.body.render(tctx or _EMPTY_CONTEXT))
         fields: list[tuple[bytes, bytes]] = [(b"content-length", str(len(content)).encode())]
         if content:
             fields.append((b"Content-Type", self.content_type.encode()))
