@@ -14,6 +14,8 @@ from addons.dashboard import Dashboard
 from addons.exposure import TargetGuard
 from addons.header_timeout import HeaderTimeout
 from addons.offline import OfflineTunnels
+from addons.reuse_port import ReusePort
+from addons.shown_target import ReplayedRequest, ShownTarget
 from addons.upstream_connect import UpstreamConnectGuard
 from backworks_core.plugins import PluginRegistry
 
@@ -33,4 +35,13 @@ header_timeout = HeaderTimeout()
 # mitmproxy's own upstream connections (passthrough, WebSocket): failures named, not described.
 upstream_connect = UpstreamConnectGuard(core)
 
-addons = [header_timeout, core, dashboard, admin, offline_tunnels, target_guard, *plugins, upstream_connect]
+# First: option backworks_reuse_port (backworks run --workers N) before mitmproxy binds its listeners.
+reuse_port = ReusePort()
+
+# The flow names the target that answered (console, mitmweb): a replay gets the URL it came with
+# back before the core (replayed_request), and the URL is changed after every other addon's
+# response hook (shown_target), so that they all see the request as it came.
+replayed_request = ReplayedRequest()
+shown_target = ShownTarget()
+
+addons = [reuse_port, header_timeout, replayed_request, core, dashboard, admin, offline_tunnels, target_guard, *plugins, upstream_connect, shown_target]

@@ -5,6 +5,10 @@ Every completed flow that passes the filters is redacted and appended to a journ
 and what was written survives Ctrl-C or a crash. The output (`config.output` in `config.format`)
 is built from the journal at shutdown and on the command `backworks.capture.save`; a journal can
 also be turned into one later with `backworks mock-from JOURNAL -o OUT`.
+
+Under `backworks run --workers N` each worker writes a journal of its own (capture.jsonl →
+capture.worker0.jsonl…) and leaves a note of it in the run's folder; the output is built from all
+of them by the supervisor once every worker has stopped (and by `backworks.capture.save`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from backworks_core.capture import formats
 from backworks_core.capture.build import MATCH_HEADERS
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.redact import RedactionRules, Redactor
-from backworks_core.context import ID_ADDED, REQUEST_ID_HEADER
+from backworks_core.context import REQUEST_ID_HEADER
 from backworks_core.files import open_append_private
 from backworks_core.flowstate import peek_state
 from backworks_core.loader import LoadedBlueprint
@@ -32,6 +36,7 @@ from backworks_core.model import HTTP_METHODS, BlueprintPath, Size, StrictModel
 from backworks_core.paths import PathGlob
 from backworks_core.plugins import Plugin
 from backworks_core.telemetry import record_for
+from backworks_core.workers import merge_captures, worker_identity, worker_journal, write_capture_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +121,7 @@ def exchange_from_flow(flow: http.HTTPFlow, max_body: int) -> Exchange | None:
     exchange = formats.exchange_from_flow(flow, max_body)
     if exchange is None:
         return None
-    if peek_state(flow).get(ID_ADDED) is flow.response:  # recorded as the upstream or handler answered
+    if (state := peek_state(flow)) is not None and state.id_added is flow.response:  # recorded as the upstream or handler answered
         exchange = replace(exchange, response_headers=_without_added_id(exchange.response_headers))
     if len(exchange.request_body) > max_body:
         exchange = replace(exchange, request_body=b"")
@@ -185,9 +190,27 @@ class CapturePlugin(Plugin):
         self.api_name = config.api_name or f"{blueprint.settings.name} (captured)"
         if not config.redact.enabled:
             logger.warning("capture: redaction is off; credentials in the traffic will be written to %s", config.journal_path)
-        if config.journal_path != self._journal_path:
+        journal = config.journal_path
+        identity = worker_identity()
+        if identity is not None:  # `backworks run --workers N`: a journal per worker, merged on stop
+            journal = worker_journal(journal, identity[0])
+            write_capture_manifest(identity[2], identity[0], self._manifest(config, journal))
+        if journal != self._journal_path:
             self._close_journal()
-            self._open_journal(config.journal_path)
+            self._open_journal(journal)
+
+    def _manifest(self, config: CaptureConfig, journal: str) -> dict[str, object]:
+        """What the supervisor needs to build the output from every worker's journal."""
+        redact = {"enabled": config.redact.enabled, "headers": config.redact.headers, "fields": config.redact.fields}
+        return {
+            "journal": str(Path(journal).absolute()),
+            "output": str(Path(config.output).absolute()),
+            "format": config.format,
+            "api_name": self.api_name,
+            "max_examples": config.max_examples,
+            "match_headers": config.match_headers,
+            "redact": redact,
+        }
 
     def _open_journal(self, path: str) -> None:
         try:
@@ -234,6 +257,10 @@ class CapturePlugin(Plugin):
 
         if self._journal is not None:
             self._journal.flush()
+        identity = worker_identity()
+        if identity is not None:  # every worker's journal: the output is the run's, not this worker's
+            summaries = merge_captures(identity[2], progress=logger.info, only_output=str(Path(self.config.output).absolute()))
+            return "; ".join(summaries) or "nothing recorded yet"
         summary = write_output(
             [self._journal_path],
             self.config.output,
@@ -256,6 +283,9 @@ class CapturePlugin(Plugin):
         return self.save()
 
     async def done(self) -> None:
+        if worker_identity() is not None:  # the supervisor merges every worker's journal when all have stopped
+            self._close_journal()
+            return
         if self.config is not None and self._journal_path is not None and self.recorded:
             try:
                 await asyncio.to_thread(self.save)

@@ -25,9 +25,9 @@ from mitmproxy.utils import human
 
 from backworks_core.context import json_error, request_id_for, stamp_response
 from backworks_core.diagnostics import BlueprintError, Diagnostic
-from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.flowstate import FlowState, flow_state, peek_state
 from backworks_core.gcfreeze import Freezer
-from backworks_core.gateway import RELAYED, Gateway, compile_blueprint, restore_relayed
+from backworks_core.gateway import Gateway, compile_blueprint, restore_relayed
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.pages import InternalEndpoint
@@ -36,12 +36,12 @@ from backworks_core.telemetry import ensure_record, record_for
 
 logger = logging.getLogger(__name__)
 
-IN_FLIGHT = "in_flight"  # flowstate: counted in Backworks.in_flight until it ends
-FINISHED = "finished"  # flowstate: the observers have seen it
-
-
 class FlowObserver(Protocol):
-    """A plugin or extension told of every flow once it is done (metrics, the status page)."""
+    """A plugin or extension told of every flow once it is done (metrics, the status page).
+
+    One that also has an `observing` attribute is asked once per blueprint (after its
+    `apply_blueprint`) and, when that is false, not called at all until the next one.
+    """
 
     def observe(self, flow: http.HTTPFlow) -> None: ...
 
@@ -121,13 +121,13 @@ def drop_head_body(flow: http.HTTPFlow) -> None:
     response.raw_content = b""
 
 
-def mark_error(flow: http.HTTPFlow) -> None:
+def mark_error(flow: http.HTTPFlow, state: FlowState | None = None) -> None:
     """Flows Backworks answered with an error of its own stand out in mitmweb's list.
 
     ⚠ for a refusal (4xx: no route, auth, limits), ❌ for a failure (5xx: upstream, handler).
     A mark the user set stays.
     """
-    record = record_for(flow)
+    record = state.record if state is not None else record_for(flow)
     if record is None or record.error is None or flow.marked or flow.response is None:
         return
     flow.marked = ":x:" if flow.response.status_code >= 500 else ":warning:"
@@ -261,7 +261,10 @@ class Backworks:
             plugin.apply_blueprint(gateway.blueprint.plugin_configs.get(name), gateway.blueprint)
         for extension in self.extensions:
             extension.apply_gateway(gateway)
-        self.observers = [o for o in (*self.plugins.values(), *self.extensions) if callable(getattr(o, "observe", None))]
+        # Capabilities are read here, once per blueprint, never per request.
+        self.observers = [
+            o for o in (*self.plugins.values(), *self.extensions) if callable(getattr(o, "observe", None)) and getattr(o, "observing", True)
+        ]
         verb = "reloaded" if previous is not None else "loaded"
         if previous is not None:
             self.freezer.reloaded()
@@ -332,8 +335,8 @@ class Backworks:
         if flow.response or flow.error or not flow.live:
             return
         state = flow_state(flow)
-        if IN_FLIGHT not in state:
-            state[IN_FLIGHT] = True
+        if not state.in_flight and not state.finished:
+            state.in_flight = True
             self.in_flight += 1
         gateway = self.gateway
         if gateway is None:
@@ -352,7 +355,7 @@ class Backworks:
         except Exception:
             request_id = request_id_for(flow)
             logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys
-            relayed = flow_state(flow).pop(RELAYED, None)
+            relayed, state.relayed = state.relayed, None
             if relayed is not None:
                 flow.request.url = relayed.url
                 flow.request.headers = relayed.headers
@@ -361,30 +364,37 @@ class Backworks:
             return
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        restore_relayed(flow)
-        stamp_response(flow)  # a streamed head goes out before the `response` hook
+        state = peek_state(flow)
+        if state is None:
+            return  # a flow Backworks never saw (it came before the blueprint, or was not live)
+        if state.relayed is not None:
+            restore_relayed(flow)
+        stamp_response(flow, state)  # a streamed head goes out before the `response` hook
 
     def response(self, flow: http.HTTPFlow) -> None:
-        stamp_response(flow)
+        state = peek_state(flow)
+        if state is not None:
+            stamp_response(flow, state)
         drop_head_body(flow)
-        mark_error(flow)
-        self._finished(flow)
+        mark_error(flow, state)
+        self._finished(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._finished(flow)
+        self._finished(flow, peek_state(flow))
 
-    def _finished(self, flow: http.HTTPFlow) -> None:
+    def _finished(self, flow: http.HTTPFlow, state: FlowState | None) -> None:
         """Once per flow, whichever of `response` and `error` comes first: the observers see it.
 
         The observers (metrics, status page) are called from here rather than from hooks of
         their own: every hook is a dispatch over all of mitmproxy's addons, on every request.
         """
-        state = flow_state(flow)
-        if state.get(FINISHED):
+        if state is None:
+            state = flow_state(flow)
+        if state.finished:
             return
-        state[FINISHED] = True
-        if state.get(IN_FLIGHT):
-            state[IN_FLIGHT] = False
+        state.finished = True
+        if state.in_flight:
+            state.in_flight = False
             self.in_flight -= 1
         for observer in self.observers:
             try:
@@ -393,7 +403,10 @@ class Backworks:
                 logger.exception("backworks: %s failed to observe a flow", type(observer).__name__)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or RELAYED in peek_state(flow):
+        if flow.response or flow.error or not flow.live:
+            return
+        state = flow_state(flow)
+        if state.relayed is not None:
             return
         gateway = self.gateway  # one version for the whole request, whatever reloads meanwhile
         if gateway is None:

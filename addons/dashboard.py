@@ -24,7 +24,7 @@ from mitmproxy import command, http
 from addons.stats import MinuteHistory, RollingWindow, StatusCounts, class_index
 from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
-from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.flowstate import flow_state
 from backworks_core.pages import InternalEndpoint, Page
 from backworks_core.telemetry import PASSTHROUGH, UNMATCHED, RequestRecord, record_for
 from backworks_core.upstream import FAILURE_PHRASES
@@ -199,9 +199,12 @@ class Dashboard:
     def observe(self, flow: http.HTTPFlow) -> None:
         record = record_for(flow)
         bystander = record is not None and record.endpoint == PASSTHROUGH and not record.request_id  # regular-mode traffic
-        if record is None or record.internal or bystander or peek_state(flow).get(OBSERVED):
+        if record is None or record.internal or bystander:
             return
-        flow_state(flow)[OBSERVED] = True
+        state = flow_state(flow)
+        if state.slot(OBSERVED):
+            return
+        state.set_slot(OBSERVED, True)
         status = flow.response.status_code if flow.response is not None else None
         now = self.wall()
         seconds = max(0.0, now - flow.request.timestamp_start)

@@ -31,11 +31,11 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from backworks_core.context import json_error, request_id_for
 from backworks_core.exposure import RESOLVE, IPAddress, Resolver, TargetAddress, TargetIndex, normalize_host, target_for, tunnel_not_intercepted
 from backworks_core.flowstate import flow_state, peek_state
-from backworks_core.gateway import RELAY_CHUNK, RELAYED, Gateway, point_at_relay, relay_answer
+from backworks_core.gateway import RELAY_CHUNK, Gateway, point_at_relay, relay_answer
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.pages import InternalEndpoint
 from backworks_core.relay import RelayAnswer
-from backworks_core.telemetry import PASSTHROUGH, RECORD, UNMATCHED, RequestRecord, method_label, record_for
+from backworks_core.telemetry import PASSTHROUGH, UNMATCHED, RequestRecord, method_label, record_for
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class TargetGuard:
         """A live flow nobody answered that mitmproxy would send on to its own destination."""
         if flow.response or flow.error or not flow.live or not self.index or not_regular(flow.client_conn):
             return False
-        if RELAYED in peek_state(flow):
+        if (state := peek_state(flow)) is not None and state.relayed is not None:
             return False
         record = record_for(flow)
         return record is None or record.endpoint == PASSTHROUGH  # no record: no blueprint decided (fail closed)
@@ -166,7 +166,7 @@ class TargetGuard:
     @staticmethod
     def _refuse(flow: http.HTTPFlow, message: str) -> http.Response:
         request_id = request_id_for(flow)
-        flow_state(flow)[RECORD] = RequestRecord(request_id=request_id, method=method_label(flow.request.method), endpoint=UNMATCHED, error=message)
+        flow_state(flow).record = RequestRecord(request_id=request_id, method=method_label(flow.request.method), endpoint=UNMATCHED, error=message)
         flow.comment = f"{flow.comment}\nbackworks: pool target → 403" if flow.comment else "backworks: pool target → 403"
         return json_error(403, message, request_id)
 
@@ -220,14 +220,14 @@ class TargetGuard:
         await self._raw_start(flow)
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
-        if REFUSED in peek_state(flow) and flow.messages:
+        if (state := peek_state(flow)) is not None and state.slot(REFUSED) and flow.messages:
             flow.messages[-1].content = b""
 
     async def udp_start(self, flow: udp.UDPFlow) -> None:
         await self._raw_start(flow)
 
     def udp_message(self, flow: udp.UDPFlow) -> None:
-        if REFUSED in peek_state(flow) and flow.messages:
+        if (state := peek_state(flow)) is not None and state.slot(REFUSED) and flow.messages:
             flow.messages[-1].content = b""
 
     async def _raw_start(self, flow: tcp.TCPFlow | udp.UDPFlow) -> None:
@@ -235,7 +235,7 @@ class TargetGuard:
             return
         target = await self._connection_target(flow.server_conn)
         if target is not None:
-            flow_state(flow)[REFUSED] = True
+            flow_state(flow).set_slot(REFUSED, True)
             flow.server_conn.error = f"{target.label} is an upstream of this blueprint; raw connections to it are refused"
             logger.warning("backworks: refused a raw %s flow from %s to %s (an upstream of this blueprint)", flow.type, _peer(flow.client_conn), target.label)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 from backworks_core.context import Answer, RequestContext
 from backworks_core.loader import EndpointSpec, LoadedBlueprint
 from backworks_core.model import StrictModel, UrlPath
-from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.flowstate import flow_state
 from backworks_core.pages import InternalEndpoint, Page, page_response
 from backworks_core.plugins import Plugin, Section
 from backworks_core.telemetry import Attempt, RequestRecord, record_for, status_class
@@ -292,13 +292,21 @@ class MetricsPlugin(Plugin):
             self.metrics = GatewayMetrics(wanted, pools=self._pools, in_flight=self._in_flight)
             self.metrics.went_live(blueprint, _pools_without_metrics(proxy), _pools_with_detail(proxy))
 
+    @property
+    def observing(self) -> bool:
+        """Whether the core calls `observe` at all (decided per blueprint: see `counting`)."""
+        return self.counting
+
     def observe(self, flow: http.HTTPFlow) -> None:
         if not self.counting:
             return  # neither `plugins.metrics` nor a `handler: metrics` endpoint: nobody reads them
         record = record_for(flow)
-        if record is None or record.internal or peek_state(flow).get(OBSERVED):
+        if record is None or record.internal:
             return  # scrapes and status-page polls are not the API's traffic
-        flow_state(flow)[OBSERVED] = True
+        state = flow_state(flow)
+        if state.slot(OBSERVED):
+            return
+        state.set_slot(OBSERVED, True)
         status = flow.response.status_code if flow.response is not None else None
         end = flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None
         seconds = (end or time.time()) - flow.request.timestamp_start

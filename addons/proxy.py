@@ -33,12 +33,24 @@ from addons.breaker import Bulkhead, CircuitBreaker, CircuitBreakerConfig, Permi
 from addons.health import HealthChecker, HealthCheckConfig, effective_config, http_probe
 from addons.outlier import OutlierDetectionConfig, OutlierDetector
 from addons.retry import RetryBudget, RetryPolicy
+from addons.shown_target import answered_by
 from backworks_core import headers as fast_headers
 from backworks_core.bodies import DEFAULT_LIMIT
 from backworks_core.transforms import CompiledTransform, RequestTransform, ResponseTransform, add_prefix, strip_prefix
 from backworks_core.telemetry import Attempt, outcome_of
 from backworks_core.credentials import redact, split_credentials, with_authorization
-from backworks_core.context import REQUEST_ID_HEADER, TRACEPARENT_HEADER, Answer, Forward, RequestContext, StreamedResponse, template_context, traceparent_for
+from backworks_core.context import (
+    REQUEST_ID_HEADER,
+    TRACEPARENT_HEADER,
+    Answer,
+    Forward,
+    RequestContext,
+    StreamedResponse,
+    mark_id_added,
+    template_context,
+    traceparent_for,
+    with_request_id,
+)
 from backworks_core.forwarding import client_ip, client_of, forwarded_for
 from backworks_core.gateway import BuildError
 from backworks_core.limits import decoded_limit
@@ -48,7 +60,7 @@ from backworks_core.plugins import Plugin, Section
 from backworks_core.paths import PathRefused, upstream_path_problem
 from backworks_core.router import parse_template
 from backworks_core.templates import TemplateContext
-from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_fields, hop_by_hop_and
+from backworks_core.upstream import BodyStream, UpstreamClient, UpstreamError, UpstreamReply, end_to_end_bytes, end_to_end_fields, hop_by_hop_and
 from backworks_core.validation import Duration, PositiveDuration, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -630,7 +642,7 @@ class ProxyHandler:
             headers.append(("X-Forwarded-Host", host or request.host_header or request.pretty_host))
         # The id Backworks logs and answers with, so upstream logs line up with ours.
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
-        headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id)))
+        headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id, ctx.flow_state)))
         return headers
 
     async def __call__(self, ctx: RequestContext) -> Answer:
@@ -640,15 +652,18 @@ class ProxyHandler:
             path = self.path.render(ctx, raw_path) + (f"?{query}" if query else "")
         except PathRefused as exc:
             return ctx.error(400, f"request path refused: {exc}")
-        tctx = template_context(ctx)
+        # The template context only for the transforms that read it (none: nothing to build).
+        tctx = template_context(ctx) if self.request_transforms or self.response_transforms else None
         headers = self.upstream_headers(ctx)
-        method = self.method or request.method
+        method = self.method or ctx.method or request.method
         body: bytes | BodyStream = request.raw_content or b""
         try:
             if self.reshapes_request and ctx.body_stream is None:
+                assert tctx is not None
                 path, headers, body = self.reshape_request(method, path, headers, body, tctx, decoded_limit(ctx.endpoint.guard))
             else:
                 for transform in self.request_transforms:
+                    assert tctx is not None
                     headers = transform.apply_headers(headers, tctx)
                     if transform.touches_path:
                         path = transform.apply_target(path, tctx)
@@ -769,6 +784,7 @@ class ProxyHandler:
             pool.budget.active_requests -= 1
             pool.bulkhead.leave()
         ctx.notes["target"] = tried[-1]
+        answered_by(ctx.flow, target.origin)  # the console and mitmweb name it (addons.shown_target)
         ctx.notes["attempts"] = str(len(tried))
         if len(tried) > 1:
             ctx.notes["failover"] = ">".join(tried)
@@ -777,7 +793,7 @@ class ProxyHandler:
         if reply is not None:
             if isinstance(body, BodyStream):
                 ctx.notes["request_bytes"] = str(body.sent)
-            return self.build_response(ctx, reply, started, request.method == "HEAD", tctx)
+            return self.build_response(ctx, reply, started, method == "HEAD" if self.method is None else request.method == "HEAD", tctx)
         assert failure is not None
         logger.warning("[%s] %s → %s failed after %d tries: %s", ctx.request_id, ctx.endpoint.label, tried[-1], len(tried), failure)
         ctx.notes["upstream_error"] = failure.kind
@@ -823,35 +839,44 @@ class ProxyHandler:
         return Forward(target.origin + target.base_path + path, headers + upgrade)
 
     def build_response(
-        self, ctx: RequestContext, reply: UpstreamReply, started: float, is_head: bool, tctx: TemplateContext
+        self, ctx: RequestContext, reply: UpstreamReply, started: float, is_head: bool, tctx: TemplateContext | None
     ) -> http.Response | StreamedResponse:
-        """The client's answer; one larger than the buffer limit streams on (its length as sent)."""
+        """The client's answer; one larger than the buffer limit streams on (its length as sent).
+
+        Without header transforms the head stays bytes from the upstream's fields to the
+        client's, and the request id goes in with it (not added to the finished head after)."""
         sized = not is_head and reply.status not in (204, 304) and not reply.streamed
-        fields = end_to_end_fields(reply.headers, _RESIZED_ANSWER_DROPS if sized else _ANSWER_DROPS, "latin-1")
-        if sized:
-            fields.append(("content-length", str(len(reply.body))))
         status = reply.status
-        reshape = self.reshapes_response
-        try:
-            if not reshape:
+        reason = reply.reason
+        head = end_to_end_bytes(reply.headers, _RESIZED_ANSWER_DROPS if sized else _ANSWER_DROPS)
+        if sized:
+            head.append((b"content-length", str(len(reply.body)).encode()))
+        if self.response_transforms and not self.reshapes_response:  # headers and status only: on the bytes
+            assert tctx is not None
+            try:
                 for transform in self.response_transforms:
-                    fields = transform.apply_headers(fields, tctx)
+                    head = transform.apply_header_fields(head, tctx, _header_bytes)
                     status = transform.apply_status(status)
-        except ValueError as exc:
-            reply.close()
-            return ctx.error(502, f"response transform refused: {exc}")
-        reason = reply.reason if status == reply.status else _reason_phrase(status)
+            except ValueError as exc:
+                reply.close()
+                return ctx.error(502, f"response transform refused: {exc}")
+            if status != reply.status:
+                reason = _reason_phrase(status)
+        state = ctx.flow_state if ctx.request_id and not self.reshapes_response else None  # a body transform may reshape the head
+        if state is not None:
+            with_request_id(head, ctx.request_id, state)
         response = http.Response(
             http_version=b"HTTP/1.1",
             status_code=status,
             reason=reason.encode("latin-1", "replace"),
-            headers=http.Headers([(_header_bytes(n), _header_bytes(v)) for n, v in fields]),
+            headers=http.Headers(head),
             content=None if reply.streamed else reply.body,
             trailers=None,
             timestamp_start=started,
             timestamp_end=time.time(),
         )
-        if reshape:
+        if self.reshapes_response:
+            assert tctx is not None
             if reply.streamed:
                 logger.info("[%s] body transforms skipped: the response body streams (larger than the buffer limit)", ctx.request_id)
             try:
@@ -860,6 +885,8 @@ class ProxyHandler:
             except ValueError as exc:
                 reply.close()
                 return ctx.error(502, f"response transform refused: {exc}")
+        if state is not None:
+            mark_id_added(state, response)
         if reply.streamed:
             return StreamedResponse(response, reply.chunks(), reply.close)
         return response

@@ -56,6 +56,14 @@ Decisions where the blueprint format is silent (documented here and in the refer
   evicted bucket that was not full is forgotten, which only ever gives that key more room, and
   is logged once per middleware). Buckets full again are dropped as they are met and in a sweep
   at most once per refill period. A reload keeps the buckets of a middleware with the same name.
+- Several workers (`backworks run --workers N`: env `BACKWORKS_WORKERS=N`, `BACKWORKS_WORKER=i`)
+  without `redis_url`: each worker's local buckets enforce its share of the limit
+  (`WorkerShare`): `requests / N` per `per`, and `burst // N` tokens, the first `burst % N`
+  workers one more, so that the shares add up to the limit and never exceed it. A client whose
+  requests all reach one worker (one keep-alive connection does) gets that worker's share; spread
+  over the workers it gets at most the whole limit. A burst smaller than N leaves some workers
+  without tokens: they refuse every request the limit applies to. Worker 0 warns at load, and
+  recommends `redis_url`; with `redis_url` the workers share one limit, as separate processes do.
 """
 
 from __future__ import annotations
@@ -65,10 +73,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -95,6 +104,8 @@ MAX_KEY_TEXT = 64  # longer key values are hashed
 EPSILON = 1e-9  # float slack: 0.2 s at 5 tokens/s is one whole token
 REDIS_KEY_PREFIX = "backworks:rl"
 REDIS_MAX_CONNECTIONS = 32
+WORKER_ENV = "BACKWORKS_WORKER"  # set by `backworks run --workers N` (backworks_core/workers.py)
+WORKERS_ENV = "BACKWORKS_WORKERS"
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a header name
 _PLAIN_TEXT = re.compile(r"^[\x21-\x7e]+$")
@@ -202,6 +213,63 @@ class Decision:
 
 class StoreUnavailable(Exception):
     """The shared store (Redis) could not decide: fail_open says what happens."""
+
+
+# ------------------------------------------------------------------------------------------
+# Several workers without a shared store
+
+
+@dataclass(frozen=True)
+class WorkerShare:
+    """This worker's part of a limit that N workers enforce each in its own buckets."""
+
+    index: int  # 0 .. workers-1
+    workers: int  # > 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerShare | None:
+        """From `backworks run --workers N`'s environment; None for one process.
+
+        An index that is missing or out of range gets the smallest share (the last worker's):
+        the limit is never exceeded because of a bad environment.
+        """
+        try:
+            workers = int(env.get(WORKERS_ENV, "1"))
+        except ValueError:
+            logger.warning("rate_limit: %s=%r is not a number of workers; limits are this process's own", WORKERS_ENV, env.get(WORKERS_ENV))
+            return None
+        if workers <= 1:
+            return None
+        try:
+            index = int(env.get(WORKER_ENV, ""))
+        except ValueError:
+            index = -1
+        if not 0 <= index < workers:
+            logger.warning("rate_limit: %s=%r is not a worker index below %d; this worker takes the smallest share", WORKER_ENV, env.get(WORKER_ENV), workers)
+            index = workers - 1
+        return cls(index, workers)
+
+    def rate(self, rate: float) -> float:
+        return rate / self.workers
+
+    def burst(self, burst: int) -> int:
+        """burst // N, one more for the first burst % N workers: the shares add up to `burst`."""
+        return burst // self.workers + (1 if self.index < burst % self.workers else 0)
+
+    def describe(self, config: RateLimitMiddlewareConfig) -> str:
+        """Every worker's share, in words, for the warning at load."""
+        capacity = config.capacity
+        low, extra = capacity // self.workers, capacity % self.workers
+        bursts = f"a burst of {low}" if not extra else f"a burst of {low + 1} on {_workers(0, extra - 1)} and {low} on the others"
+        text = f"{config.requests / self.workers:g} request(s) per {_seconds(config.per)} and {bursts}"
+        if low == 0:
+            empty = _workers(extra, self.workers - 1)
+            text += f" (burst {capacity} < {self.workers} workers: {empty} {'has' if extra == self.workers - 1 else 'have'} no tokens and refuse{'s' if extra == self.workers - 1 else ''} every request this limit applies to)"
+        return text
+
+
+def _workers(first: int, last: int) -> str:
+    return f"worker {first}" if first == last else f"workers {first}-{last}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -449,12 +517,23 @@ def _seconds(value: float) -> str:
 class RateLimitMiddleware:
     """Takes a token for the request's key: 429 without one; RateLimit headers on the answer."""
 
-    def __init__(self, name: str, config: RateLimitMiddlewareConfig, *, blueprint: str = "", store: Store | None = None, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: RateLimitMiddlewareConfig,
+        *,
+        blueprint: str = "",
+        store: Store | None = None,
+        clock: Clock = time.monotonic,
+        share: WorkerShare | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.blueprint = blueprint
-        self.rate = config.rate
-        self.burst = config.capacity
+        # Shared through Redis: the whole limit; in this worker's own buckets: its share.
+        self.share = share if not config.redis_url else None
+        self.rate = config.rate if self.share is None else self.share.rate(config.rate)
+        self.burst = config.capacity if self.share is None else self.share.burst(config.capacity)
         if store is None:
             store = RedisBuckets(config.redis_url, config.redis_timeout) if config.redis_url else LocalBuckets(config.max_keys, clock)
         self.store: Store = store
@@ -491,9 +570,10 @@ class RateLimitMiddleware:
         ctx.notes[NOTE_KEY] = "denied"
         if ctx.record is not None:
             ctx.record.rate_limited = True
+        shared = "" if self.share is None else f" across {self.share.workers} workers, this one's share {self.rate * self.config.per:g} with a burst of {self.burst}"
         return ctx.error(
             429,
-            f"rate limit exceeded: {self.config.requests} request(s) per {_seconds(self.config.per)}; retry after {decision.retry_after}s",
+            f"rate limit exceeded: {self.config.requests} request(s) per {_seconds(self.config.per)}{shared}; retry after {decision.retry_after}s",
             decision.headers(),
         )
 
@@ -519,8 +599,10 @@ class RateLimitPlugin(Plugin):
     description = "token-bucket rate limits per client key (429 with Retry-After)"
     MiddlewareConfig = RateLimitMiddlewareConfig
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, env: Mapping[str, str] | None = None) -> None:
         self.clock = clock
+        # `backworks run --workers N`: this worker's share of limits kept without Redis.
+        self.share = WorkerShare.from_env(os.environ if env is None else env)
         # Built for a blueprint not yet live: (the plugin config object, its middlewares).
         self._built: list[tuple[BaseModel, RateLimitMiddleware]] = []
         # Live middlewares by (blueprint name, middleware name): their stores outlive a reload.
@@ -529,7 +611,7 @@ class RateLimitPlugin(Plugin):
 
     def build_middleware(self, middleware: MiddlewareSpec, config: BaseModel) -> RateLimitMiddleware:
         assert isinstance(middleware.config, RateLimitMiddlewareConfig)
-        built = RateLimitMiddleware(middleware.name, middleware.config, clock=self.clock)
+        built = RateLimitMiddleware(middleware.name, middleware.config, clock=self.clock, share=self.share)
         self._built = [(c, m) for c, m in self._built if c is config]  # those of an older compile are gone
         self._built.append((config, built))
         return built
@@ -543,6 +625,8 @@ class RateLimitPlugin(Plugin):
         for middleware in fresh:
             middleware.blueprint = blueprint.settings.name
             previous = self._live.get((middleware.blueprint, middleware.name))
+            if middleware.share is not None and (previous is None or previous.config != middleware.config):
+                _warn_divided(middleware, middleware.share)
             if previous is not None and _same_store(previous, middleware):
                 middleware.store = previous.store
                 kept.add(id(previous.store))
@@ -569,6 +653,18 @@ class RateLimitPlugin(Plugin):
             await middleware.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _warn_divided(middleware: RateLimitMiddleware, share: WorkerShare) -> None:
+    """Once per new or changed limit, from worker 0 (the others say it at debug level)."""
+    logger.log(
+        logging.WARNING if share.index == 0 else logging.DEBUG,
+        "rate_limit %r: no redis_url, so each of the %d workers keeps its own buckets and allows its share: %s. "
+        "A client whose requests reach one worker gets that share only; set redis_url to share one limit across workers",
+        middleware.name,
+        share.workers,
+        share.describe(middleware.config),
+    )
 
 
 def _same_store(old: RateLimitMiddleware, new: RateLimitMiddleware) -> bool:

@@ -57,6 +57,13 @@ def http_url(value: str) -> str:
     return value
 
 
+def worker_count(value: str) -> int:
+    """An argparse type: --workers N, 1 to 64."""
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to 64, got {value!r}")
+    return int(value)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from backworks_core.schema import blueprint_json_schema
 
@@ -234,6 +241,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     scheme = "https" if tls else "http"
     print(f"backworks: serving {blueprint.settings.name!r} on {scheme}://{host}:{port}", file=sys.stderr, flush=True)
+    if args.workers > 1:  # N processes on one port (SO_REUSEPORT), supervised: docs/scaling.md
+        from backworks_core.workers import run_workers
+
+        return run_workers(command, args.workers, blueprint, args.extra)
     os.execv(command[0], command)
     return 0  # not reached
 
@@ -443,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
         "http://127.0.0.1:9 (the discard port), is mitmproxy's placeholder: nothing listens there, so they get a 502",
     )
     run.add_argument("--flow-detail", type=int, default=1, help="mitmdump's --flow-detail (default 1)")
+    run.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="serve with N mitmdump processes sharing the port (Linux, SO_REUSEPORT), supervised: a worker "
+        "that dies is replaced; default 1: one mitmdump in place of this command (docs/scaling.md)",
+    )
     run.set_defaults(func=cmd_run, extra=[])
 
     def capture_options(command: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 from mitmproxy import http
 
 from backworks_core import headers as fast_headers
-from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.flowstate import FlowState, flow_state, peek_state
 from backworks_core.telemetry import RequestRecord
 from backworks_core.templates import TemplateContext
 
@@ -36,25 +36,29 @@ def parse_traceparent(value: str) -> str | None:
     return match.group(1) if match else None
 
 
-def request_id_for(flow: http.HTTPFlow) -> str:
+def request_id_for(flow: http.HTTPFlow, state: FlowState | None = None) -> str:
     """The request's id, decided once and kept on the flow.
 
     The client's X-Request-ID when it is a sane token; else the trace id of a valid incoming
     `traceparent`, so the two line up in logs; else a new 32-hex id (a valid trace id too).
+    Kept on the FlowState, and in `flow.metadata["backworks.request_id"]` for saved flows.
     """
-    existing = flow.metadata.get("backworks.request_id")
+    if state is None:
+        state = flow_state(flow)
+    existing = state.request_id or flow.metadata.get("backworks.request_id")  # a saved flow keeps its id
     if existing:
+        state.request_id = existing
         return existing
     offered = fast_headers.get(flow.request.headers, REQUEST_ID_HEADER, "")
     if offered and _VALID_REQUEST_ID.match(offered):
         request_id = offered
     else:
         request_id = parse_traceparent(fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or "") or secrets.token_hex(16)
-    flow.metadata["backworks.request_id"] = request_id
+    state.request_id = flow.metadata["backworks.request_id"] = request_id
     return request_id
 
 
-def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
+def traceparent_for(flow: http.HTTPFlow, request_id: str, state: FlowState | None = None) -> str:
     """The `traceparent` sent upstream.
 
     A valid incoming one goes on unchanged: Backworks reports no spans, so a parent id of its
@@ -62,8 +66,11 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
     with a malformed one) a trace starts here, its id the request id when that is 32 hex digits,
     not sampled: sampling is the tracer's decision, not the gateway's.
     """
-    decided = flow.metadata.get("backworks.traceparent")
+    if state is None:
+        state = flow_state(flow)
+    decided = state.traceparent or flow.metadata.get("backworks.traceparent")
     if decided:
+        state.traceparent = decided
         return decided
     incoming = fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or ""
     if incoming and parse_traceparent(incoming):
@@ -72,7 +79,7 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str) -> str:
         own = _HEX_TRACE_ID.fullmatch(request_id) and request_id.strip("0")
         trace_id = request_id.lower() if own else secrets.token_hex(16)
         traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-00"
-    flow.metadata["backworks.traceparent"] = traceparent
+    state.traceparent = flow.metadata["backworks.traceparent"] = traceparent
     return traceparent
 
 
@@ -81,19 +88,56 @@ def stamp_request(flow: http.HTTPFlow, request_id: str) -> None:
     fast_headers.put_all(flow.request.headers, ((REQUEST_ID_HEADER, request_id), (TRACEPARENT_HEADER, traceparent_for(flow, request_id))))
 
 
-ID_ADDED = "request_id_added"  # flowstate: the answer whose X-Request-ID Backworks added
+_REQUEST_ID_FIELD = REQUEST_ID_HEADER.encode()
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 
 
-def stamp_response(flow: http.HTTPFlow) -> None:
-    """Every answer to a request Backworks saw carries its id back to the client."""
-    request_id = flow.metadata.get("backworks.request_id")
-    if not request_id or flow.response is None or peek_state(flow).get("stamped") is flow.response:
+def with_request_id(fields: list[tuple[bytes, bytes]], request_id: str, state: FlowState) -> list[tuple[bytes, bytes]]:
+    """A response head being built (as bytes), with the request id added unless it carries one:
+    the id goes in with the head rather than by rebuilding the finished head's fields after.
+    `mark_id_added` then names the Response made of them."""
+    for name, _ in fields:
+        if name.lower() == _REQUEST_ID_KEY:
+            return fields
+    fields.append((_REQUEST_ID_FIELD, request_id.encode("utf-8", "surrogateescape")))
+    state.id_added = _PENDING
+    return fields
+
+
+_PENDING: Any = object()
+
+
+def mark_id_added(state: FlowState, response: http.Response) -> None:
+    """`response` was made of the fields `with_request_id` added the id to."""
+    if state.id_added is _PENDING:
+        state.id_added = response
+
+
+def stamp_response(flow: http.HTTPFlow, state: FlowState | None = None) -> None:
+    """Every answer to a request Backworks saw carries its id back to the client.
+
+    An answer whose head got the id as it was built (`with_request_id`) is only checked: a
+    middleware's response phase may have removed or replaced it since.
+    """
+    if state is None:
+        state = peek_state(flow)
+        if state is None:
+            return
+    request_id = state.request_id
+    response = flow.response
+    if not request_id or response is None or state.stamped is response:
         return
-    state = flow_state(flow)
-    state["stamped"] = flow.response  # once per answer: responseheaders, then response
-    if not fast_headers.has(flow.response.headers, REQUEST_ID_HEADER):
-        fast_headers.put(flow.response.headers, REQUEST_ID_HEADER, request_id)
-        state[ID_ADDED] = flow.response  # the capture records the answer without it
+    state.stamped = response  # once per answer: responseheaders, then response
+    if state.id_added is response:
+        value = fast_headers.get(response.headers, REQUEST_ID_HEADER)
+        if value is None:
+            fast_headers.put(response.headers, REQUEST_ID_HEADER, request_id)
+        elif value != request_id:  # set by a response transform: not ours to leave out of a capture
+            state.id_added = None
+        return
+    if not fast_headers.has(response.headers, REQUEST_ID_HEADER):
+        fast_headers.put(response.headers, REQUEST_ID_HEADER, request_id)
+        state.id_added = response  # the capture records the answer without it
 
 
 @dataclass
@@ -126,6 +170,11 @@ class RequestContext:
     buffer_limit: int | None = None
     # What the metrics and the status page learn of this request (see backworks_core.telemetry).
     record: RequestRecord | None = None
+    # Decided once by the gateway's route: the method, and the canonical path without the query.
+    method: str | None = None
+    path: str | None = None
+    # The flow's FlowState (backworks_core.flowstate), so that no one looks it up again.
+    flow_state: FlowState | None = None
 
     @property
     def request(self) -> http.Request:

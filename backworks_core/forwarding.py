@@ -58,7 +58,6 @@ KEPT_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # X-Forwarded-For addresses examined from the right at most (a trusted proxy chain is short).
 MAX_FORWARDED_HOPS = 32
 
-CLIENT = "client"  # flowstate key: the request's Client, decided by TrustBoundary.admit
 
 
 def normal_name(name: str | bytes) -> bytes:
@@ -183,9 +182,9 @@ class Client(NamedTuple):
 def client_of(flow: http.HTTPFlow) -> Client:
     """The request's client as `TrustBoundary.admit` decided it; before that (or for a flow it
     never saw): the peer, trusted by no one."""
-    decided = peek_state(flow).get(CLIENT)
-    if decided is not None:
-        return decided
+    state = peek_state(flow)
+    if state is not None and state.client is not None:
+        return state.client
     peer = normal_address(str(flow.client_conn.peername[0]) if flow.client_conn.peername else "")
     return Client(peer, peer, False)
 
@@ -251,7 +250,7 @@ class TrustBoundary:
             client = Client(client_address(peer, chain, self.trusted), peer, True)
         else:
             client = self._untrusted.get(peer) or self._untrusted_client(peer)
-        flow_state(flow)[CLIENT] = client
+        flow_state(flow).client = client
         return client
 
     def _untrusted_client(self, peer: str) -> Client:

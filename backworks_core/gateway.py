@@ -43,9 +43,9 @@ from backworks_core.model import EndpointSettings
 from backworks_core.pages import InternalEndpoint, PageHandler
 from backworks_core.paths import PathGlob, PathRefused, canonical_path, filter_forms, lenient_path
 from backworks_core.router import Match, MethodNotAllowed, Route, Router, parse_template, template_shape
-from backworks_core.flowstate import flow_state, peek_state
+from backworks_core.flowstate import FlowState, flow_state, peek_state
 from backworks_core.forwarding import TrustBoundary
-from backworks_core.telemetry import PASSTHROUGH, RECORD, RequestRecord, ensure_record, method_label
+from backworks_core.telemetry import PASSTHROUGH, STANDARD_METHODS, RequestRecord, method_label
 from backworks_core.transforms import CompiledTransform
 
 logger = logging.getLogger(__name__)
@@ -79,10 +79,18 @@ class MiddlewarePlan:
     path: PathGlob | None  # matched in linear time (backworks_core.paths)
     methods: frozenset[str] | None
     instance: Middleware
+    # Capabilities, read from the instance once at build (class attributes it declares), never per request.
+    name: str = field(init=False)
+    answers_preflights: bool = field(init=False)  # cors: sees CORS preflights, and decorates refusals
+    response_phase: bool = field(init=False)  # has an `on_response` that does something
+    transforms_request_body: bool = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    def __post_init__(self) -> None:
+        instance = self.instance
+        object.__setattr__(self, "name", self.spec.name)
+        object.__setattr__(self, "answers_preflights", bool(getattr(instance, "answers_preflights", False)))
+        object.__setattr__(self, "response_phase", bool(getattr(instance, "response_phase", True)))
+        object.__setattr__(self, "transforms_request_body", bool(getattr(instance, "transforms_request_body", False)))
 
     @property
     def has_filter(self) -> bool:
@@ -110,6 +118,31 @@ class MiddlewarePlan:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """The middlewares of one endpoint and method, in the order they run, split by phase.
+
+    `request` runs in blueprint order; `response` holds only those with a response phase, each
+    with its position in `request`, last first (as Envoy splits decoder and encoder filters): a
+    request stopped at position k has the response phase of the ones up to k only.
+    """
+
+    request: tuple[MiddlewarePlan, ...]
+    response: tuple[tuple[int, MiddlewarePlan], ...]
+
+    @staticmethod
+    def of(chain: Sequence[MiddlewarePlan]) -> Pipeline:
+        return Pipeline(tuple(chain), tuple((i, m) for i, m in reversed(list(enumerate(chain))) if m.response_phase))
+
+    @property
+    def preflight(self) -> Pipeline:
+        """Only the middlewares that answer CORS preflights (cors) see one."""
+        return Pipeline.of([m for m in self.request if m.answers_preflights])
+
+
+NO_MIDDLEWARES = Pipeline((), ())
+
+
+@dataclass(frozen=True)
 class EndpointPlan:
     spec: EndpointSpec
     handler: Handler
@@ -122,14 +155,22 @@ class EndpointPlan:
     internal: bool = False
     # Size limits and body schema (backworks_core.limits), checked before the middlewares.
     guard: RequestGuard | None = None
+    # Precomputed at build: read on every request.
+    label: str = field(init=False)  # `GET,HEAD /users/{id}`
+    template: str = field(init=False)  # the path template, a bounded metric label
+    literal: bool = field(init=False)  # a template without parameters: one path, filters resolved once
+    label_note: str = field(init=False)  # the `endpoint=` note of the flow comment
+    accepts_body_stream: bool = field(init=False)  # the handler reads a streamed request body itself
+    # The compiled pipelines, by method, for the template's own path (filled at build; see Gateway.pipeline).
+    pipelines: dict[str, Pipeline] = field(init=False, default_factory=dict, compare=False)
 
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-    @property
-    def template(self) -> str:
-        return self.spec.settings.path
+    def __post_init__(self) -> None:
+        template = self.spec.settings.path
+        object.__setattr__(self, "label", self.spec.label)
+        object.__setattr__(self, "template", template)
+        object.__setattr__(self, "literal", "{" not in template and "*" not in template)
+        object.__setattr__(self, "label_note", f'"{self.label}"')
+        object.__setattr__(self, "accepts_body_stream", bool(getattr(self.handler, "accepts_body_stream", False)))
 
 
 @dataclass
@@ -152,12 +193,38 @@ class Gateway:
         guards = [e.guard for e in self.endpoints if e.guard is not None]
         self.body_floor = min((g.max_body for g in guards if g.max_body is not None), default=None)
         self.header_floor = min((g.max_header for g in guards if g.max_header is not None), default=None)
+        self.compile_pipelines()
 
     def unmatched_policy(self, reverse_mode: bool) -> Unmatched:
         configured = self.blueprint.settings.server.unmatched
         if configured is not None:
             return configured
         return "not_found" if reverse_mode else "passthrough"
+
+    def compile_pipelines(self) -> None:
+        """Resolve each endpoint's middleware filters for every standard method on its literal
+        path, at load: a request to that path then takes its pipeline by one dict lookup."""
+        for endpoint in self.endpoints:
+            endpoint.pipelines.clear()
+            if not endpoint.literal or endpoint.internal:
+                continue
+            for method in (*STANDARD_METHODS, "ANY"):
+                endpoint.pipelines[method] = self._pipeline(endpoint, method, endpoint.template)
+
+    def pipeline(self, endpoint: EndpointPlan, method: str, path: str) -> Pipeline:
+        """The middlewares that run for this request: compiled at load for the endpoint's own
+        literal path, else filtered now (path parameters, or another spelling of the path)."""
+        if not self.middlewares:
+            return NO_MIDDLEWARES
+        if path == endpoint.template:
+            compiled = endpoint.pipelines.get(method)
+            if compiled is not None:
+                return compiled
+        return self._pipeline(endpoint, method, path)
+
+    def _pipeline(self, endpoint: EndpointPlan, method: str, path: str) -> Pipeline:
+        chain = self.middlewares_for(endpoint, method, path)
+        return Pipeline.of(chain) if chain else NO_MIDDLEWARES
 
     def middlewares_for(self, endpoint: EndpointPlan, method: str, path: str) -> list[MiddlewarePlan]:
         """The union rule: listed by the endpoint, or selected by the middleware's own filter."""
@@ -171,9 +238,12 @@ class Gateway:
             m for m in self.middlewares if m.name in endpoint.referenced or m.filter_matches(method, forms)
         ]
 
-    def route(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool) -> RequestContext | http.Response | None:
+    def route(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, state: FlowState | None = None) -> RequestContext | http.Response | None:
         """The endpoint context to run, Backworks' own 404/405, or None to let the flow pass."""
+        if state is None:
+            state = flow_state(flow)
         request = flow.request
+        method = request.method  # decoded once for the whole pass
         raw_path, mark, query = request.path.partition("?")
         # pretty_host is costly per request; only host globs need it.
         host = request.pretty_host if self.uses_hosts else ""
@@ -185,16 +255,16 @@ class Gateway:
             path = canonical_path(raw_path)
         except PathRefused as exc:
             if not untouched or any(  # as the router read it before, or as the laxest server would
-                self._handles(self.router.match(request.method, reading, host), reverse_mode, direct) for reading in (raw_path, lenient_path(raw_path))
+                self._handles(self.router.match(method, reading, host), reverse_mode, direct) for reading in (raw_path, lenient_path(raw_path))
             ):
                 flow.comment = _join_comment(flow.comment, "backworks: path refused → 400")
-                return self._error(flow, 400, f"request path refused: {exc}; send the path without it")
+                return self._error(flow, 400, f"request path refused: {exc}; send the path without it", state=state)
             path, result = raw_path, None  # neither reading is the blueprint's: passed on as sent
         else:
-            result = self.router.match(request.method, path, host)
+            result = self.router.match(method, path, host)
             if path != raw_path and (not untouched or self._handles(result, reverse_mode, direct)):
                 request.path = path + mark + query  # what is routed and authorized is what goes upstream
-        preflight = self._preflight(request, path, host) if result is not None and is_preflight(request) else None
+        preflight = self._preflight(request, path, host) if result is not None and method == "OPTIONS" and is_preflight(request) else None
         if preflight is not None:
             result = preflight[0]  # answered by the cors middleware of the endpoint it asks about
         if isinstance(result, Match) and result.route.payload.internal and not (reverse_mode or direct):
@@ -204,27 +274,27 @@ class Gateway:
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
                 if reverse_mode and not untouched:  # Backworks' own upstream: the request carries its id there
                     self.trust_boundary.admit(flow)  # identity and forwarding headers as on any endpoint
-                    request_id = request_id_for(flow)
-                    ensure_record(flow, request_id).endpoint = PASSTHROUGH
+                    request_id = request_id_for(flow, state)
+                    _record(flow, state, request_id).endpoint = PASSTHROUGH
                     stamp_request(flow, request_id)
                 else:  # someone else's traffic through a debugging proxy, or `passthrough_path: as_sent`
                     # (`backworks capture`): counted, left unchanged both ways, no id added upstream or back
-                    flow_state(flow)[RECORD] = RequestRecord(request_id="", method=method_label(request.method), endpoint=PASSTHROUGH)
+                    state.record = RequestRecord(request_id="", method=method_label(method), endpoint=PASSTHROUGH)
                 return None
             flow.comment = _join_comment(flow.comment, "backworks: no endpoint → 404")
-            return self._error(flow, 404, f"no endpoint matches {request.method} {path}")
+            return self._error(flow, 404, f"no endpoint matches {method} {path}", state=state)
         if isinstance(result, MethodNotAllowed):
             allow = ", ".join(result.allow)
             flow.comment = _join_comment(flow.comment, "backworks: method not allowed → 405")
-            return self._error(flow, 405, f"method {request.method} is not allowed here (allowed: {allow})", {"Allow": allow})
+            return self._error(flow, 405, f"method {method} is not allowed here (allowed: {allow})", {"Allow": allow}, state=state)
         assert isinstance(result, Match)
         self.trust_boundary.admit(flow)  # before anything reads or sets a header: identity, Connection, forwarding
         endpoint: EndpointPlan = result.route.payload
-        request_id = request_id_for(flow)
-        record = ensure_record(flow, request_id)
+        request_id = request_id_for(flow, state)
+        record = _record(flow, state, request_id)
         record.endpoint, record.endpoint_label, record.internal = endpoint.template, endpoint.label, endpoint.internal
-        ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id, record=record)
-        ctx.notes["endpoint"] = f'"{endpoint.label}"'
+        ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id, record=record, method=method, path=path, flow_state=state)
+        ctx.notes["endpoint"] = endpoint.label_note
         ctx.notes["handler"] = endpoint.spec.handler
         if preflight is not None:
             ctx.state[PREFLIGHT] = preflight[1]
@@ -257,22 +327,26 @@ class Gateway:
         target = self.router.match(requested, path, host)
         if not isinstance(target, Match):
             return None
-        if any(getattr(m.instance, "answers_preflights", False) for m in self.middlewares_for(target.route.payload, requested, path)):
+        if self.pipeline(target.route.payload, requested, path).preflight.request:
             return target, requested
         return None
 
     @staticmethod
-    def _error(flow: http.HTTPFlow, status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
-        request_id = request_id_for(flow)
-        ensure_record(flow, request_id).error = message
+    def _error(flow: http.HTTPFlow, status: int, message: str, headers: dict[str, str] | None = None, *, state: FlowState | None = None) -> http.Response:
+        if state is None:
+            state = flow_state(flow)
+        request_id = request_id_for(flow, state)
+        _record(flow, state, request_id).error = message
         return json_error(status, message, request_id, headers)
 
-    async def handle(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay | None = None) -> None:
+    async def handle(
+        self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay | None = None, state: FlowState | None = None
+    ) -> None:
         """Answer the flow from the blueprint, or leave it alone to pass through.
 
         Without a relay, a response too large to hold is held anyway (unit tests, tools).
         """
-        routed = self.route(flow, reverse_mode=reverse_mode, direct=direct)
+        routed = self.route(flow, reverse_mode=reverse_mode, direct=direct, state=state)
         if routed is None:
             return
         if isinstance(routed, http.Response):
@@ -321,7 +395,7 @@ class Gateway:
                 _comment(flow, refused_ctx)
 
         async def job(web_request: web.BaseRequest) -> RelayAnswer:
-            relayed: Relayed = flow_state(flow)[RELAYED]
+            relayed: Relayed = flow_state(flow).relayed
             flow.request.url = relayed.url  # the handler sees the client's request, not the relay's
             if isinstance(routed, http.Response):
                 await _drain(web_request)  # a 404/405 needs none of the body
@@ -339,7 +413,7 @@ class Gateway:
             hold = validating or transforming or (max_body is not None and max_body <= relay.buffer_limit)
             answer: Answer | None = None
             try:
-                if getattr(ctx.endpoint.handler, "accepts_body_stream", False) and not hold:
+                if ctx.endpoint.accepts_body_stream and not hold:
                     chunks = web_request.content.iter_chunked(RELAY_CHUNK)
                     ctx.body_stream = chunks if max_body is None else _capped(chunks, max_body, ctx)
                     ctx.notes["streamed"] = "request"
@@ -385,12 +459,11 @@ class Gateway:
         """Whether a request transform of this endpoint (the proxy's chain, its own, a transform
         middleware's) has body operations."""
         endpoint = ctx.endpoint
-        if getattr(endpoint.handler, "reshapes_request", False):
+        if getattr(endpoint.handler, "reshapes_request", False):  # once per streamed request: not the hot path
             return True
         if endpoint.request_transform is not None and endpoint.request_transform.touches_body:
             return True
-        chain = self.middlewares_for(endpoint, ctx.request.method, ctx.request.path.split("?", 1)[0])
-        return any(getattr(m.instance, "transforms_request_body", False) for m in chain)
+        return any(m.transforms_request_body for m in self.pipeline(endpoint, ctx.method or ctx.request.method, _path_of(ctx)).request)
 
     def may_refuse_head(self, request: http.Request) -> bool:
         """Cheap, for every request's `requestheaders`: a body whose head could break some endpoint's limit."""
@@ -423,8 +496,7 @@ class Gateway:
         CORS headers of the endpoint's cors middlewares all the same, so that a page on another
         origin can read why (as Kong's cors plugin decorates other plugins' refusals)."""
         response = refusal.response(ctx)
-        path = ctx.request.path.split("?", 1)[0]
-        chain = [m for m in self.middlewares_for(ctx.endpoint, ctx.request.method, path) if getattr(m.instance, "answers_preflights", False)]
+        chain = self.pipeline(ctx.endpoint, ctx.method or ctx.request.method, _path_of(ctx)).preflight.request
         for middleware in reversed(chain):  # the first in blueprint order decides, as in `answer`
             try:
                 await middleware.instance.on_response(ctx, response)
@@ -433,16 +505,15 @@ class Gateway:
         return response
 
     async def answer(self, ctx: RequestContext) -> Answer:
-        """Middlewares, then the handler, then the middlewares' `on_response` in reverse."""
-        method = ctx.request.method
-        path = ctx.request.path.split("?", 1)[0]
-        applied: list[MiddlewarePlan] = []
-        response: Answer
+        """The request phase of the endpoint's pipeline, then the handler, then the response
+        phase of the middlewares that ran, in reverse."""
         preflight: str | None = ctx.state.get(PREFLIGHT)
-        chain = self.middlewares_for(ctx.endpoint, preflight or method, path)
+        pipeline = self.pipeline(ctx.endpoint, preflight or ctx.method or ctx.request.method, _path_of(ctx))
         if preflight is not None:  # only the middlewares that answer preflights (cors) see one
-            chain = [m for m in chain if getattr(m.instance, "answers_preflights", False)]
-        for middleware in chain:
+            pipeline = pipeline.preflight
+        response: Answer | None = None
+        ran = -1  # the position of the last middleware whose response phase is due
+        for middleware in pipeline.request:
             try:
                 early = await middleware.instance.on_request(ctx)
             except BodyError as exc:  # a body it would read is over the limit, undecodable or too deep
@@ -454,20 +525,24 @@ class Gateway:
                 logger.exception("[%s] middleware %r failed; request denied", ctx.request_id, middleware.name)
                 ctx.notes["denied_by"] = middleware.name
                 return ctx.error(500, f"middleware {middleware.name!r} failed; the request was denied")
-            applied.append(middleware)
+            ran += 1
             if early is not None:
                 ctx.notes["answered_by"] = middleware.name
                 response = early
                 break
-        else:
+        if response is None:
             if preflight is not None:  # never the handler's nor the upstream's
                 response = ctx.error(403, "CORS preflight not answered")
             else:
                 response = await call_handler(ctx)
         if isinstance(response, Forward):
             return response  # mitmproxy relays the upstream's answer; there is no response yet
+        if not pipeline.response:
+            return response
         head = response.head if isinstance(response, StreamedResponse) else response
-        for middleware in reversed(applied):
+        for position, middleware in pipeline.response:
+            if position > ran:
+                continue
             try:
                 await middleware.instance.on_response(ctx, head)
             except Exception:
@@ -476,6 +551,18 @@ class Gateway:
                     response.close()
                 return ctx.error(500, f"middleware {middleware.name!r} failed on the response")
         return response
+
+
+def _path_of(ctx: RequestContext) -> str:
+    """The request's canonical path, as routed (a context made without `route`: from the request)."""
+    return ctx.path if ctx.path is not None else ctx.request.path.split("?", 1)[0]
+
+
+def _record(flow: http.HTTPFlow, state: FlowState, request_id: str) -> RequestRecord:
+    record = state.record
+    if not isinstance(record, RequestRecord):
+        record = state.record = RequestRecord(request_id=request_id, method=method_label(flow.request.method))
+    return record
 
 
 async def call_handler(ctx: RequestContext) -> Answer:
@@ -521,7 +608,6 @@ def point_at(request: http.Request, url: str, headers: list[tuple[str, str]]) ->
     request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
 
 
-RELAYED = "relayed"  # flowstate: the client's request as it was, and the head to answer with
 RELAY_CHUNK = 64 * 1024
 
 
@@ -538,12 +624,12 @@ class Relayed:
 
 def point_at_relay(flow: http.HTTPFlow, relay: StreamRelay, job: RelayJob, on_expire: Callable[[], None] | None = None) -> None:
     """Send the flow to the relay, where `job` answers it; mitmweb gets the client's request back."""
-    flow_state(flow)[RELAYED] = Relayed(flow.request.url, flow.request.headers.copy())
+    flow_state(flow).relayed = Relayed(flow.request.url, flow.request.headers.copy())
     flow.request.url = relay.url(relay.register(job, on_expire))
 
 
 def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) -> RelayAnswer:
-    relayed: Relayed = flow_state(flow)[RELAYED]
+    relayed: Relayed = flow_state(flow).relayed
     if isinstance(answer, StreamedResponse):
         relayed.head, relayed.streamed = answer.head, True
         return RelayAnswer(answer.head.status_code, answer.body)
@@ -553,7 +639,8 @@ def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) 
 
 def restore_relayed(flow: http.HTTPFlow) -> None:
     """`responseheaders` of a relayed flow: the answer's own head, and the client's request."""
-    relayed: Relayed | None = peek_state(flow).get(RELAYED)
+    state = peek_state(flow)
+    relayed: Relayed | None = state.relayed if state is not None else None
     if relayed is None or relayed.restored or flow.response is None:
         return
     relayed.restored = True  # the marker stays: the `request` hook of a streamed request comes later

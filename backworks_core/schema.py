@@ -7,7 +7,8 @@ complete and check `plugins.proxy.config` and `endpoints[].config.static` as wel
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -165,3 +166,67 @@ def blueprint_json_schema(registry: PluginRegistry) -> dict[str, Any]:
     root["title"] = "Backworks blueprint"
     root["$defs"] = defs
     return allow_env_references(root)
+
+
+SCHEMA_FILE = "blueprint.schema.json"  # beside the blueprint, as `backworks init` writes it
+_READ_LIMIT = 16 << 20  # an existing schema file larger than this is not one of ours
+
+
+def modeline(schema_file: str) -> str:
+    """The first line that tells YAML language servers (VS Code's YAML extension, JetBrains IDEs,
+    Neovim's yamlls) which schema completes and checks the file."""
+    return f"# yaml-language-server: $schema=./{schema_file}\n"
+
+
+def write_schema_beside(blueprint: str | os.PathLike[str], registry: PluginRegistry | None = None) -> str:
+    """Write the blueprint schema next to `blueprint` for editors; returns the file's name.
+
+    `blueprint.schema.json` (the name `init` uses, so one schema serves every blueprint of the
+    folder) when there is none, or when the one there is a Backworks schema (its `$id`): that one
+    is brought up to date. A file of that name that is not ours is never replaced: the schema
+    goes to `BLUEPRINT.schema.json` instead (e.g. `captured.yaml.schema.json`). Written like the
+    other outputs: mode 0600, atomically, never through a symlink at the name. OSError when the
+    folder cannot be written.
+    """
+    import json
+    from pathlib import Path
+
+    from backworks_core.files import write_private
+
+    if registry is None:
+        from addons import builtin_plugins
+
+        registry = PluginRegistry.discover(builtin_plugins())
+    target = Path(blueprint)
+    text = json.dumps(blueprint_json_schema(registry), indent=2) + "\n"
+    shared = target.parent / SCHEMA_FILE
+    existing = _existing_schema(shared)
+    if existing is False:  # a file of that name that Backworks did not write
+        own = f"{target.name}.schema.json"
+        write_private(target.parent / own, text)
+        return own
+    if existing != text:  # none yet, or an older Backworks schema
+        write_private(shared, text)
+    return SCHEMA_FILE
+
+
+def _existing_schema(path: Any) -> str | None | Literal[False]:
+    """What is at `path`: None (nothing), its text (a Backworks schema: a plain file whose `$id`
+    is ours) or False (anything else: a user's file, a symlink, a folder)."""
+    import json
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _READ_LIMIT:
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(document, dict) or document.get("$id") != SCHEMA_ID:
+        return False
+    return text

@@ -14,8 +14,6 @@ from mitmproxy import http
 
 from backworks_core.flowstate import flow_state, peek_state
 
-RECORD = "record"  # key in backworks_core.flowstate (never in flow.metadata: it must stay serializable)
-
 # Label values for flows without an endpoint of their own.
 UNMATCHED = "(unmatched)"  # Backworks answered 404/405 itself
 PASSTHROUGH = "(passthrough)"  # no endpoint; the flow went on untouched (regular proxy mode)
@@ -78,13 +76,15 @@ def outcome_of(status: int | None, failure: str | None) -> str:
 
 
 def record_for(flow: http.HTTPFlow) -> RequestRecord | None:
-    record = peek_state(flow).get(RECORD)
+    """The flow's record (kept on its FlowState, never in flow.metadata: that must stay serializable)."""
+    state = peek_state(flow)
+    record = state.record if state is not None else None
     return record if isinstance(record, RequestRecord) else None
 
 
 def ensure_record(flow: http.HTTPFlow, request_id: str) -> RequestRecord:
-    record = record_for(flow)
-    if record is None:
-        record = RequestRecord(request_id=request_id, method=method_label(flow.request.method))
-        flow_state(flow)[RECORD] = record
+    state = flow_state(flow)
+    record = state.record
+    if not isinstance(record, RequestRecord):
+        record = state.record = RequestRecord(request_id=request_id, method=method_label(flow.request.method))
     return record

@@ -56,7 +56,7 @@ import codecs
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_plus
@@ -591,9 +591,22 @@ class CompiledTransform:
             return headers
         return self._headers(headers, self._render_headers(tctx) if self.set else [])
 
+    def apply_header_fields(
+        self, fields: list[tuple[bytes, bytes]], tctx: TemplateContext, encode: Callable[[str], bytes] | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """`apply_headers` on a head kept as bytes (the proxy's answer): nothing decoded; a set
+        value is encoded by `encode` (default UTF-8)."""
+        if not self.touches_headers:
+            return fields
+        return self._fields_bytes(fields, self._render_headers(tctx) if self.set else [], encode)
+
     def _apply_to_fields(self, message: http.Message, values: list[str]) -> None:
+        message.headers.fields = tuple(self._fields_bytes(message.headers.fields, values))
+
+    def _fields_bytes(
+        self, fields: Iterable[tuple[bytes, bytes]], values: list[str], encode: Callable[[str], bytes] | None = None
+    ) -> list[tuple[bytes, bytes]]:
         """The same operations on mitmproxy's byte fields; names are ASCII tokens, values UTF-8."""
-        fields: Iterable[tuple[bytes, bytes]] = message.headers.fields
         if self.remove:
             removed = self._remove_b
             fields = [f for f in fields if f[0].lower() not in removed]
@@ -601,8 +614,8 @@ class CompiledTransform:
             fields = [(new if k.lower() == old else k, v) for k, v in fields]
         for (name, lowered), value in zip(self._set_b, values):
             fields = [f for f in fields if f[0].lower() != lowered]
-            fields.append((name, value.encode("utf-8", "surrogateescape")))
-        message.headers.fields = tuple(fields)
+            fields.append((name, encode(value) if encode is not None else value.encode("utf-8", "surrogateescape")))
+        return fields if isinstance(fields, list) else list(fields)
 
     # -- status, path, query
 

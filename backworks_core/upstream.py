@@ -60,6 +60,16 @@ def end_to_end_fields(
     return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in fields if name.lower() not in dropped]
 
 
+def end_to_end_bytes(fields: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """`end_to_end_fields` without decoding: the fields as they came, for a head that is built
+    as bytes (an upstream's answer passed on without header transforms)."""
+    fields = list(fields)
+    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")}
+    if named:
+        dropped = dropped | named
+    return [(name, value) for name, value in fields if name.lower() not in dropped]
+
+
 # What a client is told of a failed exchange: the kind, never the OS's text or an address.
 FAILURE_PHRASES: dict[str, str] = {
     "connect_failure": "connect failed",
@@ -156,6 +166,20 @@ async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[byte
     return prefix, False
 
 
+# aiohttp without timers of its own: the try's asyncio.timeout covers connect, send and read.
+_NO_TIMERS = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+
+
+def _idle_timeout(response: aiohttp.ClientResponse, timeout: float) -> None:
+    """An answer that streams on past the buffer limit is held to `timeout` as an idle timeout
+    (no data for that long), as aiohttp's `sock_read` would hold it."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = timeout
+        protocol.start_timeout()
+
+
 DEFAULT_CONNECTIONS_PER_TARGET = 128
 """Connections to one target at most when its `max_connections` is not set."""
 
@@ -222,6 +246,8 @@ class UpstreamClient:
         streaming_request = isinstance(body, BodyStream)
         response: aiohttp.ClientResponse | None = None
         try:
+            # One timer per try: the whole exchange within `timeout`; aiohttp's own per-read
+            # timers only where an idle timeout is wanted (a streamed request body).
             async with asyncio.timeout(None if streaming_request else timeout):
                 response = await session.request(
                     method,
@@ -229,13 +255,15 @@ class UpstreamClient:
                     headers=CIMultiDict(headers),
                     data=body if body else None,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout) if streaming_request else _NO_TIMERS,
                     ssl=ssl_context if ssl_context is not None else True,
                 )
                 if buffer_limit is None:
                     content, complete = await response.read(), True
                 else:
                     content, complete = await read_up_to(response, buffer_limit)
+            if not complete and not streaming_request:
+                _idle_timeout(response, timeout)  # the rest streams on: held to `timeout` between reads
             reply = UpstreamReply(
                 status=response.status,
                 reason=response.reason or "",

@@ -3,6 +3,7 @@
 #   prometheus, promtool   Debian package `prometheus`   (tests/integration/prometheus.py)
 #   chromium               Debian package `chromium`
 #   redis-server           Debian package `redis-server` (tests/integration/test_rate_limit.py)
+#   haproxy                Debian package `haproxy`      (tests/integration/test_two_instances.py)
 #   curl                   Debian package `curl`         (tests/integration/test_readmes.py runs the READMEs' commands)
 # `./run.sh test` calls this on every run: when everything is installed it prints nothing and costs
 # a few `command -v` lookups. It installs with apt-get as root, or with sudo when that needs no
@@ -13,7 +14,7 @@
 # BACKWORKS_SYSTEM_TOOLS_DRY_RUN=1 prints the commands that would run instead of running them.
 set -uo pipefail
 
-TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium redis-server:redis-server curl:curl}"
+TOOLS="${BACKWORKS_SYSTEM_TOOLS:-prometheus:prometheus promtool:prometheus chromium:chromium redis-server:redis-server haproxy:haproxy curl:curl}"
 
 missing_tools=() missing_packages=()
 for pair in $TOOLS; do
@@ -65,8 +66,10 @@ fi
 
 say "installing ${missing_packages[*]} (for: ${missing_tools[*]%%:*})"
 export DEBIAN_FRONTEND=noninteractive
-run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || say "apt-get update failed; trying the install anyway"
-if ! run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing_packages[@]}"; then
+# Another apt-get (a parallel test run, bench/setup.sh) may hold dpkg's lock: wait for it, bounded.
+LOCK_WAIT=(-o DPkg::Lock::Timeout=300)
+run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${LOCK_WAIT[@]}" update -q || say "apt-get update failed; trying the install anyway"
+if ! run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${LOCK_WAIT[@]}" install -y -q --no-install-recommends "${missing_packages[@]}"; then
     explain "apt-get install failed (see above)"
 fi
 
@@ -84,6 +87,7 @@ stop_service() {  # $1: the package, $2: its systemd unit and init.d script name
 }
 stop_service prometheus prometheus
 stop_service redis-server redis-server
+stop_service haproxy haproxy
 
 for pair in "${missing_tools[@]}"; do
     tool="${pair%%:*}"

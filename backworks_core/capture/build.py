@@ -1,10 +1,12 @@
 """From recorded exchanges to an output: a blueprint of mock endpoints, OpenAPI 3.1, or HAR 1.2.
 
-Inputs are read twice, streaming (memory grows with the distinct exchanges, not the flows): the first pass
-collects the paths (to infer templates per host), the second routes each exchange to its
-endpoint and keeps what the output needs: every distinct exchange (an answer repeated for the
-same request is kept once; a blueprint puts the bulk in a data file beside it) and a bounded
-number of body samples for the schemas. Everything is redacted as it is read.
+Every input is read once (`read_once`; a pipe would do): each exchange is redacted as it comes
+and kept compactly (`Recording`: the distinct bodies plus a few hundred bytes a flow); at the end
+those that may hold a secret learned from a later flow are redacted again, templates are
+inferred per host from every path, and each exchange is routed to its endpoint, which keeps
+what the output needs: every distinct exchange (an answer repeated for the same request is kept
+once; a blueprint puts the bulk in a data file beside it) and a bounded number of body samples
+for the schemas.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from backworks_core.files import private_output, write_private
 from backworks_core.handlers.mock import JsonLayout, json_body_bytes
 from backworks_core.handlers.mock_features import is_media_type
 from backworks_core.router import Match, Route, Router
+from backworks_core.schema import modeline, write_schema_beside
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +113,8 @@ class Progress:
 
 
 def read_inputs(inputs: Sequence[str | os.PathLike[str]], rules: RedactionRules | Redactor) -> Iterator[Exchange]:
-    """Every exchange, redacted; pass one `Redactor` for a run, so that a secret seen in one
-    exchange is scrubbed from those after it (and, in a second pass, from all)."""
+    """Every exchange, redacted as it comes; pass one `Redactor` for a run, so that a secret
+    seen in one exchange is scrubbed from those after it (`read_once` also from those before)."""
     redactor = Redactor.of(rules)
     for path in inputs:
         if not Path(path).is_file():
@@ -185,8 +188,107 @@ def _json_object_body(exchange: Exchange) -> str | None:
     return json.dumps(parsed, sort_keys=True, ensure_ascii=False) if isinstance(parsed, dict) and parsed else None
 
 
+class Recording:
+    """Every exchange of one read, redacted as it came, held compactly until the output is built.
+
+    A header, query pair, path or body seen before is stored as the same object, so a recording
+    costs about its distinct bodies plus a few hundred bytes a flow. Each exchange remembers how
+    many secrets the run's redactor knew when it was redacted: `settle` redacts again those that
+    may hold one learned later (a token handed out in flow 90,000 and sent in flow 3), so the
+    output is what a second read, knowing every secret of the run, would give.
+    """
+
+    def __init__(self) -> None:
+        self._pool: dict[Any, Any] = {}
+        self._items: list[tuple[Any, ...] | None] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, exchange: Exchange, learned: int) -> None:
+        self._items.append(self._pack(exchange, learned))
+
+    def _pack(self, e: Exchange, learned: int) -> tuple[Any, ...]:
+        same = self._pool.setdefault
+        return (
+            same(e.method, e.method),
+            same(e.scheme, e.scheme),
+            same(e.host, e.host),
+            e.port,
+            same(e.path, e.path),
+            tuple([same(pair, pair) for pair in e.query]),
+            tuple([same(pair, pair) for pair in e.request_headers]),
+            same(e.request_body, e.request_body),
+            e.status,
+            tuple([same(pair, pair) for pair in e.response_headers]),
+            same(e.response_body, e.response_body),
+            e.started,
+            e.duration,
+            learned,
+        )
+
+    @staticmethod
+    def _unpack(item: tuple[Any, ...]) -> Exchange:
+        method, scheme, host, port, path, query, request_headers, request_body, status, response_headers, response_body, started, duration, _ = item
+        return Exchange(method, scheme, host, port, path, list(query), list(request_headers), request_body, status, list(response_headers), response_body, started, duration)
+
+    def settle(self, redactor: Redactor) -> int:
+        """Redact again every exchange that may hold a secret learned after it was redacted
+        (`Redactor.outdated`); returns how many were. Redacting again can teach a secret
+        itself (rarely): then the others are looked at again, a bounded number of times."""
+        redone = 0
+        for _ in range(4):
+            learned = redactor.learned
+            for index, item in enumerate(self._items):
+                if item is None or item[-1] >= learned:
+                    continue
+                exchange = self._unpack(item)
+                if redactor.outdated(exchange, item[-1]):
+                    self._items[index] = self._pack(redactor.exchange(exchange), learned)
+                    redone += 1
+            if redactor.learned == learned:
+                break
+        return redone
+
+    def paths(self) -> Iterator[tuple[str, str]]:
+        """(host, path) of every exchange, in order."""
+        for item in self._items:
+            if item is not None:
+                yield item[2], item[4]
+
+    def exchanges(self, release: bool = False) -> Iterator[Exchange]:
+        """Every exchange in the order read; with `release`, each is let go once handed out."""
+        items = self._items
+        for index, item in enumerate(items):
+            if item is None:
+                continue
+            if release:
+                items[index] = None
+            yield self._unpack(item)
+        if release:
+            self._items = []
+            self._pool.clear()
+
+
+def read_once(inputs: Sequence[str | os.PathLike[str]], rules: RedactionRules | Redactor, progress: IO[str] | None = None) -> Recording:
+    """Every input read once, each exchange redacted as it comes, then settled: those that may
+    hold a secret learned from a later flow redacted again (`Recording.settle`)."""
+    redactor = Redactor.of(rules)  # one for the run: a secret seen in any flow is scrubbed from all
+    total = (sum(count_hint(path) or 0 for path in inputs) or None) if progress is not None else None
+    meter = Progress(progress, "reading", total)
+    recording = Recording()
+    for exchange in read_inputs(inputs, redactor):
+        recording.add(exchange, redactor.learned)
+        meter.step()
+    meter.finish()
+    redone = recording.settle(redactor)
+    if redone:
+        logger.debug("capture: %d exchange(s) redacted again for secrets learned from later flows", redone)
+    return recording
+
+
 def collect(
-    inputs: Sequence[str],
+    inputs: Sequence[str] | Recording,
     rules: RedactionRules | Redactor,
     progress: IO[str] | None = None,
     *,
@@ -194,35 +296,26 @@ def collect(
     match_headers: Iterable[str] = MATCH_HEADERS,
     stats: BuildStats | None = None,
 ) -> tuple[list[Endpoint], int]:
-    """The two passes; returns the endpoints in order of first appearance and the flow count.
-    With `evidence`, each endpoint also sums up all its exchanges for the OpenAPI writer.
+    """The endpoints, in order of first appearance, and the flow count, from one read of
+    `inputs` (`read_once`; or a `Recording` already read). With `evidence`, each endpoint also
+    sums up all its exchanges for the OpenAPI writer.
 
-    Every distinct exchange is kept (`Endpoint.keep`); `stats` counts what is not: an answer
-    repeated for the same request, a path no template can match."""
+    Templates are inferred per host from every path, then each exchange is routed to its
+    endpoint. Every distinct exchange is kept (`Endpoint.keep`); `stats` counts what is not:
+    an answer repeated for the same request, a path no template can match."""
     matched = frozenset(name.lower() for name in match_headers)
-    total = sum(count_hint(path) or 0 for path in inputs) or None
+    recording = inputs if isinstance(inputs, Recording) else read_once(inputs, rules, progress)
+    rules = Redactor.of(rules).rules
     paths: dict[str, Counter[str]] = {}
-    meter = Progress(progress, "reading", total)
-    redactor = Redactor.of(rules)  # one for both passes: the second knows every secret of the run
-    rules = redactor.rules
-    for exchange in read_inputs(inputs, redactor):
-        paths.setdefault(_host(exchange.host), Counter())[exchange.path] += 1
-        meter.step()
-    meter.finish()
-    for host, counter in paths.items():  # as the second pass will see them: secrets learned late scrubbed
-        rescrubbed: Counter[str] = Counter()
-        for path, count in counter.items():
-            rescrubbed[redactor.path(path)] += count
-        paths[host] = rescrubbed
+    for host, path in recording.paths():
+        paths.setdefault(_host(host), Counter())[path] += 1
     routers: dict[str, tuple[dict[str, str], Router]] = {}
     for host, counter in paths.items():
         templates = infer_templates(counter.elements())
         routers[host] = (templates, Router([Route(t, frozenset({"ANY"}), None, t) for t in dict.fromkeys(templates.values())]))
     endpoints: dict[tuple[str, str, str], Endpoint] = {}
     flows = 0
-    meter = Progress(progress, "grouping", meter.done)
-    for exchange in read_inputs(inputs, redactor):
-        meter.step()
+    for exchange in recording.exchanges(release=True):
         flows += 1
         host = _host(exchange.host)
         templates, router = routers[host]
@@ -253,7 +346,6 @@ def collect(
         samples = endpoint.response_samples.setdefault(exchange.status, [])
         if response is not None and len(samples) < SCHEMA_SAMPLES:
             samples.append(response)
-    meter.finish()
     return list(endpoints.values()), flows
 
 
@@ -376,6 +468,8 @@ def _answer(exchange: Exchange) -> dict[str, Any]:
         answer["body_base64"] = base64.b64encode(body).decode("ascii")
     else:
         answer.update(_body_fields(exchange, response=True))
+    if body and exchange.header("content-type") is None:
+        answer["add_content_type"] = False  # served as recorded: without one (httpbin's 418)
     answer["latency"] = round(exchange.duration, 4)
     return answer
 
@@ -647,16 +741,8 @@ def write_output(
     """
     rules = Redactor.of(rules)  # one per run: secrets seen in any flow are scrubbed from all
     target = Path(output)
-    if fmt == "har":
-        meter = Progress(progress, "writing HAR", sum(count_hint(p) or 0 for p in inputs) or None)
-
-        def counted() -> Iterator[Exchange]:
-            for exchange in read_inputs(inputs, rules):
-                meter.step()
-                yield exchange
-
-        written = write_har(counted(), target)  # 0600, atomically (backworks_core.files)
-        meter.finish()
+    if fmt == "har":  # read whole first: a secret of the last flow goes from the first entry too
+        written = write_har(read_once(inputs, rules, progress).exchanges(release=True), target)  # 0600, atomically
         return f"wrote {target}: HAR 1.2 with {written} entries"
     if fmt not in ("openapi", "blueprint"):
         raise BuildInputError(f"unknown output format {fmt!r} (expected blueprint, openapi or har)")
@@ -664,6 +750,7 @@ def write_output(
     endpoints, flows = collect(inputs, rules, progress, evidence=fmt == "openapi", match_headers=match_headers, stats=stats)
     stats.distinct = sum(len(e.group.exchanges) for e in endpoints)
     data_files: dict[str, list[dict[str, Any]]] = {}
+    editor_help: str | None = None  # a blueprint's schema file, for the modeline
     if fmt == "openapi":
         document = openapi_document(openapi_operations(endpoints, max_examples), name)
         text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True) if target.suffix in (".yaml", ".yml") else _json(document)
@@ -674,6 +761,9 @@ def write_output(
         document = blueprint_document(endpoints, name, max_examples, match_headers=match_headers, data_files=data_files, data_folder=folder)
         text = "# Mock endpoints recorded by Backworks. Serve them: backworks run THIS_FILE\n" + dump_blueprint(document)
         kind = "a blueprint"
+        editor_help = _editor_schema(target)
+        if editor_help is not None:
+            text = modeline(editor_help) + text
         if data_files:
             _write_data_files(target.parent / folder, target.parent, data_files)
             stats.data_files = len(data_files)
@@ -681,7 +771,20 @@ def write_output(
     write_private(target, text)  # 0600, atomically, never through a symlink at the name
     if fmt == "blueprint":
         _remove_stale_data(target.parent / (target.name + ".data"), {target.parent / relative for relative in data_files})
-    return f"wrote {target}: {kind} with {len(endpoints)} endpoint(s) from {flows} flow(s)" + _left_out(stats, fmt, target.name + ".data")
+    summary = f"wrote {target}: {kind} with {len(endpoints)} endpoint(s) from {flows} flow(s)" + _left_out(stats, fmt, target.name + ".data")
+    if editor_help is not None:
+        summary += f"; editors check it with {editor_help} (its first line says so)"
+    return summary
+
+
+def _editor_schema(blueprint: Path) -> str | None:
+    """The schema an editor checks the blueprint with, written beside it (backworks_core.schema);
+    None when it cannot be written: the blueprint is what was asked for, the schema a help."""
+    try:
+        return write_schema_beside(blueprint)
+    except OSError as exc:
+        logger.warning("capture: no editor schema beside %s: %s", blueprint, exc.strerror or exc)
+        return None
 
 
 def _left_out(stats: BuildStats, fmt: str, folder: str) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+from backworks_core.capture.infer import MIN_REQUIRED_SAMPLES
 from backworks_core.capture.model import Exchange
 from backworks_core.files import open_append_private, private_output
 from backworks_core.router import parse_template
@@ -739,6 +740,19 @@ HTTP_AUTH_SCHEMES = frozenset(
     {"basic", "bearer", "digest", "dpop", "hoba", "mutual", "negotiate", "oauth", "scram-sha-1", "scram-sha-256", "vapid", "privatetoken", "concealed"}
 )
 _NOT_API_KEY_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+# Answers that refuse a request for its credentials.
+REFUSED_STATUSES = frozenset({401, 403})
+# The body of every answer Backworks gives itself (context.json_error); 422 adds `path`.
+MOCK_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "request_id": {"type": "string"}},
+    "required": ["error", "status", "request_id"],
+}
+MOCK_NOT_FOUND = (
+    "Not Found. Not recorded: the Backworks mock answers a request that no recorded example matches"
+    " with 404 and `{error, status, request_id}` (application/json); the live API's own answer was not recorded."
+)
+MOCK_NOT_FOUND_ALSO = "The Backworks mock also answers 404 `{error, status, request_id}` to a request no recorded example matches."
 
 # A credential as a request carried it: ("http", scheme), ("authorization", scheme word or ""),
 # ("header", lower-case name), ("query", name) or ("cookie", name).
@@ -922,6 +936,8 @@ class OperationEvidence:
         self.jwt_tokens = 0  # bearer tokens that are JWTs, and visible ones that are not
         self.other_tokens = 0
         self.challenges: set[str] = set()  # WWW-Authenticate schemes answered (lower case)
+        self.refused = 0  # 401/403 answers: the operation enforces some credential
+        self.open_answers = 0  # requests without credentials answered other than 401/403
         self.dropped: set[str] = set()  # names beyond MAX_NAMES (the first thousand)
         self.origins: list[tuple[str, str, int]] = []  # scheme, host, port: the servers
 
@@ -1022,6 +1038,18 @@ class OperationEvidence:
                 found.add(("query", name))
                 self.credential_names.setdefault(("query", name), name)
         self.credentials[frozenset(found)] += 1
+        if exchange.status in REFUSED_STATUSES:
+            self.refused += 1
+        elif not found:
+            self.open_answers += 1
+
+    def enforced(self) -> bool | None:
+        """Whether the recording shows this operation requires credentials: False when a request
+        without any was answered (not 401/403), True when one was refused and none was let
+        through, None when it cannot tell (every request carried credentials, none refused)."""
+        if self.open_answers:
+            return False
+        return True if self.refused else None
 
     def requirements(self, challenges: set[str]) -> Counter[frozenset[Credential]]:
         """The credential combinations seen, an Authorization header redacted whole resolved to
@@ -1057,6 +1085,8 @@ class OperationEvidence:
         self.jwt_tokens += other.jwt_tokens
         self.other_tokens += other.other_tokens
         self.challenges |= other.challenges
+        self.refused += other.refused
+        self.open_answers += other.open_answers
         self._drop(sorted(other.dropped))
         self.origins.extend(o for o in other.origins if o not in self.origins)
 
@@ -1189,6 +1219,12 @@ def _body_schema(media: str, schema: dict[str, Any] | None, body: bytes) -> dict
     return {"type": "string", "contentMediaType": media}
 
 
+def _always(count: int, total: int) -> bool:
+    """`required`: in every one of at least MIN_REQUIRED_SAMPLES messages (one message cannot tell
+    what the API always sends or needs from what this exchange happened to carry)."""
+    return total >= MIN_REQUIRED_SAMPLES and count == total
+
+
 def _query_schema(values: list[str]) -> dict[str, Any]:
     if values and all(re.fullmatch(r"-?\d{1,18}", v) for v in values):
         return {"type": "integer"}
@@ -1226,7 +1262,7 @@ def _form_schema(media: str, bodies: _RequestBodies) -> tuple[dict[str, Any], di
         if media == "multipart/form-data" and seen.media:
             encoding[name] = {"contentType": ", ".join(seen.media)}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
-    required = [name for name, seen in bodies.fields.items() if seen.count == bodies.count]
+    required = [name for name, seen in bodies.fields.items() if _always(seen.count, bodies.count)]
     if required:
         schema["required"] = required
     return schema, example, encoding
@@ -1249,7 +1285,7 @@ def _response_headers(status: int, evidence: OperationEvidence) -> dict[str, Any
             continue
         schema = _query_schema(seen.values)
         header: dict[str, Any] = {"schema": schema}
-        if seen.count == total:
+        if _always(seen.count, total):
             header["required"] = True
         if lowered == "set-cookie":
             names = list(dict.fromkeys(v.split("=", 1)[0].strip() for v in seen.values if "=" in v))
@@ -1271,6 +1307,8 @@ def _operation(
     scheme_names: dict[Credential, str],
 ) -> dict[str, Any]:
     examples = spec.examples
+    echoes = _echo_names(spec, evidence)
+    response_schemas = {status: _without_echoed_required(schema, echoes) for status, schema in spec.response_schemas.items()}
     operation: dict[str, Any] = {}
     if spec.summary:
         operation["summary"] = spec.summary
@@ -1296,7 +1334,7 @@ def _operation(
         if name in credential_query:
             continue  # an API key: a security scheme
         schema = _field_schema(seen)
-        parameters.append({"name": name, "in": "query", "required": seen.count == evidence.total, "schema": schema, "example": _field_example(seen, schema)})
+        parameters.append({"name": name, "in": "query", "required": _always(seen.count, evidence.total), "schema": schema, "example": _field_example(seen, schema)})
     # header parameters: those the call depends on (never required: that every recorded client
     # sent one does not say the API needs it)
     for lowered, seen in evidence.request_headers.items():
@@ -1332,11 +1370,11 @@ def _operation(
             content[media] = entry
         if not content:
             content["application/json"] = {"schema": spec.request_schema or {}}
-        operation["requestBody"] = {"required": bool(evidence.total) and evidence.with_body == evidence.total, "content": content}
+        operation["requestBody"] = {"required": _always(evidence.with_body, evidence.total), "content": content}
 
     # responses: every status recorded, with its headers and the first example of each media type
     responses: dict[str, Any] = {}
-    for status in sorted(set(evidence.statuses) | set(spec.response_schemas)):
+    for status in sorted(set(evidence.statuses) | set(response_schemas)):
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
@@ -1353,31 +1391,91 @@ def _operation(
             media = _guess_media(ex.response_headers, ex.response_body)
             if media in content:
                 continue
-            entry = {"schema": _body_schema(media, spec.response_schemas.get(status), ex.response_body)}
+            entry = {"schema": _body_schema(media, response_schemas.get(status), ex.response_body)}
             example_value = _example_value(ex.response_body, media)
             if example_value is not None:
                 entry["example"] = example_value[1]
             content[media] = entry
-        if not content and status in spec.response_schemas:
-            content["application/json"] = {"schema": spec.response_schemas[status]}
+        if not content and status in response_schemas:
+            content["application/json"] = {"schema": response_schemas[status]}
         if content:
             response["content"] = content
         key = str(status) if 100 <= status <= 599 else "default"
         responses.setdefault(key, response)
     if not responses:
         responses["default"] = {"description": "No response was recorded"}
+    _declare_mock_not_found(responses)
     operation["responses"] = responses
 
-    # security: one requirement per combination of credentials seen, `{}` when some requests had none
+    # security: one requirement per combination of credentials seen; required only when the
+    # recording shows it enforced (a 401/403 and no request without credentials let through),
+    # else optional, with the anonymous alternative `{}` (last)
     requirements: list[dict[str, list[str]]] = []
     for combination, _ in credentials.most_common():
         requirement = {scheme_names[c]: [] for c in sorted(combination)}
         if requirement not in requirements:
             requirements.append(requirement)
     if any(requirements):
-        requirements.sort(key=lambda r: not r)  # the anonymous alternative last
+        requirements = [r for r in requirements if r]
+        if evidence.enforced() is not True:
+            requirements.append({})
         operation["security"] = requirements
     return operation
+
+
+def _declare_mock_not_found(responses: dict[str, Any]) -> None:
+    """The Backworks mock's own answer, in the document it serves: a request no recorded example
+    matches (an id never recorded on a templated path, other query values) gets 404
+    `{error, status, request_id}`. Without a recorded 404 the 404 is declared with no body (the
+    live API's own 404 body, HTML or JSON, was never seen and must not be contradicted); with one,
+    the mock's body is added beside the recorded ones and no header of the 404 is required."""
+    recorded = responses.get("404")
+    if recorded is None and "default" in responses:
+        return  # every status is allowed already
+    if recorded is None:
+        responses["404"] = {"description": MOCK_NOT_FOUND}
+        return
+    content = recorded.setdefault("content", {})
+    entry = content.get("application/json")
+    if entry is None:
+        content["application/json"] = {"schema": MOCK_ERROR_SCHEMA}
+    elif entry.get("schema") not in ({}, None):
+        entry["schema"] = {"anyOf": [entry["schema"], MOCK_ERROR_SCHEMA]}
+    for header in recorded.get("headers", {}).values():
+        header.pop("required", None)
+    recorded["description"] += " " + MOCK_NOT_FOUND_ALSO
+
+
+def _echo_names(spec: OperationSpec, evidence: OperationEvidence) -> frozenset[str]:
+    """The names the requests sent (query, headers, cookies, form fields, JSON body keys), lower
+    case: a response key spelled like one may be the request echoed back, so it is never
+    `required` (the next request may not send it)."""
+    names = set(evidence.query) | set(evidence.request_headers)
+    for value in evidence.request_headers.get("cookie", _Seen("cookie")).values:
+        names.update(name for name, _ in _cookie_pairs(value))
+    for bodies in evidence.bodies.values():
+        names.update(bodies.fields)
+    if spec.request_schema:
+        names.update(spec.request_schema.get("properties", {}))
+    return frozenset(name.lower() for name in names)
+
+
+def _without_echoed_required(schema: Any, echoes: frozenset[str], depth: int = 0) -> Any:
+    """`schema` with the echoed names taken out of every `required` (a copy where it changes)."""
+    if not isinstance(schema, dict) or not echoes or depth > 64:
+        return schema
+    out = dict(schema)
+    if isinstance(out.get("required"), list):
+        required = [key for key in out["required"] if not (isinstance(key, str) and key.lower() in echoes)]
+        if required:
+            out["required"] = required
+        else:
+            del out["required"]
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {key: _without_echoed_required(value, echoes, depth + 1) for key, value in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _without_echoed_required(out["items"], echoes, depth + 1)
+    return out
 
 
 def _path_values(template: str, path: str) -> dict[str, str]:

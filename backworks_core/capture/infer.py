@@ -62,6 +62,7 @@ __all__ = [
     "MAX_PROPERTIES",
     "MAX_SCHEMA_DEPTH",
     "MIN_HEX_LENGTH",
+    "MIN_REQUIRED_SAMPLES",
     "MIN_TOKEN_LENGTH",
     "SIBLING_MIN_DISTINCT",
     "SIBLING_MIN_DISTINCT_SINGULAR",
@@ -98,6 +99,9 @@ ENUM_MAX_VALUES = 5
 ENUM_MIN_COUNT = 2
 ENUM_MIN_SAMPLES = 5
 ENUM_MAX_LENGTH = 64  # longer strings are prose or data, not members of a closed set
+# `required` needs a key in every object seen at that position, and at least this many objects:
+# one answer cannot tell a key the API always sends from one this request happened to get.
+MIN_REQUIRED_SAMPLES = 2
 # Schema bounds: nesting, properties tracked per object position, items read per array.
 MAX_SCHEMA_DEPTH = 20
 MAX_PROPERTIES = 200
@@ -118,7 +122,14 @@ _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))"
 )
 _EMAIL = re.compile(r"[^@\s/:]+@[^@\s/.]+(?:\.[^@\s/.]+)+")
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#]*[^\s]*|(?:mailto|urn|tel|data):[^\s]+")
+# `format: uri` as validators read RFC 3986: ASCII only, `%` escapes well formed, no spaces, `[`
+# and `]` only around an IP literal host (a redaction placeholder in a query is not a URI).
+_URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})"
+_URI = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[0-9A-Fa-f:.vV]+\]|[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*"
+    rf"(?:/{_URI_CHAR}*|\?{_URI_CHAR}*)?(?:#{_URI_CHAR}*)?"
+    rf"|(?:mailto|urn|tel|data):{_URI_CHAR}+(?:#{_URI_CHAR}*)?"
+)
 _TOKEN = re.compile(r"[A-Za-z0-9_\-+=~.]{%d,}" % MIN_TOKEN_LENGTH)
 _TOKEN_PARTS = re.compile(r"[_\-+=~.]+")
 _WORD_PART = re.compile(r"[A-Za-z]+\d{0,2}|\d{1,4}")  # `oauth2`, `utf8`, `2024`: readable parts
@@ -703,7 +714,7 @@ def _render(summary: _Summary, name: str | None) -> dict[str, Any]:
     if "object" in types and summary.properties:
         schema["properties"] = {key: _render(child, key) for key, child in summary.properties.items()}
         required = [key for key in summary.properties if summary.present[key] == summary.objects]
-        if required:
+        if required and summary.objects >= MIN_REQUIRED_SAMPLES:
             schema["required"] = required
     if "array" in types and summary.items is not None and summary.items.seen:
         schema["items"] = _render(summary.items, name)
@@ -714,7 +725,9 @@ def infer_schema(samples: Sequence[Any]) -> dict[str, Any]:
     """One JSON Schema (2020-12, as OpenAPI 3.1 uses) that every sample validates against.
 
     `type` lists every type seen (`"null"` when a value was null); `required` lists the keys
-    present in every object; `format` is set only when every string matched it; `enum` only for
+    present in every object, once MIN_REQUIRED_SAMPLES objects were seen at that position (one
+    sample proves nothing about what is optional); `format` is set only when every string matched
+    it (a redaction placeholder matches none, so a redacted position has no format); `enum` only for
     small closed sets of repeated words. Bounded by MAX_SCHEMA_DEPTH, MAX_PROPERTIES and
     MAX_ARRAY_ITEMS: beyond them the schema says less, never something wrong for what it read.
     """

@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
@@ -310,6 +310,8 @@ class Redactor:
         self.rules = rules or _DEFAULT_RULES
         self._by_run: dict[str, list[str]] = {}  # a secret's longest alphanumeric run → the secrets
         self._loose: list[str] = []  # secrets without a run of 6 letters or digits (`p@ss-w0rd!`)
+        self._loose_at: list[int] = []  # when each of `_loose` was learned (its `learned` then)
+        self._run_at: dict[str, int] = {}  # a run of `_by_run` → when the last secret under it was learned
         self._known: set[str] = set()
         self.learned = 0  # grows with every new secret: tells a part it must be redone
         self._full_warned = False
@@ -339,9 +341,12 @@ class Redactor:
         self._known.add(value)
         runs = _SCRUB_RUN.findall(value)
         if runs:
-            self._by_run.setdefault(max(runs, key=len), []).append(value)
+            run = max(runs, key=len)
+            self._by_run.setdefault(run, []).append(value)
+            self._run_at[run] = self.learned
         else:
             self._loose.append(value)
+            self._loose_at.append(self.learned)
         self.learned += 1
 
     def secret(self, value: str) -> str:
@@ -366,6 +371,30 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, placeholder(secret))
         return text
+
+    def outdated(self, exchange: Exchange, since: int) -> bool:
+        """Whether `exchange`, redacted when this redactor had learned `since` secrets, may hold
+        one learned since: redacting it again (`exchange`) could then change it. It asks what
+        `scrub` asks (a secret is looked up by its longest run of letters and digits, a loose
+        one as a substring) of every text scrubbed in it, in each form `scrub` may see it (JSON
+        strings unescaped, form values unquoted); a body still encoded counts as yes. A yes may
+        be wrong, a no is not: a single read can redact each exchange once, as it comes, and
+        again at the end only where a secret learned later may hide."""
+        if since >= self.learned or not self.enabled:
+            return False
+        run_at = self._run_at
+        loose = [secret for secret, at in zip(self._loose, self._loose_at) if at >= since]
+        for text in _scrubbed_texts(exchange):
+            if text is None:
+                return True
+            if len(text) < MIN_SECRET_LENGTH:
+                continue
+            for run in _SCRUB_RUN.findall(text):
+                if run_at.get(run, -1) >= since:
+                    return True
+            if loose and any(secret in text for secret in loose):
+                return True
+        return False
 
     # names and leaves
 
@@ -746,6 +775,30 @@ class Redactor:
             return b"", True
         redacted = self.body(plain, content_type)
         return (body, False) if redacted == plain else (redacted, True)
+
+
+_JSON_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|(.))", re.S)
+_JSON_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _scrubbed_texts(exchange: Exchange) -> Iterator[str | None]:
+    """Every text `Redactor.exchange` scrubs, in the forms `scrub` may see it; None for a body
+    still encoded (its text is not at hand)."""
+    yield exchange.path
+    for _, value in exchange.query:
+        yield value
+    for headers, body in ((exchange.request_headers, exchange.request_body), (exchange.response_headers, exchange.response_body)):
+        for name, value in headers:
+            yield value
+            if body and name.lower() == "content-encoding":
+                yield None
+        if body:
+            text = body.decode("utf-8", "replace")  # a multipart body's text parts stay readable
+            yield text
+            if "\\" in text:  # JSON strings are scrubbed unescaped
+                yield _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else _JSON_SIMPLE_ESCAPES.get(m.group(2), m.group(2)), text)
+            if "%" in text or "+" in text:  # form and multipart values unquoted
+                yield unquote_plus(text)
 
 
 def _decoded_headers(headers: list[tuple[str, str]], length: int) -> list[tuple[str, str]]:

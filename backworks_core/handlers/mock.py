@@ -64,7 +64,8 @@ Answers
   value body is sent as compact JSON (or as its `json_layout` says: indented, spaced, `\\u`
   escapes, a final newline) with Content-Type application/json, a string as its UTF-8
   bytes with text/plain; charset=utf-8, `body_base64` as the decoded bytes with
-  application/octet-stream, each unless the example's headers set a Content-Type. `body: null`
+  application/octet-stream, each unless the example's headers set a Content-Type or it says
+  `add_content_type: false` (an answer recorded without one). `body: null`
   or no body is an empty body. A string is sent byte for byte: the capture writes a recorded
   body as a string (its exact text) unless compact JSON gives back the same bytes. A header
   value may be a list (Set-Cookie sent twice). Headers are literal too. Content-Encoding is
@@ -248,6 +249,9 @@ class MockExample(StrictModel):
     body_base64: str | None = Field(None, description="a binary body, base64-encoded (instead of body)", examples=["iVBORw0KGgo="])
     json_layout: JsonLayout | None = Field(None, description="how a JSON `body` (an object or array) is written out; default: compact", examples=[{"indent": 2, "newline": True}])
     latency: Duration | None = Field(None, description="how long the recorded answer took; waited out with replay_latency", examples=["120ms"])
+    add_content_type: bool = Field(
+        True, description="send a Content-Type by the body's kind when `headers` set none; the capture writes false for an answer recorded without one", examples=[False]
+    )
     name: str | None = Field(None, min_length=1, description="what `Prefer: example=NAME` asks for; default: derived from the status and `when` (backworks_core.handlers.mock_features)", examples=["200-ada"])
 
     @field_validator("status")
@@ -530,7 +534,7 @@ class _Answer:
                 continue
             for item in value if isinstance(value, list) else [value]:
                 fields.append((_header_bytes(name), _header_bytes(item)))
-        if content and not any(n.lower() == b"content-type" for n, _ in fields):
+        if content and example.add_content_type and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", default_type.encode()))
         latency = min(example.latency or 0.0, MAX_LATENCY)
         head_length = None if content else _recorded_length(example.headers)

@@ -470,3 +470,39 @@ def test_the_page_asks_for_no_favicon(page: Page, backend: FakeBackend) -> None:
     page.reload()
     page.wait_for(LOADED, timeout=10)
     assert backend.other_paths == []
+
+
+def test_several_workers_show_a_workers_section_and_each_worker_s_view(page: Page, backend: FakeBackend) -> None:
+    """The document the supervisor's admin listener merges (backworks_core.workers_admin) from two workers."""
+    from backworks_core.workers import WorkerInfo
+    from backworks_core.workers_admin import WorkerView, merge_status
+
+    page.wait_for(LOADED, timeout=10)
+    assert page.evaluate("document.getElementById('workers').hidden") is True  # one process: no section
+    assert page.evaluate("document.querySelectorAll('#errors th').length") == 7  # nor a worker column
+    second = sample_status()
+    second["pools"][0]["targets"][0].update(state="down", state_reason="no answer to the last 3 tries (connection refused)")
+    second["recent_errors"] = [{"time": "2026-11-26T16:00:04Z", "request_id": "w1e", "method": "GET", "path": "/users/1", "status": 502, "message": "from worker 1", "target": "backend-1"}]
+    workers = [
+        WorkerInfo(0, 4100, "http://127.0.0.1:1", 1_795_000_000.0, 0, True),
+        WorkerInfo(1, 4242, "http://127.0.0.1:2", 1_795_000_000.0, 2, True),
+        WorkerInfo(2, 4300, "http://127.0.0.1:3", 1_795_000_000.0, 0, False),
+    ]
+    merged = merge_status([WorkerView(workers[0], sample_status()), WorkerView(workers[1], second), WorkerView(workers[2], None, "not running")], uptime_seconds=60)
+    count = updates(page)
+    backend.set_status(merged)
+    wait_updates_after(page, count)
+    assert page.evaluate("document.getElementById('t-requests').textContent") == "25,680"
+    assert page.evaluate("document.getElementById('workers-count').textContent") == "2/3 running"
+    rows = page.evaluate("[...document.querySelectorAll('#workers tr[data-worker]')].map(r => [r.dataset.worker, r.dataset.alive, r.cells[1].textContent, r.cells[3].textContent])")
+    assert rows == [["0", "true", "4100", "0"], ["1", "true", "4242", "2"], ["2", "false", "4300", "0"]]
+    assert page.evaluate("document.querySelector('#workers tr[data-worker=\"2\"]').cells[2].textContent") == "not running"
+    merged_row = "document.querySelector('#pools tr[data-target=\"backend-1\"]:not(.worker-view)')"
+    assert page.evaluate(merged_row + ".dataset.state") == "degraded"
+    assert page.evaluate(merged_row + ".querySelector('.workers-summary').textContent") == "up on 1/2 workers, down on 1/2 workers"
+    views = page.evaluate("[...document.querySelectorAll('#pools tr.worker-view[data-target=\"backend-1\"]')].map(r => [r.dataset.worker, r.dataset.state, r.cells[0].textContent])")
+    assert views == [["0", "up", "worker 0"], ["1", "down", "worker 1"]]
+    assert page.evaluate("document.getElementById('pools-count').textContent") == "2 pools · 1/4 targets up · 2 degraded · 1 down"
+    first_error = page.evaluate("[...document.querySelector('#errors tbody tr').cells].map(c => c.textContent)")
+    assert first_error[1] == "w1e" and first_error[-1] == "1"
+    page.screenshot(str(ARTIFACTS / "dashboard-workers.png"))

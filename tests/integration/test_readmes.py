@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import BIN, ROOT, free_port, stop_process_group, wait_for_port
+from tests.integration.harness import BIN, ROOT, free_port, mitmweb_options, stop_process_group, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -357,6 +358,7 @@ class Setup:
     cwd: Path = ROOT
     env: dict[str, str] = field(default_factory=dict)
     actions: dict[str, Callable[[], None]] = field(default_factory=dict)  # commands only a person's shell can run
+    checks: list[Callable[[], None]] = field(default_factory=list)  # what the commands left behind, checked at the end
 
 
 def local(text: str, setup: Setup) -> str:
@@ -471,9 +473,108 @@ def start_gateway_quickstart(service: Callable[..., Service], tmp: Path) -> Setu
     return Setup({8080: gateway, 3001: backend, 9901: admin})
 
 
+class Shell:
+    """A person's shell for a README's jobs: `CMD &` starts the README's own command (its
+    host:ports made the test's, `.venv/bin/` this environment's, and `more` appended: the ports
+    it leaves at their defaults), `kill [-INT] %N …` or `kill $!` signals jobs and waits for their end."""
+
+    def __init__(self, service: Callable[..., Service], setup: Setup) -> None:
+        self.service, self.setup = service, setup
+        self.jobs: list[Service] = []
+
+    def start(self, text: str, more: list[str], **kwargs: Any) -> None:
+        """An action for `text` (as the README writes it, `&` included)."""
+
+        def run() -> None:
+            words = shlex.split(local(text.replace("\\\n", " "), self.setup).rstrip("& "))
+            argv = [str(BIN / word[len(".venv/bin/"):]) if word.startswith(".venv/bin/") else word for word in words]
+            self.jobs.append(self.service(argv + more, cwd=self.setup.cwd, env=self.setup.env, **kwargs))
+
+        self.setup.actions[text.rstrip()] = run
+
+    def kill(self, text: str, expect_status: int | None = None) -> None:
+        words = text.split()
+        signum = signal.SIGINT if "-INT" in words else signal.SIGTERM
+
+        def run() -> None:
+            for word in words[1:]:
+                if word.startswith("-"):
+                    continue
+                job = self.jobs[-1] if word == "$!" else self.jobs[int(word.lstrip("%")) - 1]
+                assert job.process is not None
+                os.killpg(job.process.pid, signum)  # as bash's kill %N: the job's process group
+                status = job.process.wait(60)
+                if expect_status is not None:
+                    assert status == expect_status, f"{text}: exit status {status}:\n{job.log.read_text(errors='replace')[-3000:]}"
+
+        self.setup.actions[text] = run
+
+
+def start_capture_and_mock(service: Callable[..., Service], tmp: Path) -> Setup:
+    """The README's recording: the demo backend, `backworks capture` in front of it, SIGINT, then
+    `backworks run captured.yaml` with the backend gone, and mock-from; in `tmp`, on free ports."""
+    backend, gateway, admin = free_port(), free_port(), free_port()
+    setup = Setup({3001: backend, 8080: gateway}, cwd=tmp)
+    shell = Shell(service, setup)
+    shell.start(".venv/bin/backworks demo-backend --port 3001 &", ["--port", str(backend), "--name", "demo-backend"], port=backend)
+    shell.start(".venv/bin/backworks capture --upstream http://127.0.0.1:3001 -o captured.yaml &", ["--port", str(gateway)], port=gateway, ready_text="loaded blueprint")
+    shell.kill("kill -INT %2", expect_status=0)
+    shell.kill("kill %1")
+    shell.start(".venv/bin/backworks run captured.yaml &", ["--port", str(gateway), "--", "--set", f"backworks_admin=127.0.0.1:{admin}"], port=gateway, ready_text="backworks: loaded blueprint")
+    shell.kill("kill $!")
+
+    def written() -> None:
+        blueprint = tmp / "captured.yaml"
+        assert blueprint.read_text().startswith("# yaml-language-server: $schema=./blueprint.schema.json\n")
+        assert (tmp / "blueprint.schema.json").is_file() and (tmp / "openapi.yaml").is_file()
+
+    setup.checks.append(written)
+    return setup
+
+
+def start_mitmweb(service: Callable[..., Service], tmp: Path) -> Setup:
+    """The README's mitmweb, headless, on free ports: its UI answers, a request through it works,
+    and the flow names the target that answered and carries the decisions."""
+    backend, gateway, admin, web = free_port(), free_port(), free_port(), free_port()
+    options, headers = mitmweb_options(web)
+    setup = Setup({3001: backend, 8080: gateway, 9: 9}, env={"BACKWORKS_ADMIN_PORT": str(admin)})  # :9, the placeholder, stays
+    shell = Shell(service, setup)
+    shell.start(".venv/bin/backworks demo-backend --port 3001 &", ["--port", str(backend), "--name", "demo-backend"], port=backend)
+    mitmweb = (
+        ".venv/bin/mitmweb --mode reverse:http://127.0.0.1:9 --set connection_strategy=lazy --set keep_host_header=true \\\n"
+        "    --no-web-open-browser -s backworks.py --set blueprint=blueprints/demo.yaml &"
+    )
+    shell.start(mitmweb, ["--listen-host", "127.0.0.1", "--listen-port", str(gateway), *options], port=gateway, ready_text="backworks: loaded blueprint")
+    shell.kill("kill %2 %1")
+    assert "backworks run" in (ROOT / "README.md").read_text()
+
+    def before_stop() -> None:
+        wait_for_port(web, timeout=30)
+        page = subprocess.run([CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{web}/", *sum((["-H", f"{k}: {v}"] for k, v in headers.items()), [])], capture_output=True, text=True, timeout=30)
+        assert page.stdout == "200", page.stdout
+        flows = json.loads(subprocess.run([CURL, "-s", f"http://127.0.0.1:{web}/flows", *sum((["-H", f"{k}: {v}"] for k, v in headers.items()), [])], capture_output=True, timeout=30).stdout)
+        proxied = [f for f in flows if f.get("request", {}).get("path") == "/api/users/2"]
+        assert proxied, flows
+        flow = proxied[0]
+        assert (flow["request"]["port"], flow["request"]["host"]) == (backend, "127.0.0.1")  # the target that answered
+        assert "target=demo-backend" in flow["comment"] and "handler=proxy" in flow["comment"]
+        assert any(k.lower() == "host" and v == f"127.0.0.1:{gateway}" for k, v in flow["request"]["headers"])  # as the client sent it
+
+    kill_both = setup.actions["kill %2 %1"]
+
+    def check_then_kill() -> None:
+        before_stop()
+        kill_both()
+
+    setup.actions["kill %2 %1"] = check_then_kill
+    return setup
+
+
 READMES = [
     Readme("README.md", "A gateway in front of your API", ".venv/bin/backworks init my-gateway --proxy http://127.0.0.1:3001", start_gateway_quickstart),
     Readme("README.md", "Set-up: two commands", "./run.sh", start_demo),
+    Readme("README.md", "Mocks from recorded traffic", ".venv/bin/backworks capture --upstream http://127.0.0.1:3001 -o captured.yaml &", start_capture_and_mock),
+    Readme("README.md", "Debugging in mitmweb", ".venv/bin/mitmweb --mode reverse:http://127.0.0.1:9", start_mitmweb),
     Readme("blueprints/README.md", "How the commands are written", "./run.sh", start_demo),  # the index's example
     Readme("blueprints/hello-world/README.md", None, ".venv/bin/backworks run blueprints/hello-world/blueprint.yaml", start_hello_world),
     Readme("blueprints/hello-world/README.md", None, ".venv/bin/mitmdump -s backworks.py --set blueprint=blueprints/hello-world/blueprint.yaml", start_hello_world_mitmdump),
@@ -517,8 +618,12 @@ def test_readme_commands_answer_as_shown(readme: Readme, services: Callable[...,
     assert sum(c.expected is not None for c in commands) >= 2, f"{readme.path}: too few commands with answers"
     setup = readme.start(services, tmp_path)
     assert not (problems := lint(commands, setup.ports)), f"{readme.path}:\n" + "\n".join(problems)
+    unstarted = [c for c in commands if c.text.rstrip().endswith("&") and c.text.rstrip() not in setup.actions]
+    assert not unstarted, f"{readme.path}: background jobs the test does not start: {unstarted}"
     failures = run_commands(commands, setup, tmp_path / "shell-variables.sh")
     assert not failures, f"{readme.path}: {len(failures)} of {len(commands)} commands answer otherwise than shown:\n" + "\n".join(failures)
+    for check in setup.checks:
+        check()
 
 
 def test_every_readme_with_curl_commands_is_tested() -> None:

@@ -22,7 +22,7 @@ from addons.core import Backworks
 from addons.dashboard import API_SUFFIX, RECENT_ERRORS, REFUSED_ERRORS_SHOWN, Dashboard, judge_target, page_html, target_state
 from addons.proxy import ProxyPlugin
 from backworks_core.plugins import PluginRegistry
-from backworks_core.telemetry import RECORD, Attempt, RequestRecord
+from backworks_core.telemetry import Attempt, RequestRecord
 
 from .conftest import FakeClock, body_json, make_flow
 
@@ -117,7 +117,7 @@ def proxied(request_id: str, attempts: list[tuple[str, int | None, float]], stat
         attempts=[Attempt("default", t, "2xx" if s is not None and s < 300 else "5xx" if s else "connect_failure", secs, s) for t, s, secs in attempts],
         error=error,
     )
-    flow_state(flow)[RECORD] = record
+    flow_state(flow).record = record
     if status is not None:
         flow.response = tutils.tresp(status_code=status)
     else:
@@ -252,7 +252,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         bystander = make_flow("GET", "/elsewhere", mode="regular", host="example.org")
         await stack.core.request(bystander)
         assert bystander.response is None  # passed through, untouched
-        assert flow_state(bystander)[RECORD].request_id == ""
+        assert flow_state(bystander).record.request_id == ""
         bystander.response = tutils.tresp(status_code=500)  # whatever the real server says
         stack.dashboard.observe(bystander)
         status = stack.dashboard.status()
@@ -260,7 +260,7 @@ async def test_passthrough_bystanders_are_not_counted(project, stack: Stack) -> 
         # in reverse mode, an unmatched request passed to Backworks' own upstream counts
         own = make_flow("GET", "/elsewhere", mode=REVERSE)
         await stack.core.request(own)
-        assert own.response is None and flow_state(own)[RECORD].request_id
+        assert own.response is None and flow_state(own).record.request_id
         own.response = tutils.tresp(status_code=200)
         stack.dashboard.observe(own)
         assert stack.dashboard.status()["totals"]["requests"] == 1
@@ -418,7 +418,7 @@ def test_judge_target_says_why(target: dict[str, Any], evidence: dict[str, Any],
 def proxied_failure(request_id: str, target: str, kind: str) -> Any:
     """A flow whose only try got no answer at all (`kind`: connect_failure, timeout, reset)."""
     flow = proxied(request_id, [(target, None, 0.001)], 502, error=f"target {target}: connect failed")
-    record = flow_state(flow)[RECORD]
+    record = flow_state(flow).record
     record.attempts = [Attempt("default", target, kind, 0.001, None)]
     return flow
 

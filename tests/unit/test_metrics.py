@@ -24,7 +24,7 @@ from addons.proxy import Pool, PoolConfig, ProxyPlugin
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import compile_blueprint
 from backworks_core.plugins import PluginRegistry
-from backworks_core.telemetry import RECORD, Attempt, RequestRecord, method_label
+from backworks_core.telemetry import Attempt, RequestRecord, method_label
 
 from tests.integration.prometheus import promtool_path, require
 
@@ -206,7 +206,7 @@ def test_a_second_metrics_plugin_is_independent_of_the_first() -> None:
     first = counting_plugin()
     second = counting_plugin()  # what mitmproxy's re-execution of backworks.py does
     flow = make_flow("GET", "/users/1")
-    flow_state(flow)[RECORD] = proxied_record()
+    flow_state(flow).record = proxied_record()
     flow.response = http_response(200)
     first.observe(flow)
     labels = {"endpoint": "/users/{id}", "method": "GET", "status_class": "2xx"}
@@ -228,7 +228,7 @@ def counting_plugin() -> MetricsPlugin:
 def test_the_plugin_observes_a_flow_once_whichever_hooks_fire() -> None:
     plugin = counting_plugin()
     flow = make_flow("GET", "/users/1")
-    flow_state(flow)[RECORD] = proxied_record()
+    flow_state(flow).record = proxied_record()
     flow.response = http_response(502)
     plugin.observe(flow)
     plugin.observe(flow)
@@ -249,7 +249,7 @@ def test_the_plugin_ignores_flows_without_a_record() -> None:
 def test_an_errored_flow_is_counted_without_a_status() -> None:
     plugin = counting_plugin()
     flow = make_flow("GET", "/users/1")
-    flow_state(flow)[RECORD] = proxied_record()
+    flow_state(flow).record = proxied_record()
     flow.error = mflow.Error("client disconnected")
     plugin.observe(flow)
     assert value(plugin.metrics, "backworks_requests_total", endpoint="/users/{id}", method="GET", status_class="none") == 1

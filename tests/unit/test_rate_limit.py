@@ -22,6 +22,7 @@ from addons.rate_limit import (
     RateLimitMiddlewareConfig,
     RateLimitPlugin,
     RedisBuckets,
+    WorkerShare,
     client_ip,
 )
 from backworks_core.gateway import Gateway, build_gateway
@@ -580,3 +581,108 @@ def test_plugin_hands_stores_over_and_names_them(project: Project, clock: FakeCl
     assert all(m.blueprint == "limits" for m in plugin._live.values())
     plugin.apply_blueprint(None, gateway.blueprint)  # the plugin no longer in use
     assert plugin._live == {}
+
+
+# ------------------------------------------------------------------------------------------
+# Several workers without Redis: each enforces its share
+
+
+def worker_gateway(project: Project, text: str, clock: FakeClock, index: int, workers: int) -> tuple[Gateway, RateLimitPlugin]:
+    """One worker of `backworks run --workers N`, as its environment makes it."""
+    registry = PluginRegistry(builtin_plugins())
+    plugin = RateLimitPlugin(clock=clock, env={"BACKWORKS_WORKERS": str(workers), "BACKWORKS_WORKER": str(index)})
+    plugins = {name: (plugin if name == "rate_limit" else cls()) for name, cls in registry.plugins.items()}
+    loaded = load_blueprint(project.blueprint(text), registry, env={})
+    gateway = build_gateway(loaded, plugins)
+    plugin.apply_blueprint(loaded.plugin_configs.get("rate_limit"), loaded)
+    return gateway, plugin
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4, 7])
+def test_the_shares_add_up_to_the_limit_and_never_more(workers: int) -> None:
+    for burst in range(1, 40):
+        shares = [WorkerShare(i, workers).burst(burst) for i in range(workers)]
+        assert sum(shares) == burst
+        assert max(shares) - min(shares) <= 1
+    assert sum(WorkerShare(i, workers).rate(10.0) for i in range(workers)) == pytest.approx(10.0)
+
+
+def test_the_share_comes_from_the_environment(caplog: pytest.LogCaptureFixture) -> None:
+    assert WorkerShare.from_env({}) is None
+    assert WorkerShare.from_env({"BACKWORKS_WORKERS": "1", "BACKWORKS_WORKER": "0"}) is None
+    assert WorkerShare.from_env({"BACKWORKS_WORKERS": "3", "BACKWORKS_WORKER": "1"}) == WorkerShare(1, 3)
+    # fail closed: a bad index takes the smallest share, never a bigger one
+    assert WorkerShare.from_env({"BACKWORKS_WORKERS": "3", "BACKWORKS_WORKER": "9"}) == WorkerShare(2, 3)
+    assert WorkerShare.from_env({"BACKWORKS_WORKERS": "3"}) == WorkerShare(2, 3)
+    assert WorkerShare.from_env({"BACKWORKS_WORKERS": "many"}) is None
+    assert any("BACKWORKS_WORKERS='many'" in r.getMessage() for r in caplog.records)
+
+
+async def test_two_workers_together_allow_the_limit_and_refill_at_its_rate(project: Project) -> None:
+    clocks = [FakeClock(), FakeClock()]
+    gateways = [worker_gateway(project, BLUEPRINT, clocks[i], i, 2)[0] for i in range(2)]
+    # requests: 3 per 3s (1 token/s): worker 0 holds 2 tokens, worker 1 one; 0.5 token/s each
+    answers = [[(await call(gateways[i], "/ip/a")).response for _ in range(4)] for i in range(2)]
+    assert [[r.status_code for r in worker] for worker in answers] == [[200, 200, 429, 429], [200, 429, 429, 429]]
+    assert answers[0][0].headers["RateLimit-Limit"] == "2" and answers[1][0].headers["RateLimit-Limit"] == "1"
+    assert answers[0][2].headers["Retry-After"] == "2"  # one token at 0.5/s
+    assert body_json(answers[1][1])["error"] == "rate limit exceeded: 3 request(s) per 3s across 2 workers, this one's share 1.5 with a burst of 1; retry after 2s"
+    for clock in clocks:
+        clock.advance(2)  # 2 s at 1 token/s in all: one token back on each worker
+    assert [(await call(gateways[i], "/ip/a")).response.status_code for i in range(2)] == [200, 200]
+    assert [(await call(gateways[i], "/ip/a")).response.status_code for i in range(2)] == [429, 429]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5])
+async def test_whatever_the_spread_the_workers_never_allow_more_than_the_burst(project: Project, workers: int) -> None:
+    clock = FakeClock()
+    gateways = [worker_gateway(project, BLUEPRINT, clock, i, workers)[0] for i in range(workers)]
+    allowed = 0
+    for turn in range(30):  # round robin, then all on one worker: the burst (3) in total, never more
+        flow = await call(gateways[turn % workers if turn < 15 else 0], "/ip/a")
+        allowed += flow.response.status_code == 200
+    assert allowed == 3
+
+
+async def test_a_burst_smaller_than_the_workers_leaves_some_without_tokens(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    text = BLUEPRINT.replace("requests: 2, per: 10s, scope: global", "requests: 1, per: 10s, scope: global")
+    clock = FakeClock()
+    with caplog.at_level(logging.DEBUG, logger="addons.rate_limit"):
+        gateways = [worker_gateway(project, text, clock, i, 3)[0] for i in range(3)]
+    assert [(await call(g, "/global/a")).response.status_code for g in gateways] == [200, 429, 429]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "'shared'" in r.getMessage()]
+    assert len(warnings) == 1  # worker 0 only
+    assert "burst 1 < 3 workers: workers 1-2 have no tokens" in warnings[0]
+
+
+async def test_workers_warn_at_load_once_per_new_limit_and_recommend_redis(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    registry = PluginRegistry(builtin_plugins())
+    plugin = RateLimitPlugin(clock=clock, env={"BACKWORKS_WORKERS": "2", "BACKWORKS_WORKER": "0"})
+    plugins = {name: (plugin if name == "rate_limit" else cls()) for name, cls in registry.plugins.items()}
+
+    def load(text: str) -> None:
+        loaded = load_blueprint(project.blueprint(text), registry, env={})
+        build_gateway(loaded, plugins)
+        plugin.apply_blueprint(loaded.plugin_configs.get("rate_limit"), loaded)
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "addons.rate_limit"]
+
+    load(BLUEPRINT)
+    assert len(warned()) == 3
+    assert all("set redis_url" in w and "each of the 2 workers" in w for w in warned())
+    assert any("'per-ip'" in w and "1.5 request(s) per 3s and a burst of 2 on worker 0 and 1 on the others" in w for w in warned())
+    load(BLUEPRINT)  # a reload with the same limits: nothing new to say
+    assert len(warned()) == 3
+    load(BLUEPRINT.replace("requests: 3, per: 3s", "requests: 4, per: 3s"))
+    assert len(warned()) == 4 and "2 request(s) per 3s and a burst of 2" in warned()[-1]
+
+
+def test_with_redis_the_workers_share_the_whole_limit(caplog: pytest.LogCaptureFixture) -> None:
+    config = RateLimitMiddlewareConfig(requests=10, per=1, redis_url="redis://127.0.0.1:6379/0")
+    middleware = RateLimitMiddleware("limit", config, share=WorkerShare(1, 4))
+    assert (middleware.share, middleware.rate, middleware.burst) == (None, 10.0, 10)
+    assert isinstance(middleware.store, RedisBuckets)
+    local = RateLimitMiddleware("limit", RateLimitMiddlewareConfig(requests=10, per=1), share=WorkerShare(1, 4))
+    assert (local.rate, local.burst) == (2.5, 3)

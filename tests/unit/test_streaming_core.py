@@ -14,7 +14,7 @@ from mitmproxy.test import taddons, tutils
 from addons import builtin_plugins
 from addons.core import Backworks, body_too_large, buffer_limit
 from backworks_core.context import StreamedResponse, json_response
-from backworks_core.gateway import RELAYED, Relayed, point_at_relay, relay_answer, restore_relayed
+from backworks_core.gateway import Relayed, point_at_relay, relay_answer, restore_relayed
 from backworks_core.plugins import PluginRegistry
 from backworks_core.relay import RelayAnswer, StreamRelay
 
@@ -190,7 +190,7 @@ async def test_a_held_answer_gets_its_own_head_and_the_client_request_back(relay
     assert flow.response.headers["content-length"] == str(len(answer.raw_content))
     assert flow.response.stream is False
     assert "transfer-encoding" not in flow.response.headers
-    assert RELAYED in peek_state(flow)  # the marker stays for the request hook
+    assert peek_state(flow).relayed is not None  # the marker stays for the request hook
 
 
 async def test_a_streamed_answer_without_a_length_is_chunked_for_http1(relay: StreamRelay) -> None:
@@ -242,7 +242,7 @@ async def test_restore_is_done_once(relay: StreamRelay) -> None:
     relay_answer(flow, streamed({"X-Size": "big"}))
     flow.response = relay_reply(chunked=True)
     restore_relayed(flow)
-    assert flow_state(flow)[RELAYED].restored is True
+    assert flow_state(flow).relayed.restored is True
     flow.response.status_code = 299
     flow.response.headers["X-Later"] = "kept"
     del flow.response.headers["transfer-encoding"]
@@ -272,10 +272,10 @@ async def test_restore_leaves_other_flows_alone() -> None:
     assert plain.request.url == "http://api.test/x"
 
     pending = make_flow("GET", "/x")
-    flow_state(pending)[RELAYED] = Relayed("http://api.test/original", pending.request.headers.copy(), http.Response.make(201))
+    flow_state(pending).relayed = Relayed("http://api.test/original", pending.request.headers.copy(), http.Response.make(201))
     restore_relayed(pending)  # no response yet: nothing to do, and it is not marked done
     assert pending.request.url == "http://api.test/x"
-    assert flow_state(pending)[RELAYED].restored is False
+    assert flow_state(pending).relayed.restored is False
 
 
 # -- the hooks, with the real relay ---------------------------------------------------------
@@ -290,13 +290,13 @@ async def test_a_large_request_goes_through_the_relay_and_back(addon: Backworks,
             await addon.requestheaders(small)
             assert small.request.url == "http://api.test/items"  # held: answered in the request hook
             assert small.request.stream is False
-            assert RELAYED not in peek_state(small)
+            assert getattr(peek_state(small), "relayed", None) is None
 
             flow = make_flow("POST", "/items", headers={"Transfer-Encoding": "chunked"}, mode="reverse:http://127.0.0.1:9")
             await addon.requestheaders(flow)
             assert flow.response is None
             assert flow.request.stream is True
-            assert RELAYED in peek_state(flow)
+            assert peek_state(flow).relayed is not None
             relay_url = flow.request.url
             assert relay_url.startswith(f"http://127.0.0.1:{addon.relay.port}/")
 
@@ -327,7 +327,7 @@ async def test_a_large_request_that_passes_through_is_not_relayed(addon: Backwor
             flow = make_flow("POST", "/elsewhere", headers={"Transfer-Encoding": "chunked"}, mode="regular", host="example.org")
             await addon.requestheaders(flow)
             assert flow.request.url == "http://example.org/elsewhere"
-            assert RELAYED not in peek_state(flow)
+            assert getattr(peek_state(flow), "relayed", None) is None
             assert flow.response is None
             assert addon.relay.pending == 0
     finally:

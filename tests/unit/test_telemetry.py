@@ -20,7 +20,6 @@ from backworks_core.context import (
 )
 from backworks_core.telemetry import (
     PASSTHROUGH,
-    RECORD,
     UNMATCHED,
     Attempt,
     RequestRecord,
@@ -115,7 +114,7 @@ def test_ensure_record_creates_one_record_per_flow() -> None:
 
 def test_record_for_ignores_foreign_metadata() -> None:
     flow = make_flow()
-    flow_state(flow)[RECORD] = {"request_id": "not a record"}
+    flow_state(flow).record = {"request_id": "not a record"}  # type: ignore[assignment]
     assert record_for(flow) is None
 
 

@@ -1,0 +1,534 @@
+"""`backworks run FILE --workers N`: N mitmdump processes serve one port, and a supervisor.
+
+Every worker binds the same HOST:PORT with SO_REUSEPORT (addons/reuse_port.py; started through
+its launcher, `python -m addons.reuse_port`, so that the option is in place before mitmproxy
+binds) and the Linux kernel spreads new connections across them: no balancer in front, the
+client's address and TLS stay with mitmproxy. docs/scaling.md says why this mechanism.
+
+The supervisor (this module, in the `backworks run` process) starts the workers, each in a
+process group of its own with its output prefixed by its index, its own admin listener on an
+ephemeral 127.0.0.1 port, and the environment `BACKWORKS_WORKER` (0-based), `BACKWORKS_WORKERS`
+and `BACKWORKS_RUN_DIR` (a private folder of this run). It replaces a worker that exits (same
+index, new admin port), with a growing delay while it keeps dying at start and a bound after
+which it gives up; it stops them all on Ctrl-C or SIGTERM; it serves the one admin listener the
+outside sees (backworks_core/workers_admin.py) from the workers' own; and it merges the capture
+journals the workers wrote (one each) into the capture's output when they have stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+WORKER_ENV = "BACKWORKS_WORKER"
+WORKERS_ENV = "BACKWORKS_WORKERS"
+RUN_DIR_ENV = "BACKWORKS_RUN_DIR"
+LAUNCHER = ["-m", "addons.reuse_port"]  # mitmdump with SO_REUSEPORT from the start
+ADMIN_OPTION = "backworks_admin"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as the supervisor sees it now (a snapshot: the supervisor replaces it on change).
+
+    `admin_url` is the worker's own admin listener (http://127.0.0.1:PORT; "" when the admin
+    listener is off), where the aggregating admin listener reads its status and metrics;
+    `restarts` counts the replacements at this index.
+    """
+
+    index: int
+    pid: int
+    admin_url: str
+    started_at: float
+    restarts: int
+    alive: bool
+
+
+# -- the parts that decide ---------------------------------------------------------------------
+
+
+def admin_setting(extra: Sequence[str]) -> str | None:
+    """The last `--set backworks_admin=VALUE` (or `--set=backworks_admin=VALUE`) among mitmdump's
+    arguments, or None."""
+    found = None
+    prefix = f"{ADMIN_OPTION}="
+    for i, arg in enumerate(extra):
+        value = None
+        if arg == "--set" and i + 1 < len(extra) and extra[i + 1].startswith(prefix):
+            value = extra[i + 1]
+        elif arg.startswith("--set=" + prefix):
+            value = arg[len("--set=") :]
+        if value is not None:
+            found = value[len(prefix) :]
+    return found
+
+
+def without_admin_setting(arguments: Sequence[str]) -> list[str]:
+    """`arguments` without their `--set backworks_admin=…`: the supervisor sets each worker's."""
+    kept: list[str] = []
+    skip = False
+    prefix = f"{ADMIN_OPTION}="
+    for i, arg in enumerate(arguments):
+        if skip:
+            skip = False
+            continue
+        if arg == "--set" and i + 1 < len(arguments) and arguments[i + 1].startswith(prefix):
+            skip = True
+            continue
+        if arg.startswith("--set=" + prefix):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def worker_command(mitmdump_command: Sequence[str], python: str, admin_port: int | None) -> list[str]:
+    """The command of one worker: `backworks run`'s mitmdump command with the launcher in place of
+    the mitmdump executable, SO_REUSEPORT asked for, and the worker's own admin listener
+    (127.0.0.1:`admin_port`; None: off). Everything else, the user's arguments after `--`
+    included, is as `backworks run` passes it to a single mitmdump."""
+    arguments = without_admin_setting(mitmdump_command[1:])
+    admin = "off" if admin_port is None else f"127.0.0.1:{admin_port}"
+    return [python, *LAUNCHER, *arguments, "--set", "backworks_reuse_port=true", "--set", f"{ADMIN_OPTION}={admin}"]
+
+
+def worker_env(base: dict[str, str], index: int, count: int, run_dir: Path) -> dict[str, str]:
+    return {**base, WORKER_ENV: str(index), WORKERS_ENV: str(count), RUN_DIR_ENV: str(run_dir)}
+
+
+def worker_identity(environ: dict[str, str] | os._Environ[str] | None = None) -> tuple[int, int, Path] | None:
+    """(index, count, run folder) inside a worker of `backworks run --workers N`; None elsewhere."""
+    env = os.environ if environ is None else environ
+    try:
+        index, count, run_dir = int(env[WORKER_ENV]), int(env[WORKERS_ENV]), Path(env[RUN_DIR_ENV])
+    except (KeyError, ValueError):
+        return None
+    return (index, count, run_dir) if 0 <= index < count else None
+
+
+@dataclass
+class RestartPolicy:
+    """When a worker that exited is started again, and when the supervisor gives up.
+
+    A worker that ran `healthy_after` seconds or more is replaced at once (and its count of quick
+    deaths starts over); one that died sooner is a quick death: replaced after `base_delay`
+    doubled per consecutive quick death (at most `max_delay`); after `max_quick_deaths`
+    consecutive quick deaths at one index the supervisor gives up (the blueprint, the port or the
+    environment is wrong, and another try would do the same).
+    """
+
+    healthy_after: float = 10.0
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    max_quick_deaths: int = 5
+    quick_deaths: dict[int, int] = field(default_factory=dict)
+
+    def after_exit(self, index: int, uptime: float) -> float | None:
+        """Seconds to wait before replacing worker `index`, which ran `uptime` s; None: give up."""
+        if uptime >= self.healthy_after:
+            self.quick_deaths[index] = 0
+            return 0.0
+        deaths = self.quick_deaths.get(index, 0) + 1
+        self.quick_deaths[index] = deaths
+        if deaths >= self.max_quick_deaths:
+            return None
+        return backoff_delay(deaths, self.base_delay, self.max_delay)
+
+
+def backoff_delay(deaths: int, base: float = 0.5, ceiling: float = 10.0) -> float:
+    """base, 2·base, 4·base… for the 1st, 2nd, 3rd… consecutive quick death, at most `ceiling`."""
+    return float(min(ceiling, base * (2 ** max(0, deaths - 1))))
+
+
+def exit_description(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- capture across workers ------------------------------------------------------------------
+
+CAPTURE_MANIFEST = "capture-worker{index}.json"
+
+
+def worker_journal(journal: str, index: int) -> str:
+    """Worker `index`'s own journal beside the configured one: capture.jsonl → capture.worker0.jsonl."""
+    path = Path(journal)
+    suffix = path.suffix if path.suffix else ""
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    return str(path.with_name(f"{stem}.worker{index}{suffix}"))
+
+
+def write_capture_manifest(run_dir: Path, index: int, manifest: dict[str, object]) -> None:
+    """What worker `index` captures to, for the supervisor to merge at the end."""
+    from backworks_core.files import write_private
+
+    write_private(run_dir / CAPTURE_MANIFEST.format(index=index), json.dumps(manifest))
+
+
+def merge_captures(run_dir: Path, progress: Callable[[str], None] = logger.info, only_output: str | None = None) -> list[str]:
+    """Build each capture output (or only `only_output`) from the journals of every worker that
+    wrote to it; returns the summaries. A worker's manifest names its journal and the output's
+    settings (the last ones it applied: a reload that changed them is followed)."""
+    from backworks_core.capture.build import BuildInputError, write_output
+    from backworks_core.capture.redact import RedactionRules
+
+    groups: dict[str, tuple[dict[str, object], list[str]]] = {}
+    for path in sorted(run_dir.glob(CAPTURE_MANIFEST.format(index="*"))):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        journal = str(manifest["journal"])
+        if only_output is not None and str(manifest["output"]) != only_output:
+            continue
+        if not Path(journal).is_file() or Path(journal).stat().st_size == 0:
+            continue
+        settings, journals = groups.setdefault(str(manifest["output"]), (manifest, []))
+        journals.append(journal)
+    summaries = []
+    for output, (settings, journals) in groups.items():
+        redact = settings.get("redact") or {}
+        assert isinstance(redact, dict)
+        rules = RedactionRules.build(bool(redact.get("enabled", True)), redact.get("headers", ()), redact.get("fields", ()))
+        try:
+            summary = write_output(
+                journals,
+                output,
+                str(settings["format"]),
+                name=str(settings["api_name"]),
+                max_examples=int(settings["max_examples"]),  # type: ignore[call-overload]
+                rules=rules,
+                match_headers=list(settings.get("match_headers") or ()),  # type: ignore[call-overload]
+            )
+        except (BuildInputError, OSError) as exc:
+            progress(f"capture: writing {output} from {len(journals)} worker journal(s) failed: {exc}; the journals keep every flow: {', '.join(journals)}")
+            continue
+        summaries.append(summary)
+        progress(f"capture: {summary} (from the journals of {len(journals)} worker(s): {', '.join(journals)})")
+    return summaries
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    admin_port: int | None
+    started_at: float
+    restarts: int
+    pump: asyncio.Task[None] | None = None
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            index=self.index,
+            pid=self.process.pid,
+            admin_url="" if self.admin_port is None else f"http://127.0.0.1:{self.admin_port}",
+            started_at=self.started_at,
+            restarts=self.restarts,
+            alive=self.process.returncode is None,
+        )
+
+
+class Supervisor:
+    """Starts N workers, replaces those that exit, stops them all on request."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        *,
+        admin: tuple[str, int] | None,
+        run_dir: Path,
+        python: str = sys.executable,
+        policy: RestartPolicy | None = None,
+        grace: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        output: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.count = count
+        self.admin = admin
+        self.workers_admin = admin is not None
+        self.run_dir = run_dir
+        self.python = python
+        self.policy = policy or RestartPolicy()
+        self.grace = grace
+        self.clock = clock
+        self.output = output or _write_stderr
+        self.workers: dict[int, _Worker] = {}
+        self.restarts: dict[int, int] = {}
+        self.stopping = asyncio.Event()
+        self.killing = False
+        self.failure: str | None = None
+
+    def snapshot(self) -> list[WorkerInfo]:
+        """What the aggregating admin listener asks for: every index, alive or being replaced."""
+        return [self.workers[i].info() for i in sorted(self.workers)]
+
+    async def start_worker(self, index: int) -> _Worker:
+        admin_port = free_port() if self.workers_admin else None
+        command = worker_command(self.command, self.python, admin_port)
+        env = worker_env(dict(os.environ), index, self.count, self.run_dir)
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: the terminal's Ctrl-C reaches us only
+        )
+        worker = _Worker(index, process, admin_port, self.clock(), self.restarts.get(index, 0))
+        worker.pump = asyncio.create_task(self._pump(worker))
+        self.workers[index] = worker
+        logger.info("worker %d started (pid %d%s)", index, process.pid, f", admin 127.0.0.1:{admin_port}" if admin_port else "")
+        return worker
+
+    async def _pump(self, worker: _Worker) -> None:
+        """The worker's output, each line prefixed with its index."""
+        assert worker.process.stdout is not None
+        prefix = f"[w{worker.index}] ".encode()
+        pending = b""
+        while True:
+            chunk = await worker.process.stdout.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                self.output(b"".join(prefix + line + b"\n" for line in lines))
+        if pending:
+            self.output(prefix + pending + b"\n")
+
+    async def _watch(self, worker: _Worker) -> None:
+        """Wait for the worker to exit; replace it unless the run is stopping."""
+        while True:
+            returncode = await worker.process.wait()
+            if worker.pump is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(worker.pump, 5)
+            if self.stopping.is_set():
+                return
+            uptime = self.clock() - worker.started_at
+            delay = self.policy.after_exit(worker.index, uptime)
+            self.restarts[worker.index] = self.restarts.get(worker.index, 0) + 1
+            if delay is None:
+                self.failure = (
+                    f"worker {worker.index} {exit_description(returncode)} {self.policy.max_quick_deaths} times in a row "
+                    f"within {self.policy.healthy_after:g} s of starting; giving up (its output above says why)"
+                )
+                logger.error("%s", self.failure)
+                self.stopping.set()
+                return
+            logger.warning(
+                "worker %d (pid %d) %s after %.1f s; replacing it%s (restart %d of this worker); the other workers keep serving",
+                worker.index, worker.process.pid, exit_description(returncode), uptime,
+                f" in {delay:g} s" if delay else "", self.restarts[worker.index],
+            )
+            if delay:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                if self.stopping.is_set():
+                    return
+            worker = await self.start_worker(worker.index)
+
+    def request_stop(self) -> None:
+        """First call: a graceful stop; a second one: kill at once."""
+        if self.stopping.is_set():
+            if not self.killing:
+                logger.warning("stopping now: killing every worker")
+                self.killing = True
+                self._signal_all(signal.SIGKILL)
+            return
+        logger.info("stopping %d worker(s) (Ctrl-C again to kill them at once)", self.count)
+        self.stopping.set()
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers.values():
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(worker.process.pid, signum)
+
+    async def _stop_all(self) -> bool:
+        """SIGINT to every worker's group, SIGKILL after the grace; True when all exited in time."""
+        self._signal_all(signal.SIGKILL if self.killing else signal.SIGINT)
+        pending = [w.process.wait() for w in self.workers.values() if w.process.returncode is None]
+        clean = True
+        if pending:
+            done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=self.grace)
+            if not_done:
+                clean = False
+                logger.warning("%d worker(s) still running after %g s: killing them", len(not_done), self.grace)
+                self._signal_all(signal.SIGKILL)
+                await asyncio.wait(not_done, timeout=10)
+        for worker in self.workers.values():
+            if worker.pump is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(worker.pump, 5)
+            # anything the worker started in its group (a handler's subprocess) goes with it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.process.pid, signal.SIGKILL)
+        return clean and not self.killing
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:
+                loop.add_signal_handler(signum, self.request_stop)
+        admin_task = None
+        watchers = []
+        try:
+            for index in range(self.count):
+                await self.start_worker(index)
+            watchers = [asyncio.create_task(self._watch(self.workers[i])) for i in range(self.count)]
+            admin_task = self._start_admin()
+            await self.stopping.wait()
+            clean = await self._stop_all()
+        finally:
+            for task in watchers:
+                task.cancel()
+            if admin_task is not None:
+                admin_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await admin_task
+            for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if signum is not None:
+                    loop.remove_signal_handler(signum)
+        if self.failure is not None:
+            return 1
+        stopped = sum(self.restarts.values())
+        logger.info("all %d worker(s) stopped%s", self.count, f" ({stopped} replacement(s) during the run)" if stopped else "")
+        return 0 if clean else 1
+
+    def _start_admin(self) -> asyncio.Task[None] | None:
+        if self.admin is None:
+            logger.info("admin listener: off")
+            return None
+        try:
+            from backworks_core.workers_admin import serve_admin
+        except ImportError as exc:
+            logger.warning("the aggregate admin listener is not available (%s); each worker's own is listed above", exc)
+            return None
+        host, port = self.admin
+        admin_stop = asyncio.Event()
+
+        async def serve() -> None:
+            try:
+                await serve_admin(host, port, self.snapshot, admin_stop)
+            except asyncio.CancelledError:
+                admin_stop.set()
+                raise
+            except OSError as exc:
+                logger.error("admin listener: cannot listen on %s:%d (%s); the API is served all the same", host, port, exc.strerror or exc)
+            except Exception:
+                logger.exception("admin listener failed; the API is served all the same")
+
+        return asyncio.create_task(serve())
+
+
+def _write_stderr(data: bytes) -> None:
+    try:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def aggregate_admin_address(blueprint: object, extra: Sequence[str]) -> tuple[str, int] | None:
+    """Where the supervisor's admin listener goes: `--set backworks_admin=` among the arguments
+    after `--` (off, HOST:PORT), else the blueprint's `server.admin`, as a single process decides."""
+    from backworks_core.admin import OFF, blueprint_admin_address, parse_admin_option
+
+    chosen: object = None
+    setting = admin_setting(extra)
+    if setting is not None:
+        chosen = parse_admin_option(setting)  # ValueError: the caller reports it
+    if chosen == OFF:
+        return None
+    if chosen is None:
+        chosen = blueprint_admin_address(blueprint)  # type: ignore[arg-type]
+    if chosen is None:
+        return None
+    return (chosen.host, chosen.port)  # type: ignore[attr-defined]
+
+
+def _configure_logging() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("backworks: %(message)s"))
+        for name in (__name__, "backworks_core.workers_admin"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).propagate = False
+
+
+def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Sequence[str]) -> int:
+    """`backworks run FILE --workers N`: serve with `count` workers until Ctrl-C; the exit status."""
+    from backworks_core.files import private_folder
+
+    _configure_logging()
+    if Path(command[0]).name.startswith("mitmweb"):
+        print("backworks run: --web serves one process (mitmweb's flow list and web port are its own); drop --web or --workers", file=sys.stderr)
+        return 2
+    problem = _platform_problem()
+    if problem is not None:
+        print(f"backworks run: --workers {count}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        admin = aggregate_admin_address(blueprint, extra)
+    except ValueError as exc:
+        print(f"backworks run: {exc}", file=sys.stderr)
+        return 2
+    run_dir = private_folder("backworks-run-")  # 0700: the workers' shared files (capture manifests)
+    logger.info("%d workers share the port (SO_REUSEPORT); admin listener %s", count, f"{admin[0]}:{admin[1]}" if admin else "off")
+    try:
+        supervisor = Supervisor(command, count, admin=admin, run_dir=run_dir)
+        status = asyncio.run(supervisor.run())
+        merge_captures(run_dir)
+        return status
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _platform_problem() -> str | None:
+    import importlib
+
+    reuse_port = importlib.import_module("addons.reuse_port")
+    return reuse_port.platform_problem()
+
+
+__all__ = [
+    "RestartPolicy",
+    "Supervisor",
+    "WorkerInfo",
+    "backoff_delay",
+    "merge_captures",
+    "run_workers",
+    "worker_command",
+    "worker_identity",
+    "worker_journal",
+]

@@ -1,0 +1,117 @@
+"""addons.shown_target: the flow names the target that answered; a replay gets its URL back."""
+
+from __future__ import annotations
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow, tutils
+
+from addons.shown_target import SHOWN, ReplayedRequest, ShownTarget, answered_by, parse_origin
+
+
+def reverse_flow(host_header: str = "gateway.example:8080") -> http.HTTPFlow:
+    """As mitmproxy's reverse mode hands it over: pointed at the placeholder, Host as the client sent it."""
+    flow = tflow.tflow(req=tutils.treq(host="127.0.0.1", port=9, path=b"/api/users?page=2"))
+    flow.request.headers["Host"] = host_header
+    return flow
+
+
+def answered(flow: http.HTTPFlow, origin: str) -> None:
+    answered_by(flow, origin)
+    flow.response = tutils.tresp()
+    with taddons.context(ShownTarget()) as tctx:
+        tctx.master.addons.get("showntarget").response(flow)
+
+
+def test_the_url_names_the_target_and_the_headers_stay_as_sent() -> None:
+    flow = reverse_flow()
+    headers_before = flow.request.headers.copy()
+    answered(flow, "https://backend.internal:3443")
+    assert flow.request.url == "https://backend.internal:3443/api/users?page=2"
+    assert flow.request.headers == headers_before  # Host: gateway.example:8080, as the client sent it
+    assert flow.request.path == "/api/users?page=2"
+    assert flow.metadata[SHOWN] == {"target": ["https", "backend.internal", 3443], "request": ["http", "127.0.0.1", 9]}
+
+
+def test_http2_authority_stays_as_sent() -> None:
+    flow = reverse_flow()
+    flow.request.http_version = "HTTP/2.0"
+    flow.request.authority = "gateway.example:8080"
+    answered(flow, "http://127.0.0.1:3001")
+    assert (flow.request.host, flow.request.port, flow.request.authority) == ("127.0.0.1", 3001, "gateway.example:8080")
+
+
+def test_default_ports_and_ipv6_targets() -> None:
+    assert parse_origin("http://[::1]:3001") == ("http", "::1", 3001)
+    assert parse_origin("https://api.example") == ("https", "api.example", 443)
+    assert parse_origin("http://api.example:notaport") is None
+    flow = reverse_flow()
+    answered(flow, "http://[::1]:3001")
+    assert (flow.request.host, flow.request.port) == ("::1", 3001)  # as mitmproxy keeps an IPv6 host
+
+
+def test_flows_no_target_answered_are_left_alone() -> None:
+    flow = reverse_flow()
+    flow.response = tutils.tresp()
+    ShownTarget().response(flow)  # a static or mock endpoint, a 404: nothing was sent anywhere
+    assert flow.request.url == "http://127.0.0.1:9/api/users?page=2" and SHOWN not in flow.metadata
+
+
+def test_a_request_already_addressed_to_the_target_gets_no_metadata() -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:9")  # `--mode reverse:` the target itself
+    assert SHOWN not in flow.metadata
+
+
+def replay(flow: http.HTTPFlow) -> None:
+    """What mitmweb's Replay (clientplayback) does to the flow before its hooks run."""
+    flow.backup()
+    flow.is_replay = "request"
+    flow.response = None
+    with taddons.context(ReplayedRequest()) as tctx:
+        tctx.master.addons.get("replayedrequest").requestheaders(flow)
+
+
+def test_a_replay_goes_out_as_the_original_came_in() -> None:
+    flow = reverse_flow()
+    headers_before = flow.request.headers.copy()
+    answered(flow, "http://127.0.0.1:3001")
+    replay(flow)
+    assert (flow.request.scheme, flow.request.host, flow.request.port) == ("http", "127.0.0.1", 9)
+    assert flow.request.headers == headers_before and SHOWN not in flow.metadata
+    answered(flow, "http://127.0.0.1:3002")  # the replay's own answer: shown again, from its own try
+    assert flow.request.url == "http://127.0.0.1:3002/api/users?page=2"
+    assert flow.metadata[SHOWN]["request"] == ["http", "127.0.0.1", 9]
+
+
+def test_a_replay_of_a_saved_flow() -> None:
+    """A flow file saved by mitmweb keeps the metadata: loaded and replayed later, it is restored too."""
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001")
+    loaded = http.HTTPFlow.from_state(flow.get_state())
+    replay(loaded)
+    assert loaded.request.url == "http://127.0.0.1:9/api/users?page=2"
+
+
+def test_a_url_edited_before_the_replay_is_kept() -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001")
+    flow.request.url = "http://127.0.0.1:4000/other"  # edited in mitmweb
+    replay(flow)
+    assert flow.request.url == "http://127.0.0.1:4000/other"
+
+
+@pytest.mark.parametrize("shown", [None, "junk", {"target": ["http", "127.0.0.1"]}, {"target": ["http", "127.0.0.1", "3001"], "request": ["http", "x", 1]}])
+def test_metadata_not_ours_is_ignored(shown: object) -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001")
+    flow.metadata[SHOWN] = shown
+    replay(flow)
+    assert flow.request.url == "http://127.0.0.1:3001/api/users?page=2"
+
+
+def test_a_live_flow_is_never_restored() -> None:
+    flow = reverse_flow()
+    flow.metadata[SHOWN] = {"target": ["http", "127.0.0.1", 9], "request": ["http", "10.0.0.1", 80]}  # from a script
+    ReplayedRequest().requestheaders(flow)
+    assert flow.request.url == "http://127.0.0.1:9/api/users?page=2"
