@@ -1106,19 +1106,54 @@ class KeyRing:
 STATE_KEY = "auth"  # ctx.state: the identity this plugin verified for the request
 
 
+_LONG_TOKEN = 2048  # characters: a longer token is cached under its sha256, so the cache's size stays bounded
+
+
+def _cache_key(token: str) -> str | bytes:
+    """The token itself: an exact match, no hash per request. A long token: its sha256."""
+    return token if len(token) <= _LONG_TOKEN else hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def _flat(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+class _Verified:
+    """A verified token's claims, with how to hand out a copy no caller can change for the next."""
+
+    __slots__ = ("claims", "valid_until", "identity", "_json")
+
+    def __init__(self, claims: dict[str, Any], valid_until: float) -> None:
+        self.claims = claims
+        self.valid_until = valid_until
+        self.identity: Identity | None = None
+        # Scalars, and lists of scalars, copy with the dict (the usual JWT); anything deeper is
+        # parsed again from compact JSON, cheaper than copy.deepcopy.
+        flat = all(_flat(v) or (type(v) is list and all(_flat(i) for i in v)) for v in claims.values())
+        self._json = None if flat else json.dumps(claims, separators=(",", ":"))
+
+    def claims_copy(self) -> dict[str, Any]:
+        if self._json is not None:
+            return json.loads(self._json)  # type: ignore[no-any-return]
+        return {k: (v[:] if type(v) is list else v) for k, v in self.claims.items()}
+
+
 class Authenticator:
     """A config's verifier with its keys: what the middleware and the auth.* handlers use.
 
     Verified tokens are cached (`verified_cache_size` entries, LRU; 0 turns the cache off),
     because checking an RS*/ES* signature costs 100–200 microseconds and a client sends
-    the same token with every request. The key is the sha256 of the whole token string, so any
-    change to a token (a tampered byte, another signature) is a miss and is verified in full;
+    the same token with every request. The key is the whole token string (its sha256 when it is
+    longer than 2048 characters), so any change to a token (a tampered byte, another signature)
+    is a miss and is verified in full;
     only successful verifications are cached, never rejections. An entry is good until
     min(exp + leeway, time cached + `verified_cache_ttl`) on this Authenticator's clock; a
     lookup at or after that time is a miss and drops the entry. The TTL bounds how long a
     token keeps working after its key is removed from the JWKS (or the key file replaced): a
-    cache hit does not look at the keys again. A hit returns a fresh copy of the claims (parsed
-    again from the compact JSON kept in the cache, cheaper than copy.deepcopy), so a caller
+    cache hit does not look at the keys again. A hit returns a fresh copy of the claims (and
+    `authenticate` a fresh Identity made from the one built at the first verification): the
+    dict and its lists copied when the claims are scalars and lists of scalars, else parsed
+    again from compact JSON kept in the cache (cheaper than copy.deepcopy), so a caller
     changing them cannot change what later requests see.
     """
 
@@ -1145,40 +1180,58 @@ class Authenticator:
         )
         self.verifier = Verifier(config, KeyRing(config, self.jwks), clock)
         self.clock = clock
-        # sha256(token) -> (compact JSON of the claims, valid until); oldest use first
-        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        # the token (its sha256 when long) -> its verified claims and identity; oldest use first
+        self._verified: OrderedDict[str | bytes, _Verified] = OrderedDict()
 
     async def verify(self, token: str) -> dict[str, Any]:
         """Claims of a genuine token; the JWKS is fetched first when the token needs it.
 
         A token verified before, and still in the cache, is not verified again (see the class).
         """
-        size = self.config.verified_cache_size
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest() if size and isinstance(token, str) else None
-        if digest is not None:
-            entry = self._verified.get(digest)
-            if entry is not None:
-                if self.clock() < entry[1]:
-                    self._verified.move_to_end(digest)
-                    return json.loads(entry[0])  # type: ignore[no-any-return]
-                del self._verified[digest]
+        entry = self._cached(token)
+        if entry is not None:
+            return entry.claims_copy()
+        return (await self._verify_and_cache(token)).claims_copy()
+
+    def _cached(self, token: str) -> _Verified | None:
+        """The cache entry of a token verified before and still good (a stale one is dropped)."""
+        if not self.config.verified_cache_size or not isinstance(token, str):
+            return None
+        key = _cache_key(token)
+        entry = self._verified.get(key)
+        if entry is None:
+            return None
+        if self.clock() < entry.valid_until:
+            self._verified.move_to_end(key)
+            return entry
+        del self._verified[key]
+        return None
+
+    async def _verify_and_cache(self, token: str) -> _Verified:
         parsed = self.verifier.parse(token)
         if self.jwks is not None and parsed.algorithm in ASYMMETRIC_ALGORITHMS:
             await self.jwks.ensure(parsed.kid)
         claims = self.verifier.check(parsed)
-        if digest is not None:
-            now, leeway = self.clock(), self.config.leeway
-            valid_until = now + self.config.verified_cache_ttl
-            if claims["exp"] < valid_until - leeway:  # compared, never added: exp may be a huge int
-                valid_until = claims["exp"] + leeway
-            self._verified[digest] = (json.dumps(claims, separators=(",", ":")), valid_until)
-            self._verified.move_to_end(digest)
+        now, leeway = self.clock(), self.config.leeway
+        valid_until = now + self.config.verified_cache_ttl
+        if claims["exp"] < valid_until - leeway:  # compared, never added: exp may be a huge int
+            valid_until = claims["exp"] + leeway
+        entry = _Verified(claims, valid_until)
+        size = self.config.verified_cache_size
+        if size and isinstance(token, str):
+            key = _cache_key(token)
+            self._verified[key] = entry
+            self._verified.move_to_end(key)
             while len(self._verified) > size:
                 self._verified.popitem(last=False)
-        return claims
+        return entry
 
     async def authenticate(self, token: str) -> Identity:
-        return self.verifier.identity(await self.verify(token))
+        entry = self._cached(token) or await self._verify_and_cache(token)
+        if entry.identity is None:  # made once per cached token, handed out as copies
+            entry.identity = self.verifier.identity(entry.claims)
+        known = entry.identity
+        return Identity(known.username, list(known.roles), list(known.permissions), entry.claims_copy())
 
     async def identify(self, ctx: RequestContext) -> Identity:
         """The request's identity: verified once per request (later auth middlewares reuse it)."""
@@ -1281,6 +1334,8 @@ def _audit_text(text: str, limit: int = 200) -> str:
 
 class AuthMiddleware:
     """Applies the decision: deny (401/403/500) or let through with `ctx.user` set."""
+
+    response_phase = False  # declared for the gateway's compiled pipeline: `on_response` does nothing
 
     def __init__(self, name: str, config: AuthMiddlewareConfig, authenticator: Authenticator) -> None:
         self.name = name

@@ -185,6 +185,8 @@ class FaultMiddleware:
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None:
         return None
 
+    response_phase = False  # declared for the gateway's compiled pipeline: `on_response` does nothing
+
 
 class FaultPlugin(Plugin):
     name = "fault"

@@ -44,6 +44,8 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import mode_servers, mode_specs
 
+from backworks_core.workers import reuse_port_problem
+
 logger = logging.getLogger(__name__)
 
 OPTION = "backworks_reuse_port"
@@ -52,15 +54,9 @@ _in_proxy_listen: contextvars.ContextVar[bool] = contextvars.ContextVar("backwor
 
 
 def platform_problem(platform: str = sys.platform, has_option: bool = hasattr(socket, "SO_REUSEPORT")) -> str | None:
-    """Why SO_REUSEPORT cannot share a port between processes here; None when it can (Linux)."""
-    if not platform.startswith("linux"):
-        return (
-            f"{OPTION}: SO_REUSEPORT spreads connections across processes only on Linux (this is {platform}); "
-            "run one process per port here, or several on different ports behind a load balancer (docs/scaling.md)"
-        )
-    if not has_option:
-        return f"{OPTION}: this Python has no socket.SO_REUSEPORT; the kernel (Linux 3.9 or later) or the build lacks it"
-    return None
+    """Why this option cannot work here (not Linux, no SO_REUSEPORT); None when it can."""
+    problem = reuse_port_problem(platform, has_option)
+    return None if problem is None else f"{OPTION}: {problem}"
 
 
 def mode_problems(specs: Sequence[str]) -> list[str]:

@@ -36,6 +36,7 @@ class TransformMiddleware:
         self.response = CompiledTransform(config.response)
         # The relay holds a streamed body whole for it (Gateway._transforms_body), never bypasses it.
         self.transforms_request_body = self.request.touches_body
+        self.response_phase = not self.response.is_empty  # the compiled pipeline skips an empty one
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
         if self.request.is_empty:

@@ -222,7 +222,12 @@ class Handler(Protocol):
 
 
 class Middleware(Protocol):
-    """Runs before the handler; returning a response stops the request there (deny/answer)."""
+    """Runs before the handler; returning a response stops the request there (deny/answer).
+
+    Capabilities are declared as attributes, read once when the blueprint is compiled (see
+    gateway.MiddlewarePlan): `response_phase = False` keeps `on_response` out of the pipeline's
+    response phase; `answers_preflights` (cors) and `transforms_request_body` (transform).
+    """
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None: ...
 

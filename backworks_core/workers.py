@@ -104,6 +104,15 @@ def worker_command(mitmdump_command: Sequence[str], python: str, admin_port: int
     return [python, *LAUNCHER, *arguments, "--set", "backworks_reuse_port=true", "--set", f"{ADMIN_OPTION}={admin}"]
 
 
+def listen_port(command: Sequence[str]) -> int | None:
+    """The value of the last `--listen-port`/`-p` in a mitmdump command, or None."""
+    found = None
+    for flag, value in zip(command, command[1:]):
+        if flag in ("--listen-port", "-p") and value.isdigit():
+            found = int(value)
+    return found
+
+
 def worker_env(base: dict[str, str], index: int, count: int, run_dir: Path) -> dict[str, str]:
     return {**base, WORKER_ENV: str(index), WORKERS_ENV: str(count), RUN_DIR_ENV: str(run_dir)}
 
@@ -301,6 +310,7 @@ class Supervisor:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,  # its own process group: the terminal's Ctrl-C reaches us only
+            preexec_fn=_die_with_parent,
         )
         worker = _Worker(index, process, admin_port, self.clock(), self.restarts.get(index, 0))
         worker.pump = asyncio.create_task(self._pump(worker))
@@ -450,6 +460,16 @@ class Supervisor:
         return asyncio.create_task(serve())
 
 
+def _die_with_parent() -> None:
+    """In the worker, before mitmdump starts: SIGTERM when the supervisor dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so that no worker keeps serving a port nobody supervises."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+
 def _write_stderr(data: bytes) -> None:
     try:
         sys.stderr.buffer.write(data)
@@ -494,7 +514,10 @@ def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Se
     if Path(command[0]).name.startswith("mitmweb"):
         print("backworks run: --web serves one process (mitmweb's flow list and web port are its own); drop --web or --workers", file=sys.stderr)
         return 2
-    problem = _platform_problem()
+    if listen_port(command) == 0:
+        print(f"backworks run: --workers {count} needs a fixed port (port 0 would give each worker a port of its own); set --port or server.port", file=sys.stderr)
+        return 2
+    problem = reuse_port_problem()
     if problem is not None:
         print(f"backworks run: --workers {count}: {problem}", file=sys.stderr)
         return 2
@@ -514,11 +537,16 @@ def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Se
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _platform_problem() -> str | None:
-    import importlib
-
-    reuse_port = importlib.import_module("addons.reuse_port")
-    return reuse_port.platform_problem()
+def reuse_port_problem(platform: str = sys.platform, has_option: bool = hasattr(socket, "SO_REUSEPORT")) -> str | None:
+    """Why SO_REUSEPORT cannot share a port between processes here; None when it can (Linux)."""
+    if not platform.startswith("linux"):
+        return (
+            f"SO_REUSEPORT spreads connections across processes only on Linux (this is {platform}); "
+            "run one process per port here, or several on different ports behind a load balancer (docs/scaling.md)"
+        )
+    if not has_option:
+        return "this Python has no socket.SO_REUSEPORT; the kernel (Linux 3.9 or later) or the build lacks it"
+    return None
 
 
 __all__ = [

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -39,7 +39,8 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
-from backworks_core.workers import WorkerInfo
+if TYPE_CHECKING:  # the supervisor (backworks_core.workers) imports this module: no cycle
+    from backworks_core.workers import WorkerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _merge_history(docs: Sequence[tuple[int, Doc]]) -> Doc:
         errors = sum(_int(b.get("errors")) for b in parts)
         lat = [b.get("latency_ms") or {} for b in parts]
         weighted = sum(_num(l.get("avg")) * _int(b.get("requests")) for l, b in zip(lat, parts))
-        peaks = [l.get("max") for l in lat if isinstance(l.get("max"), (int, float))]
+        peaks = [float(l["max"]) for l in lat if isinstance(l.get("max"), (int, float))]
         latency: dict[str, float | None] = {"avg": _round(weighted / requests, 2) if requests else None, **_slowest(lat)}
         latency["max"] = max(peaks) if peaks else None
         buckets.append(
@@ -342,10 +343,11 @@ def _merge_blueprint(docs: Sequence[tuple[int, Doc]]) -> Doc | None:
 
 
 def _worker_row(view: WorkerView) -> Doc:
-    info, doc = view.info, view.doc if isinstance(view.doc, dict) else {}
-    blueprint = doc.get("blueprint") if isinstance(doc.get("blueprint"), dict) else {}
-    reload = blueprint.get("reload") if isinstance(blueprint.get("reload"), dict) else {}
-    totals = doc.get("totals") if isinstance(doc.get("totals"), dict) else {}
+    info = view.info
+    doc: Doc = view.doc if isinstance(view.doc, dict) else {}
+    blueprint: Doc = doc["blueprint"] if isinstance(doc.get("blueprint"), dict) else {}
+    reload: Doc = blueprint["reload"] if isinstance(blueprint.get("reload"), dict) else {}
+    totals: Doc = doc["totals"] if isinstance(doc.get("totals"), dict) else {}
     return {
         "index": info.index,
         "pid": info.pid,
@@ -695,7 +697,7 @@ class AdminAggregator:
                     families = parse_metrics(fetched.body.decode("utf-8"))
                     answered.append(info.index)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    logger.warning("backworks: worker %d's metrics at %s do not parse (%s); its last counts are used", info.index, path, exc)
+                    logger.warning("worker %d's metrics at %s do not parse (%s); its last counts are used", info.index, path, exc)
             views.append((info, families))
         chosen = self.metrics_carry.setdefault(path, MetricsCarry()).update(views)
         merged = merge_metrics(chosen, self.metrics_carry[path].retired)
@@ -719,13 +721,13 @@ async def serve_admin(host: str, port: int, workers: Callable[[], list[WorkerInf
             await site.start()
         except OSError as exc:
             logger.warning(
-                "backworks: the admin listener is not listening: cannot listen on %s:%d: %s; choose another port with "
+                "the admin listener is not listening: cannot listen on %s:%d: %s; choose another port with "
                 "server.admin.port in the blueprint; the API is served all the same",
                 host, port, exc.strerror or exc,
             )
             return
         bound = runner.addresses[0][1] if runner.addresses else port  # port 0: the one the system chose
-        logger.info("backworks: admin listener on http://%s:%d for %d workers", host if ":" not in host else f"[{host}]", bound, len(workers()))
+        logger.info("admin listener on http://%s:%d for %d workers", host if ":" not in host else f"[{host}]", bound, len(workers()))
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -574,6 +574,14 @@ def stop_with_sigint(procs: Processes, name: str, timeout: float = 60) -> int | 
     return proc.returncode
 
 
+def still_running(procs: Processes, name: str, settle: float = 1.0) -> None:
+    """mitmdump listens before it loads its script, and exits when the script fails to load."""
+    time.sleep(settle)
+    proc = procs.running[name]
+    if proc.poll() is not None:
+        raise SystemExit(f"{name} exited with code {proc.returncode} after listening:\n{procs.log_tail(name)}")
+
+
 def mitmdump() -> str:
     return str(Path(sys.executable).with_name("mitmdump"))
 
@@ -668,6 +676,7 @@ def replay(app: App, venv: Path, live: dict[str, Any], files: dict[str, Path], p
             name = f"{app.name}-{tool}"
             procs.start(name, argv)
             wait_listening(procs, name, port, timeout=90)
+            still_running(procs, name)
             answers = drive(venv, port, order)
             procs.stop(name)
             run = Run(app.name, tool, order_name, total=len(order))
@@ -684,24 +693,60 @@ def replay(app: App, venv: Path, live: dict[str, Any], files: dict[str, Path], p
 
 # -- schemathesis ------------------------------------------------------------------------------
 
-# Schemathesis' failure codes (``st explain CODE``) -> who is at fault (on the real app, on the mock).
-ST_CLASSES = {
-    "ST101": ("the app (a 5xx for generated input)", "a recorded 5xx replayed (datasette's POST), else Backworks (the mock failed)"),
-    "ST103": ("the recording: a status never recorded (a recording cannot know it)", "Backworks, when the status is the mock's own answer (404 no example, 405) and the spec it wrote does not list it"),
-    "ST104": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
-    "ST105": ("Backworks (a content type the spec does not list)", "Backworks (a content type the spec does not list)"),
-    "ST107": ("Backworks (a response header declared required that the app does not always send)", "Backworks (a response header declared required that the mock does not send)"),
-    "ST108": ("Backworks (the inferred schema is narrower than the app's answers)", "Backworks (the mock's answer does not fit the schema written beside it)"),
-    "ST109": ("the app, when it labels a non-JSON body application/json (httpbin's /stream: JSON lines); else Backworks", "as on the app: the recorded Content-Type is replayed"),
-    "ST201": ("the spec's silence: an inferred spec has none of the constraints the app enforces", "the mock: request validation is opt-in"),
-    "ST202": ("the app rejects input the inferred spec allows (a recording cannot know the constraints)", "the mock answers only recorded requests (404 for the rest, by design)"),
-    "ST204": ("the app (answers an undeclared method other than 405)", "the mock"),
-    "ST401": ("Backworks' inference: `security` declared because recorded requests carried credentials the app does not require", "the mock (answers without credentials) or the same inference"),
+# Who is at fault for a Schemathesis failure (``st explain CODE``). The generated document is
+# Backworks' output and the mock serves only recorded answers, so the two runs split the blame:
+# on the **mock**, a response check failing means the document contradicts the recording it was
+# written from (Backworks); on the **real app**, the recording's every answer fits the document
+# (the mock run shows it), so a response check failing means the app answered input no recorded
+# request had outside every recorded answer (the app's answer, which a recording cannot know).
+BLAMES = {
+    "backworks": "Backworks' output",
+    "app": "the app",
+    "recording": "the recording's limits",
+    "design": "the mock's documented design",
 }
+# code -> (blame, why) on the real app, and on the mock
+ST_CLASSES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "ST101": (("app", "a 5xx for generated input"), ("recording", "a recorded 5xx replayed")),
+    "ST103": (("recording", "a status the app never answered while recording"), ("backworks", "the mock answered a status its document does not list")),
+    "ST104": (("app", "no Content-Type where every recorded answer of that status had one"), ("backworks", "the mock's answer lacks the recorded Content-Type")),
+    "ST105": (("app", "a media type no recorded answer of that status had"), ("backworks", "the mock's media type is not in its document")),
+    "ST107": (("app", "a header every recorded answer (two or more) of that status had is missing"), ("backworks", "a header declared required that the mock does not send")),
+    "ST108": (("app", "an answer to input never recorded, outside every recorded answer's shape"), ("backworks", "a recorded answer does not fit the schema written beside it")),
+    "ST109": (("app", "a body labelled JSON that is not JSON (httpbin's /stream: JSON lines)"), ("app", "the app's recorded body labelled JSON that is not JSON, replayed")),
+    "ST110": (("app", "a body its Content-Type's parser cannot read"), ("app", "the app's recorded body, replayed")),
+    "ST201": (("app", "accepts input outside what its recorded clients sent (no validation)"), ("design", "matches recorded requests; validates bodies only with `validate: true`")),
+    "ST202": (("recording", "rejects input the recording never showed rejected (a constraint no recorded request showed)"), ("recording", "a recorded refusal replayed")),
+    "ST203": (("app", "accepts a request without a header every recorded request sent"), ("design", "matches recorded requests; headers it does not match on are not checked")),
+    "ST204": (("app", "answers an undeclared method with other than 405 + Allow"), ("backworks", "the mock should answer 405 with Allow")),
+    "ST205": (("app", "OPTIONS lists other methods than the document"), ("backworks", "OPTIONS lists other methods than the document")),
+    "ST401": (("app", "accepts missing or invalid credentials where the recording showed them refused"), ("backworks", "the mock answered 2xx without the credentials the recording showed required")),
+}
+# The mock's own answers carry Backworks' error body: a 5xx with it is the mock failing, not a replay.
+_MOCK_ERROR_BODY = re.compile(r'"request_id"\s*:')
 
 
-def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int) -> dict[str, Any]:
-    """``st run`` against SPEC on 127.0.0.1:PORT; the failures by code, from the JUnit report."""
+def classify_st(code: str, side: str, text: str = "") -> tuple[str, str]:
+    """(blame, why) for failure CODE on SIDE ("app" or "mock"); TEXT is the failure's report
+    (its response), for the cases the code alone does not decide."""
+    if code == "error":
+        return ("recording", "network error or crash of the checker") if side == "app" else ("backworks", "the mock did not answer")
+    classes = ST_CLASSES.get(code)
+    if classes is None:
+        return ("backworks", f"unclassified ({code}): read it") if side == "mock" else ("app", f"unclassified ({code}): read it")
+    blame, why = classes[side == "mock"]
+    if side == "mock" and code == "ST101" and _MOCK_ERROR_BODY.search(text):
+        return "backworks", "the mock failed (its own 5xx)"
+    if side == "mock" and code in ("ST202", "ST103") and "request path refused" in text:
+        return "design", "the gateway refuses an ambiguous path (escaped control character, '/', ';') with 400, as Envoy does (paths.py)"
+    if side == "app" and code == "ST108" and "ST201" in text:
+        return "app", "an answer to input the document rules out, which the app accepted (ST201)"
+    return blame, why
+
+
+def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int, side: str = "app") -> dict[str, Any]:
+    """``st run`` against SPEC on 127.0.0.1:PORT (SIDE: "app" or "mock"); the failures by code and
+    blame, from the JUnit report."""
     out.mkdir(parents=True, exist_ok=True)
     junit = out / "junit.xml"
     argv = [
@@ -716,31 +761,47 @@ def schemathesis(venv: Path, spec: Path, port: int, out: Path, max_examples: int
     except subprocess.TimeoutExpired:
         return {"error": "timed out"}
     (out / "st.log").write_bytes(proc.stdout + proc.stderr)
-    result = parse_junit(junit)
+    result = parse_junit(junit, side)
     tail = [ln for ln in proc.stdout.decode(errors="replace").strip().splitlines() if ln.strip()][-1:]
     return dict(result, exit=proc.returncode, summary=tail, log=str(out / "st.log"))
 
 
-def parse_junit(junit: Path) -> dict[str, Any]:
-    """Schemathesis' JUnit report: per failure code, its title and ``operation: first detail``."""
+def parse_junit(junit: Path, side: str = "app") -> dict[str, Any]:
+    """Schemathesis' JUnit report: per failure code, its title and ``operation: first detail``,
+    and each failure's blame (``classify_st``) counted in ``blame``."""
     failures: dict[str, list[str]] = {}
     titles: dict[str, str] = {}
+    blame: dict[str, int] = {}
+    why: dict[str, list[str]] = {}
     operations = 0
     if not junit.exists():
-        return {"operations": 0, "failures": {}, "titles": {}}
+        return {"operations": 0, "failures": {}, "titles": {}, "blame": {}, "why": {}}
     for case in ET.parse(junit).getroot().iter("testcase"):
         operations += 1
         for fail in [*case.iter("failure"), *case.iter("error")]:
             text = fail.text or fail.get("message") or ""
-            for m in re.finditer(r"^- (ST\d+) ([^\n(]+)(?:\([^)]*\))?\n+\s*((?!- ST)[^\n]*)", text, re.M):
-                code, title, detail = m.group(1), m.group(2).strip(), m.group(3).strip()
-                titles[code] = title
-                item = f"{case.get('name')}: {detail[:110]}"
-                if item not in failures.setdefault(code, []):
-                    failures[code].append(item)
-            if not re.search(r"^- ST\d+", text, re.M):
-                failures.setdefault("error", []).append(f"{case.get('name')}: {text.strip().splitlines()[0][:110] if text.strip() else '?'}")
-    return {"operations": operations, "failures": failures, "titles": titles}
+            for chunk in re.split(r"^\d+\. Test Case ID: \S+\s*$", text, flags=re.M):
+                found = False
+                for m in re.finditer(r"^- (ST\d+) ([^\n(]+)(?:\([^)]*\))?\n+\s*((?!- ST)[^\n]*)", chunk, re.M):
+                    found = True
+                    code, title, detail = m.group(1), m.group(2).strip(), m.group(3).strip()
+                    titles[code] = title
+                    item = f"{case.get('name')}: {detail[:110]}"
+                    if item not in failures.setdefault(code, []):
+                        failures[code].append(item)
+                        who, reason = classify_st(code, side, chunk)
+                        blame[who] = blame.get(who, 0) + 1
+                        reasons = why.setdefault(code, [])
+                        if f"{who}: {reason}" not in reasons:
+                            reasons.append(f"{who}: {reason}")
+                if not found and chunk.strip():
+                    item = f"{case.get('name')}: {chunk.strip().splitlines()[0][:110]}"
+                    if item not in failures.setdefault("error", []):
+                        failures["error"].append(item)
+                        who, reason = classify_st("error", side, chunk)
+                        blame[who] = blame.get(who, 0) + 1
+                        why.setdefault("error", [f"{who}: {reason}"])
+    return {"operations": operations, "failures": failures, "titles": titles, "blame": blame, "why": why}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -793,9 +854,10 @@ def report(runs: list[Run], extras: dict[str, dict[str, Any]], args: argparse.Na
             print(f"\n== schemathesis on the {'real app' if side == 0 else 'Backworks mock'} ({app}): {st.get('operations', 0)} operation(s), exit {st.get('exit')}, log {st.get('log')}")
             for line in st.get("summary", []):
                 print(f"   {line}")
+            counts = st.get("blame", {})
+            print("   by fault: " + (", ".join(f"{BLAMES.get(who, who)} {n}" for who, n in sorted(counts.items())) or "none") + f"; Backworks-blamed: {counts.get('backworks', 0)}")
             for code, items in sorted(st.get("failures", {}).items()):
-                blame = ST_CLASSES.get(code, ("?", "?"))[side]
-                print(f"  {code} {st.get('titles', {}).get(code, '')}: {len(items)} failure(s); cause: {blame}")
+                print(f"  {code} {st.get('titles', {}).get(code, '')}: {len(items)} failure(s); {'; '.join(st.get('why', {}).get(code, []))}")
                 for item in items[:6]:
                     print(f"     {item}")
 
@@ -872,7 +934,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 port = free_port()
                 procs.start(f"{name}-st-mock", mock_argv("backworks", files, prism, port) or [])
                 wait_listening(procs, f"{name}-st-mock", port, timeout=90)
-                extra["schemathesis_mock"] = schemathesis(venv, files["openapi"], port, work / name / "st-mock", args.st_max_examples)
+                still_running(procs, f"{name}-st-mock")
+                extra["schemathesis_mock"] = schemathesis(venv, files["openapi"], port, work / name / "st-mock", args.st_max_examples, "mock")
                 procs.stop(f"{name}-st-mock")
             if args.throughput and name == "httpbin":
                 throughput(app, venv, files, prism, live, app_runs, procs, work, args.throughput)

@@ -748,11 +748,17 @@ MOCK_ERROR_SCHEMA: dict[str, Any] = {
     "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "request_id": {"type": "string"}},
     "required": ["error", "status", "request_id"],
 }
-MOCK_NOT_FOUND = (
-    "Not Found. Not recorded: the Backworks mock answers a request that no recorded example matches"
-    " with 404 and `{error, status, request_id}` (application/json); the live API's own answer was not recorded."
-)
-MOCK_NOT_FOUND_ALSO = "The Backworks mock also answers 404 `{error, status, request_id}` to a request no recorded example matches."
+# The answers Backworks gives itself on a documented operation, declared in every document so that
+# the mock and the document it serves agree (a spec-driven checker calls an unlisted status a
+# failure): 404 when no recorded example matches (an id never recorded on a templated path), 400
+# when the gateway refuses an ambiguous path (an escaped '/', ';', a control character: paths.py)
+# that only a path parameter can carry.
+OWN_ANSWERS = {
+    400: "the Backworks gateway refuses an ambiguous request path (an escaped '/' or control character, a ';')"
+    " with 400 `{error, status, request_id}` (application/json).",
+    404: "the Backworks mock answers a request that no recorded example matches with 404"
+    " `{error, status, request_id}` (application/json).",
+}
 
 # A credential as a request carried it: ("http", scheme), ("authorization", scheme word or ""),
 # ("header", lower-case name), ("query", name) or ("cookie", name).
@@ -1220,8 +1226,10 @@ def _body_schema(media: str, schema: dict[str, Any] | None, body: bytes) -> dict
 
 
 def _always(count: int, total: int) -> bool:
-    """`required`: in every one of at least MIN_REQUIRED_SAMPLES messages (one message cannot tell
-    what the API always sends or needs from what this exchange happened to carry)."""
+    """A response header is `required` when every one of at least MIN_REQUIRED_SAMPLES answers
+    had it: one answer cannot tell what the API always sends from what this exchange happened to
+    get. (Request parameters and bodies stay required when every recorded request sent them:
+    they describe what recorded clients send, so that generated requests look like them.)"""
     return total >= MIN_REQUIRED_SAMPLES and count == total
 
 
@@ -1262,7 +1270,7 @@ def _form_schema(media: str, bodies: _RequestBodies) -> tuple[dict[str, Any], di
         if media == "multipart/form-data" and seen.media:
             encoding[name] = {"contentType": ", ".join(seen.media)}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
-    required = [name for name, seen in bodies.fields.items() if _always(seen.count, bodies.count)]
+    required = [name for name, seen in bodies.fields.items() if seen.count == bodies.count]
     if required:
         schema["required"] = required
     return schema, example, encoding
@@ -1334,7 +1342,7 @@ def _operation(
         if name in credential_query:
             continue  # an API key: a security scheme
         schema = _field_schema(seen)
-        parameters.append({"name": name, "in": "query", "required": _always(seen.count, evidence.total), "schema": schema, "example": _field_example(seen, schema)})
+        parameters.append({"name": name, "in": "query", "required": seen.count == evidence.total, "schema": schema, "example": _field_example(seen, schema)})
     # header parameters: those the call depends on (never required: that every recorded client
     # sent one does not say the API needs it)
     for lowered, seen in evidence.request_headers.items():
@@ -1370,7 +1378,7 @@ def _operation(
             content[media] = entry
         if not content:
             content["application/json"] = {"schema": spec.request_schema or {}}
-        operation["requestBody"] = {"required": _always(evidence.with_body, evidence.total), "content": content}
+        operation["requestBody"] = {"required": bool(evidence.total) and evidence.with_body == evidence.total, "content": content}
 
     # responses: every status recorded, with its headers and the first example of each media type
     responses: dict[str, Any] = {}
@@ -1399,12 +1407,16 @@ def _operation(
         if not content and status in response_schemas:
             content["application/json"] = {"schema": response_schemas[status]}
         if content:
+            _add_labels(content, _recorded_media(status, evidence))
             response["content"] = content
         key = str(status) if 100 <= status <= 599 else "default"
         responses.setdefault(key, response)
     if not responses:
         responses["default"] = {"description": "No response was recorded"}
-    _declare_mock_not_found(responses)
+    for status, description in OWN_ANSWERS.items():
+        if status == 400 and not path_params:
+            continue  # only a path parameter can carry what the gateway refuses in a path
+        _declare_own_answer(responses, status, description, _recorded_media(status, evidence))
     operation["responses"] = responses
 
     # security: one requirement per combination of credentials seen; required only when the
@@ -1423,19 +1435,32 @@ def _operation(
     return operation
 
 
-def _declare_mock_not_found(responses: dict[str, Any]) -> None:
-    """The Backworks mock's own answer, in the document it serves: a request no recorded example
-    matches (an id never recorded on a templated path, other query values) gets 404
-    `{error, status, request_id}`. Without a recorded 404 the 404 is declared with no body (the
-    live API's own 404 body, HTML or JSON, was never seen and must not be contradicted); with one,
-    the mock's body is added beside the recorded ones and no header of the 404 is required."""
-    recorded = responses.get("404")
-    if recorded is None and "default" in responses:
-        return  # every status is allowed already
+def _recorded_media(status: int, evidence: OperationEvidence) -> list[str]:
+    """Every media type a recorded answer of `status` was labelled with, empty bodies included."""
+    seen = evidence.response_headers.get(status, {}).get("content-type")
+    media = (value.split(";", 1)[0].strip().lower() for value in (seen.values if seen else []))
+    return list(dict.fromkeys(m for m in media if "/" in m))
+
+
+def _add_labels(content: dict[str, Any], media_types: list[str]) -> None:
+    """List the recorded labels no body showed (an empty body sent as text/html): a checker
+    compares the Content-Type of every answer with the document, empty or not."""
+    for media in media_types:
+        content.setdefault(media, {})
+
+
+def _declare_own_answer(responses: dict[str, Any], status: int, description: str, labels: list[str]) -> None:
+    """Backworks' own answer `status` (OWN_ANSWERS), in the document it serves. Not recorded: declared
+    with no body (the live API's own body for that status, HTML or JSON, was never seen and must
+    not be contradicted). Recorded: Backworks' `{error, status, request_id}` is added beside the
+    recorded bodies, and no header of it is required (Backworks' answer has none of the app's)."""
+    recorded = responses.get(str(status))
     if recorded is None:
-        responses["404"] = {"description": MOCK_NOT_FOUND}
+        if "default" not in responses:  # a `default` allows every status already
+            responses[str(status)] = {"description": f"{HTTPStatus(status).phrase}. Not recorded: {description}"}
         return
     content = recorded.setdefault("content", {})
+    _add_labels(content, labels)
     entry = content.get("application/json")
     if entry is None:
         content["application/json"] = {"schema": MOCK_ERROR_SCHEMA}
@@ -1443,7 +1468,7 @@ def _declare_mock_not_found(responses: dict[str, Any]) -> None:
         entry["schema"] = {"anyOf": [entry["schema"], MOCK_ERROR_SCHEMA]}
     for header in recorded.get("headers", {}).values():
         header.pop("required", None)
-    recorded["description"] += " " + MOCK_NOT_FOUND_ALSO
+    recorded["description"] += f" Also: {description}"
 
 
 def _echo_names(spec: OperationSpec, evidence: OperationEvidence) -> frozenset[str]:

@@ -537,7 +537,8 @@ def start_mitmweb(service: Callable[..., Service], tmp: Path) -> Setup:
     and the flow names the target that answered and carries the decisions."""
     backend, gateway, admin, web = free_port(), free_port(), free_port(), free_port()
     options, headers = mitmweb_options(web)
-    setup = Setup({3001: backend, 8080: gateway, 9: 9}, env={"BACKWORKS_ADMIN_PORT": str(admin)})  # :9, the placeholder, stays
+    env = {"BACKWORKS_ADMIN_PORT": str(admin), "DEMO_BACKEND_URL": f"http://127.0.0.1:{backend}"}  # as start_demo
+    setup = Setup({3001: backend, 8080: gateway, 9: 9}, env=env)  # :9, the placeholder, stays
     shell = Shell(service, setup)
     shell.start(".venv/bin/backworks demo-backend --port 3001 &", ["--port", str(backend), "--name", "demo-backend"], port=backend)
     mitmweb = (
@@ -559,6 +560,8 @@ def start_mitmweb(service: Callable[..., Service], tmp: Path) -> Setup:
         assert (flow["request"]["port"], flow["request"]["host"]) == (backend, "127.0.0.1")  # the target that answered
         assert "target=demo-backend" in flow["comment"] and "handler=proxy" in flow["comment"]
         assert any(k.lower() == "host" and v == f"127.0.0.1:{gateway}" for k, v in flow["request"]["headers"])  # as the client sent it
+        refused = [f for f in flows if f.get("request", {}).get("path") == "/nothing-here"]
+        assert refused and refused[0]["marked"] and "no endpoint" in refused[0]["comment"]  # ⚠ in the list
 
     kill_both = setup.actions["kill %2 %1"]
 

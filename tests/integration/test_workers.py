@@ -211,3 +211,33 @@ def test_capture_journals_of_every_worker_become_one_output(run_workers, tmp_pat
     entries = json.loads(output.read_text())["log"]["entries"]
     assert len(entries) == recorded
     assert "from the journals of 2 worker(s)" in run.log()
+
+
+def test_workers_that_keep_dying_at_start_make_the_run_give_up(tmp_path: Path) -> None:
+    blueprint = tmp_path / "blueprint.yaml"
+    blueprint.write_text(blueprint_text("one"))
+    port = free_port()
+    # a mode mitmproxy refuses: every worker exits at once, again and again
+    process = subprocess.Popen(
+        [str(BIN / "backworks"), "run", str(blueprint), "--port", str(port), "--workers", "2", "--", "--mode", "bogus:nothing",
+         "--set", "backworks_admin=off"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=120)
+    finally:
+        stop_process_group(process)
+    text = output.decode(errors="replace")
+    assert process.returncode == 1, text[-3000:]
+    assert "times in a row" in text and "giving up" in text
+    assert "replacing it in 0.5 s" in text and "replacing it in 1 s" in text  # backoff before giving up
+
+
+@pytest.mark.parametrize("arguments, message", [(["--web"], "--web serves one process"), (["--", "-p", "0"], "needs a fixed port")])
+def test_what_workers_cannot_do_is_refused(tmp_path: Path, arguments: list[str], message: str) -> None:
+    blueprint = tmp_path / "blueprint.yaml"
+    blueprint.write_text(blueprint_text("one"))
+    result = subprocess.run([str(BIN / "backworks"), "run", str(blueprint), "--workers", "2", "--port", str(free_port()), *arguments],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr

@@ -72,3 +72,50 @@ def test_corpus_is_about_sixty_requests_per_app_with_every_client() -> None:
         assert 50 <= len(app.requests) <= 80
         assert {r["client"] for r in app.requests} == set(fidelity.CLIENTS)
         assert len({r["id"] for r in app.requests}) == len(app.requests)
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="schemathesis">
+<testcase name="GET /users/{id}"><failure type="failure" message="ST103, ST202">1. Test Case ID: aaa
+
+- ST202 Schema-valid request rejected
+
+    Valid data should have been accepted
+
+- ST103 Undocumented status code
+
+    Received: 400
+
+[400] Bad Request:
+
+    `{"error":"request path refused: an escaped control character (%0F) in the path","status":400,"request_id":"r1"}`
+
+2. Test Case ID: bbb
+
+- ST108 Response violates schema
+
+    "id" is a required property
+
+[200] OK:
+
+    `{}`</failure></testcase>
+<testcase name="GET /ok"/>
+</testsuite></testsuites>
+"""
+
+
+def test_schemathesis_failures_are_blamed_by_side(tmp_path: Path) -> None:
+    """On the mock, a response that does not fit the document is Backworks' (the mock serves only
+    recorded answers); on the app, it is the app's answer to input never recorded."""
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT)
+    mock = fidelity.parse_junit(junit, "mock")
+    assert mock["operations"] == 2
+    assert mock["blame"] == {"design": 2, "backworks": 1}  # the gateway's path refusal is its design
+    assert mock["failures"]["ST108"] == ['GET /users/{id}: "id" is a required property']
+    app = fidelity.parse_junit(junit, "app")
+    assert app["blame"].get("backworks", 0) == 0 and sum(app["blame"].values()) == 3
+    assert fidelity.classify_st("ST101", "mock", '`{"error":"boom","status":500,"request_id":"r"}`')[0] == "backworks"
+    assert fidelity.classify_st("ST101", "mock", "<h1>Internal Server Error</h1>")[0] == "recording"
+    assert fidelity.classify_st("ST103", "mock")[0] == "backworks"
+    assert fidelity.classify_st("error", "mock")[0] == "backworks"  # a mock that does not answer

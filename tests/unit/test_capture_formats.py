@@ -489,7 +489,7 @@ def test_openapi_document_validates_with_tricky_cases():
     assert doc["openapi"] == "3.1.0" and doc["info"] == {"title": "Shop API", "version": "2.0.0", "description": "Recorded"}
     assert doc["servers"] == [{"url": "https://api.example.com"}, {"url": "https://files.example.com"}]
     get_user = doc["paths"]["/users/{user_id}"]["get"]
-    assert set(get_user["responses"]) == {"200", "401", "404", "500"}
+    assert set(get_user["responses"]) == {"200", "400", "401", "404", "500"}  # 400: the gateway's path check
     assert get_user["responses"]["200"]["content"]["application/json"] == {"schema": user_schema, "example": {"id": 7, "name": "Ada"}}
     assert get_user["responses"]["500"]["content"]["text/html"]["schema"] == {"type": "string"}
     params = {p["name"]: p for p in get_user["parameters"]}
@@ -504,10 +504,10 @@ def test_openapi_document_validates_with_tricky_cases():
     assert "example" not in files["responses"]["200"]["content"]["image/png"]
     post = doc["paths"]["/users"]["post"]
     assert post["requestBody"]["content"]["application/json"]["example"] == {"name": "Ada"}
-    assert post["requestBody"]["required"] is False  # one request cannot show a body is needed
+    assert post["requestBody"]["required"] is True
     put = doc["paths"]["/users/{user_id}"]["put"]
     assert put["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"] == {
-        "type": "object", "properties": {"name": {"type": "string"}}
+        "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]
     }
     assert "content" not in put["responses"]["204"]
     assert doc["paths"]["/health"]["get"]["responses"] == {"default": {"description": "No response was recorded"}}
@@ -529,7 +529,7 @@ def test_openapi_from_recorded_files():
     doc = openapi_document(groups, "Recorded", "1.0.0")
     _validate(doc)
     assert doc["servers"] == [{"url": "http://127.0.0.1:18931"}]
-    assert set(doc["paths"]["/api/users/{id}"]["get"]["responses"]) == {"200", "404"}
+    assert set(doc["paths"]["/api/users/{id}"]["get"]["responses"]) == {"200", "400", "404"}
 
 
 # ------------------------------------------------- OpenAPI for spec-driven tools (issue 18)
@@ -626,7 +626,8 @@ def test_openapi_form_and_multipart_bodies_are_objects(tmp_path):
     assert upload["schema"] == {
         "type": "object",
         "properties": {"title": {"type": "string"}, "count": {"type": "integer"}, "file": {"type": "string", "format": "binary"}},
-    }  # one upload: no `required` (test_openapi_required_needs_two_samples)
+        "required": ["title", "count", "file"],
+    }
     assert upload["encoding"] == {"file": {"contentType": "image/png"}}
     assert upload["example"] == {"title": "Holiday", "count": 3}
 
@@ -635,7 +636,7 @@ def test_openapi_response_headers(tmp_path):
     doc, text = _recorded_openapi(tmp_path)
     redirect = doc["paths"]["/login"]["post"]["responses"]["302"]["headers"]
     assert set(redirect) == {"Location", "Set-Cookie"}
-    # one 302 recorded: its headers are documented, not required (test_openapi_required_needs_two_samples)
+    # one 302 recorded: its headers are documented, not required (test_capture_openapi_contract.py)
     assert redirect["Location"] == {"schema": {"type": "string"}, "example": "/dashboard"}
     assert "redacted" in redirect["Set-Cookie"]["description"] and SESSION not in text
     assert "required" not in redirect["Set-Cookie"]
@@ -657,7 +658,7 @@ def test_openapi_response_headers(tmp_path):
 def test_openapi_keeps_every_status_whatever_max_examples(tmp_path):
     doc, _ = _recorded_openapi(tmp_path, max_examples=2)
     responses = doc["paths"]["/status/{status_id}"]["get"]["responses"]
-    assert sorted(responses) == [str(code) for code in STATUSES]
+    assert sorted(responses) == sorted({str(code) for code in STATUSES} | {"400"})  # 400: the gateway's own
     assert responses["418"]["content"]["text/plain"]["example"] == "I'm a teapot"  # shown though past max_examples
     assert responses["500"]["content"]["text/html"]["schema"] == {"type": "string"}
     assert "content" not in responses["204"]
@@ -750,7 +751,7 @@ def test_openapi_merged_operations_keep_statuses_headers_and_security():
     doc = openapi_document([first, second], "Merged")
     _validate(doc)
     operation = doc["paths"]["/users/{id}"]["get"]
-    assert sorted(operation["responses"]) == ["200", "404"]
+    assert sorted(operation["responses"]) == ["200", "400", "404"]
     assert operation["responses"]["200"]["headers"]["ETag"]["example"] == '"1"'
     assert operation["security"] == [{"basicAuth": []}, {}]
     assert [s["url"] for s in operation["servers"]] == ["https://a.example.com", "https://b.example.com"]

@@ -1,8 +1,7 @@
 """The OpenAPI writer claims only what the recording shows: the rules Schemathesis holds it to.
 
-Each test is one rule of docs/capture.md ("What the document claims"): `required` needs every one
-of at least two samples (response keys, response headers, query parameters, form fields, request
-bodies), names the request sent are never required in the response (echoes), a `format` holds
+Each test is one rule of docs/capture.md ("What the document claims"): a response's `required`
+(object keys, headers) needs every one of at least two samples, names the request sent are never required in the response (echoes), a `format` holds
 for every value the mock serves (redaction placeholders included), security is required only
 where the recording shows it enforced, and the mock's own answers are in the document.
 """
@@ -80,19 +79,19 @@ def test_response_headers_required_only_when_every_one_of_two_answers_had_them()
     assert "required" not in headers["Set-Cookie"]  # one of the two answers set no cookie
 
 
-def test_query_parameters_form_fields_and_bodies_required_only_from_two_requests():
+def test_request_side_required_is_what_every_recorded_request_sent():
+    """Requests describe what recorded clients send (so generated requests look like them): one
+    request is enough, unlike response keys and headers."""
     form = [("Content-Type", "application/x-www-form-urlencoded")]
     one = _operation(_ex(method="POST", query=[("expand", "all")], request_headers=form, request_body=b"a=1&b=2", status=204), method="POST")
-    assert [p["required"] for p in one["parameters"]] == [False]
-    assert one["requestBody"]["required"] is False
-    assert "required" not in one["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert [p["required"] for p in one["parameters"]] == [True]
+    assert one["requestBody"]["required"] is True
     two = _operation(
         _ex(method="POST", query=[("expand", "all")], request_headers=form, request_body=b"a=1&b=2", status=204),
-        _ex(method="POST", query=[("expand", "none")], request_headers=form, request_body=b"a=3", status=204),
+        _ex(method="POST", request_headers=form, request_body=b"a=3", status=204),
         method="POST",
     )
-    assert [p["required"] for p in two["parameters"]] == [True]
-    assert two["requestBody"]["required"] is True
+    assert [p["required"] for p in two["parameters"]] == [False]
     assert two["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]["required"] == ["a"]
 
 
@@ -179,11 +178,17 @@ def test_the_mocks_own_404_is_declared_without_contradicting_the_live_api():
     unrecorded = _operation(ok, template="/users/{id:int}")["responses"]["404"]
     assert "content" not in unrecorded and "headers" not in unrecorded  # the live 404 was never seen
     assert "Backworks mock" in unrecorded["description"]
+    refused = _operation(ok, template="/users/{id:int}")["responses"]["400"]  # the gateway's path check
+    assert "content" not in refused and "gateway" in refused["description"]
+    assert "400" not in _operation(_ex(path="/users", status=200), template="/users")["responses"]  # no parameter: no such path
     # a recorded 404 keeps its body and gains the mock's, and requires no header the mock lacks
     html = [("Content-Type", "text/html"), ("X-Trace", "t")]
     recorded = _operation(ok, _ex(path="/users/8", status=404, response_headers=html, response_body=b"<h1>no</h1>"), _ex(path="/users/9", status=404, response_headers=html, response_body=b"<h1>no</h1>"), template="/users/{id:int}")
     not_found = recorded["responses"]["404"]
     assert not_found["content"]["text/html"]["schema"] == {"type": "string"}
+    # an empty answer's label is listed too: a checker compares every Content-Type
+    empty = _operation(ok, _ex(path="/users/8", status=404, response_headers=html), template="/users/{id:int}")["responses"]["404"]["content"]
+    assert empty == {"text/html": {}, "application/json": {"schema": MOCK_ERROR_SCHEMA}}
     assert not_found["content"]["application/json"]["schema"] == MOCK_ERROR_SCHEMA
     assert "required" not in not_found["headers"]["X-Trace"]
     as_json = _operation(ok, _ex(path="/users/8", status=404, response_headers=JSON, response_body=b'{"detail": "no"}'), template="/users/{id:int}")

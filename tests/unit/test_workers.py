@@ -14,6 +14,7 @@ from backworks_core.workers import (
     aggregate_admin_address,
     backoff_delay,
     exit_description,
+    listen_port,
     merge_captures,
     worker_command,
     worker_env,
@@ -133,3 +134,9 @@ def test_merge_captures_builds_one_output_from_every_workers_journal(tmp_path: P
     assert len(summaries) == 1
     assert sorted(e["request"]["url"].rsplit("/", 1)[-1] for e in json.loads(output.read_text())["log"]["entries"]) == ["a", "b", "c"]
     assert "2 worker(s)" in lines[0]
+
+
+def test_listen_port_is_the_last_one_given() -> None:
+    assert listen_port(MITMDUMP) == 8080
+    assert listen_port([*MITMDUMP, "-p", "0"]) == 0
+    assert listen_port(["mitmdump"]) is None
