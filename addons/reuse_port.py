@@ -41,7 +41,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import addonmanager, ctx, exceptions
 from mitmproxy.proxy import mode_servers, mode_specs
 
 from backworks_core.workers import reuse_port_problem
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 class ReusePort:
     """mitmproxy addon: option `backworks_reuse_port`, the checks, and the wrap for later binds."""
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: addonmanager.Loader) -> None:
         loader.add_option(
             OPTION,
             bool,

@@ -180,3 +180,57 @@ async def test_a_hand_written_example_still_gets_a_content_type_by_its_body(tmp_
     bare = (await send(gateway, "GET", "/bare")).response
     assert "content-type" not in bare.headers and bare.get_content() == b"hello"
     assert (await send(gateway, "GET", "/own")).response.headers["content-type"] == "text/x-own"
+
+
+# -- flow files: read fast, read the same -----------------------------------------------------
+
+
+def flows_for_reading() -> list:
+    """Flows of every shape a flow file holds: HTTP/1 and HTTP/2, an IP host named by its Host
+    header, encoded and undecodable bodies, odd queries, trailers, a WebSocket, no response, TCP."""
+    from mitmproxy.test import tflow
+
+    flows = []
+    plain = tflow.tflow(resp=True)
+    plain.request.path = "/a/b?x=1&y=&x=2&z=%E2%82%AC&w=%ff"
+    flows.append(plain)
+    h2 = tflow.tflow(resp=True)
+    h2.request.http_version = "HTTP/2.0"
+    h2.request.authority = "api.example.com"
+    h2.request.host = "10.0.0.1"
+    h2.response.headers["content-encoding"] = "gzip"
+    h2.response.content = b'{"gz": true}'  # encoded by mitmproxy: read back decoded
+    flows.append(h2)
+    ip = tflow.tflow(resp=True)
+    ip.request.host = "192.0.2.7"
+    ip.request.headers["Host"] = "named.example"
+    ip.response.headers["content-encoding"] = "x-unknown"
+    ip.response.raw_content = b"\x00\x01raw"
+    ip.request.trailers = __import__("mitmproxy.http", fromlist=["Headers"]).Headers(grpc_status="0")
+    flows.append(ip)
+    frag = tflow.tflow(resp=True)
+    frag.request.path = "/p;m=1/q?u=a+b#frag"
+    frag.request.method = "POST"
+    frag.request.content = "€ body".encode()
+    flows.append(frag)
+    flows.append(tflow.tflow(resp=False))
+    flows.append(tflow.twebsocketflow())
+    flows.append(tflow.ttcpflow())
+    return flows
+
+
+def test_a_flow_file_reads_as_mitmproxy_restores_each_flow(tmp_path):
+    from mitmproxy import io as mio
+
+    from backworks_core.capture.formats import exchange_from_flow, read_flows
+
+    flows = flows_for_reading()
+    path = tmp_path / "f.flows"
+    with path.open("wb") as handle:
+        writer = mio.FlowWriter(handle)
+        for flow in flows:
+            writer.add(flow)
+    with path.open("rb") as handle:
+        restored = [e for e in (exchange_from_flow(f) for f in mio.FlowReader(handle).stream()) if e is not None]
+    assert len(restored) == 4
+    assert list(read_flows(path)) == restored
