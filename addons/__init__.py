@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backworks_core.plugins import Plugin
+from backworks_core.plugins import Plugin, PluginRegistry
 
 
 def builtin_plugins() -> list[type[Plugin]]:
@@ -26,3 +26,9 @@ def builtin_plugins() -> list[type[Plugin]]:
         MetricsPlugin,
         CapturePlugin,
     ]
+
+
+def installed_registry() -> PluginRegistry:
+    """Every plugin a blueprint may configure here: the built-in ones and the installed ones
+    (`backworks.plugins` entry points), as `backworks.py` registers them."""
+    return PluginRegistry.discover(builtin_plugins())

@@ -34,9 +34,9 @@ from backworks_core.flowstate import peek_state
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.model import HTTP_METHODS, BlueprintPath, Size, StrictModel
 from backworks_core.paths import PathGlob
-from backworks_core.plugins import Plugin
+from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.telemetry import record_for
-from backworks_core.workers import merge_captures, worker_identity, worker_journal, write_capture_manifest
+from backworks_core.worker_env import merge_captures, worker_identity, worker_journal, write_capture_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class CapturePlugin(Plugin):
             self._journal.flush()
         identity = worker_identity()
         if identity is not None:  # every worker's journal: the output is the run's, not this worker's
-            summaries = merge_captures(identity[2], progress=logger.info, only_output=str(Path(self.config.output).absolute()))
+            summaries = merge_captures(identity[2], progress=logger.info, only_output=str(Path(self.config.output).absolute()), registry=_editor_registry())
             return "; ".join(summaries) or "nothing recorded yet"
         summary = write_output(
             [self._journal_path],
@@ -269,6 +269,7 @@ class CapturePlugin(Plugin):
             max_examples=self.config.max_examples,
             rules=self.redactor,  # its secrets: scrubbed from flows recorded before they were seen
             match_headers=self.config.match_headers,
+            registry=_editor_registry(),
         )
         if self.not_recorded:
             summary += f"; this run left {self.not_recorded} flow(s) unrecorded (filters, no response, WebSocket or CONNECT)"
@@ -292,3 +293,10 @@ class CapturePlugin(Plugin):
             except Exception:
                 logger.exception("capture: writing %s failed; the journal %s keeps every flow", self.config.output, self._journal_path)
         self._close_journal()
+
+
+def _editor_registry() -> PluginRegistry:
+    """The plugins the written blueprint's editor schema describes (all a blueprint may use)."""
+    from addons import installed_registry
+
+    return installed_registry()

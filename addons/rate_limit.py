@@ -104,7 +104,7 @@ MAX_KEY_TEXT = 64  # longer key values are hashed
 EPSILON = 1e-9  # float slack: 0.2 s at 5 tokens/s is one whole token
 REDIS_KEY_PREFIX = "backworks:rl"
 REDIS_MAX_CONNECTIONS = 32
-WORKER_ENV = "BACKWORKS_WORKER"  # set by `backworks run --workers N` (backworks_core/workers.py)
+WORKER_ENV = "BACKWORKS_WORKER"  # set by `backworks run --workers N` (backworks_cli/supervisor.py)
 WORKERS_ENV = "BACKWORKS_WORKERS"
 
 _TOKEN_CHARS = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token: a header name

@@ -44,7 +44,7 @@ from typing import Any
 from mitmproxy import addonmanager, ctx, exceptions
 from mitmproxy.proxy import mode_servers, mode_specs
 
-from backworks_core.workers import reuse_port_problem
+from backworks_core.worker_env import reuse_port_problem
 
 logger = logging.getLogger(__name__)
 

@@ -178,7 +178,7 @@ def modeline(schema_file: str) -> str:
     return f"# yaml-language-server: $schema=./{schema_file}\n"
 
 
-def write_schema_beside(blueprint: str | os.PathLike[str], registry: PluginRegistry | None = None) -> str:
+def write_schema_beside(blueprint: str | os.PathLike[str], registry: PluginRegistry) -> str:
     """Write the blueprint schema next to `blueprint` for editors; returns the file's name.
 
     `blueprint.schema.json` (the name `init` uses, so one schema serves every blueprint of the
@@ -193,10 +193,6 @@ def write_schema_beside(blueprint: str | os.PathLike[str], registry: PluginRegis
 
     from backworks_core.files import write_private
 
-    if registry is None:
-        from addons import builtin_plugins
-
-        registry = PluginRegistry.discover(builtin_plugins())
     target = Path(blueprint)
     text = json.dumps(blueprint_json_schema(registry), indent=2) + "\n"
     shared = target.parent / SCHEMA_FILE

@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Processes(work)
         try:
             upstream_port, *ports = free_ports(1 + len(keys))
-            procs.start(upstream_name(0), [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", upstream_name(0)])
+            procs.start(upstream_name(0), [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", upstream_name(0)])
             wait_listening(procs, upstream_name(0), upstream_port)
             blueprints = {"b": bench_blueprint([upstream_port]), "e": full_blueprint(upstream_port)}
             results: dict[str, dict[str, float]] = {}

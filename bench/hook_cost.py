@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs = Processes(Path(tmp))
         try:
             name = upstream_name(0)
-            procs.start(name, [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
+            procs.start(name, [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
             wait_listening(procs, name, upstream_port)
             asyncio.run(run_all(args, upstream_port, Path(tmp)))
         finally:

@@ -609,7 +609,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     upstream_ports = free_ports(upstream_count)
     upstream_argvs = []
     for index, port in enumerate(upstream_ports):
-        argv = [sys.executable, "-m", "backworks_core.cli", "demo-backend", "--host", HOST, "--port", str(port), "--name", upstream_name(index)]
+        argv = [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(port), "--name", upstream_name(index)]
         upstream_argvs.append(argv)
         procs.start(upstream_name(index), argv, args.load_cpus)
     for index, port in enumerate(upstream_ports):

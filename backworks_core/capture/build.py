@@ -37,6 +37,7 @@ from backworks_core.files import private_output, write_private
 from backworks_core.handlers.mock import JsonLayout, json_body_bytes
 from backworks_core.handlers.mock_features import is_media_type
 from backworks_core.router import Match, Route, Router
+from backworks_core.plugins import PluginRegistry
 from backworks_core.schema import modeline, write_schema_beside
 
 logger = logging.getLogger(__name__)
@@ -731,13 +732,15 @@ def write_output(
     rules: RedactionRules | Redactor | None = None,
     progress: IO[str] | None = None,
     match_headers: Iterable[str] = MATCH_HEADERS,
+    registry: PluginRegistry | None = None,
 ) -> str:
     """Read `inputs`, write `output` in `fmt` (mode 0600, atomically: a temporary file, then a rename).
 
     A blueprint keeps every distinct exchange answerable: up to `max_examples` answers per
     endpoint inline, the rest in `OUTPUT.data/` (one JSON-lines file per endpoint, written
     before the blueprint that names them; files of an earlier build no longer named are
-    removed). The summary says what was left out, with counts.
+    removed). The summary says what was left out, with counts. With `registry` (the plugins a
+    blueprint may configure), a blueprint gets its JSON Schema beside it and a modeline naming it.
     """
     rules = Redactor.of(rules)  # one per run: secrets seen in any flow are scrubbed from all
     target = Path(output)
@@ -761,7 +764,7 @@ def write_output(
         document = blueprint_document(endpoints, name, max_examples, match_headers=match_headers, data_files=data_files, data_folder=folder)
         text = "# Mock endpoints recorded by Backworks. Serve them: backworks run THIS_FILE\n" + dump_blueprint(document)
         kind = "a blueprint"
-        editor_help = _editor_schema(target)
+        editor_help = _editor_schema(target, registry) if registry is not None else None
         if editor_help is not None:
             text = modeline(editor_help) + text
         if data_files:
@@ -777,11 +780,11 @@ def write_output(
     return summary
 
 
-def _editor_schema(blueprint: Path) -> str | None:
+def _editor_schema(blueprint: Path, registry: PluginRegistry) -> str | None:
     """The schema an editor checks the blueprint with, written beside it (backworks_core.schema);
     None when it cannot be written: the blueprint is what was asked for, the schema a help."""
     try:
-        return write_schema_beside(blueprint)
+        return write_schema_beside(blueprint, registry)
     except OSError as exc:
         logger.warning("capture: no editor schema beside %s: %s", blueprint, exc.strerror or exc)
         return None

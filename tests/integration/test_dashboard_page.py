@@ -473,9 +473,9 @@ def test_the_page_asks_for_no_favicon(page: Page, backend: FakeBackend) -> None:
 
 
 def test_several_workers_show_a_workers_section_and_each_worker_s_view(page: Page, backend: FakeBackend) -> None:
-    """The document the supervisor's admin listener merges (backworks_core.workers_admin) from two workers."""
-    from backworks_core.workers import WorkerInfo
-    from backworks_core.workers_admin import WorkerView, merge_status
+    """The document the supervisor's admin listener merges (backworks_cli.workers_admin) from two workers."""
+    from backworks_cli.supervisor import WorkerInfo
+    from backworks_cli.workers_admin import WorkerView, merge_status
 
     page.wait_for(LOADED, timeout=10)
     assert page.evaluate("document.getElementById('workers').hidden") is True  # one process: no section

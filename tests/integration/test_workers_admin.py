@@ -2,7 +2,7 @@
 
 Two `mitmdump -s backworks.py` processes, each on its own port with its own admin listener (as
 `backworks run --workers 2` starts them, with BACKWORKS_WORKER / BACKWORKS_WORKERS set), and the
-supervisor's aggregating listener (backworks_core.workers_admin.serve_admin) in this process
+supervisor's aggregating listener (backworks_cli.workers_admin.serve_admin) in this process
 over a hand-made list of WorkerInfo. Checked: merged totals equal the requests sent to both, each
 worker's view of a target, the page, `/metrics` through `promtool`, a killed worker's counts,
 and each worker's share of a rate limit without Redis.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from backworks_core.workers import WorkerInfo
-from backworks_core.workers_admin import serve_admin
+from backworks_cli.supervisor import WorkerInfo
+from backworks_cli.workers_admin import serve_admin
 from tests.integration.harness import Proxy, Upstream, free_port, request
 from tests.integration.prometheus import check_metrics, promtool_path, require
 

@@ -1348,7 +1348,7 @@ def test_a_short_demo_secret_gets_both_warnings(project, load) -> None:  # type:
 
 
 def test_validate_warns_on_the_auth_api_example_without_jwt_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from backworks_core.cli import main
+    from backworks_cli.cli import main
 
     example = Path(__file__).resolve().parents[2] / "blueprints" / "auth-api" / "blueprint.yaml"
     monkeypatch.delenv("JWT_SECRET", raising=False)

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from addons import installed_registry
 from backworks_core.capture.build import write_output
 from backworks_core.capture.model import Exchange
 from backworks_core.schema import SCHEMA_FILE, SCHEMA_ID
@@ -44,7 +45,7 @@ def build(folder: Path, name: str = "captured.yaml", fmt: str = "blueprint", inp
         journal.write_text("".join(e.to_json() + "\n" for e in traffic()))
         inputs = [str(journal)]
     output = folder / name
-    return output, write_output(inputs, str(output), fmt, name="t", max_examples=2)
+    return output, write_output(inputs, str(output), fmt, name="t", max_examples=2, registry=installed_registry())
 
 
 def named_schema(blueprint: Path) -> Path:
@@ -120,7 +121,7 @@ def test_other_formats_get_no_schema(tmp_path: Path, fmt: str, name: str) -> Non
 def test_an_unwritable_folder_for_the_schema_still_writes_the_blueprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import backworks_core.capture.build as build_module
 
-    def refuse(blueprint: object) -> str:
+    def refuse(blueprint: object, registry: object) -> str:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(build_module, "write_schema_beside", refuse)

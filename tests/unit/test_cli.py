@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from backworks_core.cli import main
+from backworks_cli.cli import main
 
 # -- validate -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mitmproxy import exceptions
 
-from backworks_core import cli
+from backworks_cli import cli
 from backworks_core.capture.build import write_output
 from backworks_core.capture.formats import write_har, write_jsonl
 from backworks_core.capture.model import Exchange

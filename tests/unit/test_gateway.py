@@ -384,7 +384,7 @@ def test_the_capture_blueprint_passes_paths_as_sent():
 
     import yaml
 
-    from backworks_core.cli import capture_blueprint
+    from backworks_cli.cli import capture_blueprint
 
     args = argparse.Namespace(
         format="blueprint", max_examples=5, name=None, journal=None, include=None, methods=None, hosts=None,

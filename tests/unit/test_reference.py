@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from addons.dashboard import status_page_endpoints
-from backworks_core.cli import main
+from backworks_cli.cli import main
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import compile_blueprint
-from backworks_core.reference import Example, builtin_registry, examples, missing, render, walk
+from backworks_cli.reference import Example, builtin_registry, examples, missing, render, walk
 from tests.certs import private_pem, self_signed
 
 ROOT = Path(__file__).resolve().parents[2]

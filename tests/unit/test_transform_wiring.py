@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backworks_core.cli import main
+from backworks_cli.cli import main
 from backworks_core.transforms import EndpointTransform
 
 from .conftest import body_json

@@ -36,7 +36,7 @@ from addons.dashboard import status_page_endpoints
 from addons.health import CheckTarget, HealthChecker, HealthCheckConfig, http_probe
 from addons.proxy import ProxyPlugin
 from addons.rate_limit import RedisBuckets, StoreUnavailable
-from backworks_core import cli
+from backworks_cli import cli
 from backworks_core.diagnostics import BlueprintError
 from backworks_core.gateway import Gateway, compile_blueprint
 from backworks_core.plugins import PluginRegistry

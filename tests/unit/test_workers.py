@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backworks_core.workers import (
+from backworks_cli.supervisor import (
     RestartPolicy,
     WorkerInfo,
     admin_setting,
@@ -15,13 +15,10 @@ from backworks_core.workers import (
     backoff_delay,
     exit_description,
     listen_port,
-    merge_captures,
     worker_command,
     worker_env,
-    worker_identity,
-    worker_journal,
-    write_capture_manifest,
 )
+from backworks_core.worker_env import merge_captures, worker_identity, worker_journal, write_capture_manifest
 
 MITMDUMP = ["/venv/bin/mitmdump", "--mode", "reverse:http://127.0.0.1:9", "--listen-port", "8080", "-s", "backworks.py", "--set", "blueprint=b.yaml"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from backworks_core.workers import WorkerInfo
-from backworks_core.workers_admin import (
+from backworks_cli.supervisor import WorkerInfo
+from backworks_cli.workers_admin import (
     RECENT_ERRORS,
     MetricsCarry,
     StatusCarry,

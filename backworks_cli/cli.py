@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -78,7 +79,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from backworks_core.reference import REGENERATE, render
+    from backworks_cli.reference import REGENERATE, render
 
     text = render()
     if args.check:
@@ -180,6 +181,19 @@ def gateway_blueprint(url: str) -> str:
     return GATEWAY_BLUEPRINT.format(url=url)
 
 
+def addon_script() -> Path:
+    """backworks.py, the script mitmproxy loads: beside this package in a clone (or an editable
+    install), else the installed top-level module's file (found, not imported: importing it
+    would build every addon in this process)."""
+    script = Path(__file__).resolve().parent.parent / "backworks.py"
+    if script.exists():
+        return script
+    spec = importlib.util.find_spec("backworks")
+    if spec is None or spec.origin is None:
+        raise SystemExit("backworks: backworks.py (the addon script) is not installed beside this command; reinstall Backworks")
+    return Path(spec.origin)
+
+
 def mitmproxy_tool(name: str) -> str:
     """mitmdump/mitmweb from the same environment as this Python, else from PATH."""
     beside = Path(sys.executable).with_name(name)
@@ -192,11 +206,7 @@ def mitmproxy_tool(name: str) -> str:
 
 
 def run_arguments(args: argparse.Namespace, host: str, port: int, tls_cert: str | None) -> list[str]:
-    script = Path(__file__).resolve().parent.parent / "backworks.py"
-    if not script.exists():  # installed as a wheel: backworks.py is a top-level module
-        import backworks  # noqa: F401  (locates the installed script)
-
-        script = Path(sys.modules["backworks"].__file__ or "")
+    script = addon_script()
     tool = mitmproxy_tool("mitmweb" if args.web else "mitmdump")
     command = [
         tool,
@@ -242,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     scheme = "https" if tls else "http"
     print(f"backworks: serving {blueprint.settings.name!r} on {scheme}://{host}:{port}", file=sys.stderr, flush=True)
     if args.workers > 1:  # N processes on one port (SO_REUSEPORT), supervised: docs/scaling.md
-        from backworks_core.workers import run_workers
+        from backworks_cli.supervisor import run_workers
 
         return run_workers(command, args.workers, blueprint, args.extra)
     os.execv(command[0], command)
@@ -320,7 +330,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if not output.parent.is_dir():
         print(f"backworks capture: the folder of {args.output} does not exist", file=sys.stderr)
         return 2
-    script = Path(__file__).resolve().parent.parent / "backworks.py"
+    script = addon_script()
     tool = mitmproxy_tool("mitmweb" if args.web else "mitmdump")
     journal = args.journal or f"{output}.jsonl"
     how = f"a reverse proxy in front of {args.upstream}" if args.upstream else "a regular HTTP(S) proxy (point your client's proxy setting at it)"
@@ -401,6 +411,7 @@ def cmd_mock_from(args: argparse.Namespace) -> int:
             rules=rules,
             progress=sys.stderr,
             match_headers=match_headers(args),
+            registry=_registry_and_plugins()[0],
         )
     except BuildInputError as exc:
         print(f"backworks mock-from: {exc}", file=sys.stderr)

@@ -39,8 +39,8 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
-if TYPE_CHECKING:  # the supervisor (backworks_core.workers) imports this module: no cycle
-    from backworks_core.workers import WorkerInfo
+if TYPE_CHECKING:  # the supervisor (backworks_cli.supervisor) imports this module: no cycle
+    from backworks_cli.supervisor import WorkerInfo
 
 logger = logging.getLogger(__name__)
 

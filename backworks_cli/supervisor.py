@@ -11,7 +11,7 @@ ephemeral 127.0.0.1 port, and the environment `BACKWORKS_WORKER` (0-based), `BAC
 and `BACKWORKS_RUN_DIR` (a private folder of this run). It replaces a worker that exits (same
 index, new admin port), with a growing delay while it keeps dying at start and a bound after
 which it gives up; it stops them all on Ctrl-C or SIGTERM; it serves the one admin listener the
-outside sees (backworks_core/workers_admin.py) from the workers' own; and it merges the capture
+outside sees (backworks_cli/workers_admin.py) from the workers' own; and it merges the capture
 journals the workers wrote (one each) into the capture's output when they have stopped.
 """
 
@@ -31,11 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backworks_core.worker_env import RUN_DIR_ENV, WORKER_ENV, WORKERS_ENV, merge_captures, reuse_port_problem
+
 logger = logging.getLogger(__name__)
 
-WORKER_ENV = "BACKWORKS_WORKER"
-WORKERS_ENV = "BACKWORKS_WORKERS"
-RUN_DIR_ENV = "BACKWORKS_RUN_DIR"
 LAUNCHER = ["-m", "addons.reuse_port"]  # mitmdump with SO_REUSEPORT from the start
 ADMIN_OPTION = "backworks_admin"
 
@@ -117,14 +116,6 @@ def worker_env(base: dict[str, str], index: int, count: int, run_dir: Path) -> d
     return {**base, WORKER_ENV: str(index), WORKERS_ENV: str(count), RUN_DIR_ENV: str(run_dir)}
 
 
-def worker_identity(environ: dict[str, str] | os._Environ[str] | None = None) -> tuple[int, int, Path] | None:
-    """(index, count, run folder) inside a worker of `backworks run --workers N`; None elsewhere."""
-    env = os.environ if environ is None else environ
-    try:
-        index, count, run_dir = int(env[WORKER_ENV]), int(env[WORKERS_ENV]), Path(env[RUN_DIR_ENV])
-    except (KeyError, ValueError):
-        return None
-    return (index, count, run_dir) if 0 <= index < count else None
 
 
 @dataclass
@@ -175,69 +166,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-# -- capture across workers ------------------------------------------------------------------
-
-CAPTURE_MANIFEST = "capture-worker{index}.json"
-
-
-def worker_journal(journal: str, index: int) -> str:
-    """Worker `index`'s own journal beside the configured one: capture.jsonl → capture.worker0.jsonl."""
-    path = Path(journal)
-    suffix = path.suffix if path.suffix else ""
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    return str(path.with_name(f"{stem}.worker{index}{suffix}"))
-
-
-def write_capture_manifest(run_dir: Path, index: int, manifest: dict[str, object]) -> None:
-    """What worker `index` captures to, for the supervisor to merge at the end."""
-    from backworks_core.files import write_private
-
-    write_private(run_dir / CAPTURE_MANIFEST.format(index=index), json.dumps(manifest))
-
-
-def merge_captures(run_dir: Path, progress: Callable[[str], None] = logger.info, only_output: str | None = None) -> list[str]:
-    """Build each capture output (or only `only_output`) from the journals of every worker that
-    wrote to it; returns the summaries. A worker's manifest names its journal and the output's
-    settings (the last ones it applied: a reload that changed them is followed)."""
-    from backworks_core.capture.build import BuildInputError, write_output
-    from backworks_core.capture.redact import RedactionRules
-
-    groups: dict[str, tuple[dict[str, object], list[str]]] = {}
-    for path in sorted(run_dir.glob(CAPTURE_MANIFEST.format(index="*"))):
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        journal = str(manifest["journal"])
-        if only_output is not None and str(manifest["output"]) != only_output:
-            continue
-        if not Path(journal).is_file() or Path(journal).stat().st_size == 0:
-            continue
-        settings, journals = groups.setdefault(str(manifest["output"]), (manifest, []))
-        journals.append(journal)
-    summaries = []
-    for output, (settings, journals) in groups.items():
-        redact = settings.get("redact") or {}
-        assert isinstance(redact, dict)
-        rules = RedactionRules.build(bool(redact.get("enabled", True)), redact.get("headers", ()), redact.get("fields", ()))
-        try:
-            summary = write_output(
-                journals,
-                output,
-                str(settings["format"]),
-                name=str(settings["api_name"]),
-                max_examples=int(settings["max_examples"]),  # type: ignore[call-overload]
-                rules=rules,
-                match_headers=list(settings.get("match_headers") or ()),  # type: ignore[call-overload]
-            )
-        except (BuildInputError, OSError) as exc:
-            progress(f"capture: writing {output} from {len(journals)} worker journal(s) failed: {exc}; the journals keep every flow: {', '.join(journals)}")
-            continue
-        summaries.append(summary)
-        progress(f"capture: {summary} (from the journals of {len(journals)} worker(s): {', '.join(journals)})")
-    return summaries
 
 
 # -- the supervisor --------------------------------------------------------------------------
@@ -439,7 +367,7 @@ class Supervisor:
             logger.info("admin listener: off")
             return None
         try:
-            from backworks_core.workers_admin import serve_admin
+            from backworks_cli.workers_admin import serve_admin
         except ImportError as exc:
             logger.warning("the aggregate admin listener is not available (%s); each worker's own is listed above", exc)
             return None
@@ -500,7 +428,7 @@ def _configure_logging() -> None:
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("backworks: %(message)s"))
-        for name in (__name__, "backworks_core.workers_admin"):
+        for name in (__name__, "backworks_cli.workers_admin", "backworks_core.worker_env"):
             logging.getLogger(name).addHandler(handler)
             logging.getLogger(name).setLevel(logging.INFO)
             logging.getLogger(name).propagate = False
@@ -531,22 +459,14 @@ def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Se
     try:
         supervisor = Supervisor(command, count, admin=admin, run_dir=run_dir)
         status = asyncio.run(supervisor.run())
-        merge_captures(run_dir)
+        from addons import installed_registry
+
+        merge_captures(run_dir, registry=installed_registry())
         return status
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def reuse_port_problem(platform: str = sys.platform, has_option: bool = hasattr(socket, "SO_REUSEPORT")) -> str | None:
-    """Why SO_REUSEPORT cannot share a port between processes here; None when it can (Linux)."""
-    if not platform.startswith("linux"):
-        return (
-            f"SO_REUSEPORT spreads connections across processes only on Linux (this is {platform}); "
-            "run one process per port here, or several on different ports behind a load balancer (docs/scaling.md)"
-        )
-    if not has_option:
-        return "this Python has no socket.SO_REUSEPORT; the kernel (Linux 3.9 or later) or the build lacks it"
-    return None
 
 
 __all__ = [
@@ -554,9 +474,6 @@ __all__ = [
     "Supervisor",
     "WorkerInfo",
     "backoff_delay",
-    "merge_captures",
     "run_workers",
     "worker_command",
-    "worker_identity",
-    "worker_journal",
 ]
