@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.addonmanager import Loader
 
 from backworks_core.admin import OFF, OPTION, AdminAddress, blueprint_admin_address, parse_admin_option
 from backworks_core.gateway import Gateway
@@ -42,7 +43,7 @@ def admin_address(option: str, gateway: Gateway | None) -> AdminAddress | None:
     chosen = parse_admin_option(option)
     if chosen == OFF:
         return None
-    if chosen is not None:
+    if isinstance(chosen, AdminAddress):
         return chosen
     return blueprint_admin_address(gateway.blueprint)
 
@@ -54,7 +55,7 @@ class AdminListener:
         self.core = core
         self.side_port = SidePort("admin listener", TAKEN_HINT)
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             OPTION,
             str,

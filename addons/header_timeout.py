@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, udp
+from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import layer, layers
 from mitmproxy.utils import human
 
@@ -171,7 +172,7 @@ class HeaderTimeout:
         self.watches: dict[str, Watch] = {}
         self.closed = 0  # connections closed so far (for tests and the curious)
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             OPTION,
             str,

@@ -109,7 +109,8 @@ class UpstreamConnectGuard:
         if server.error or server.via is not None or server.transport_protocol != "tcp" or not server.address:
             return  # killed already (mitmproxy's self-connect check), or an upstream proxy's business
         relay = self.core.relay
-        skipped = [(relay.host, relay.port)] if getattr(relay, "port", None) else []
+        relay_port: int | None = getattr(relay, "port", None)
+        skipped = [(relay.host, relay_port)] if relay_port else []
         name = upstream_name(server.address, isinstance(data.client.proxy_mode, ReverseMode), target_names(self.core.live_pools()), skipped)
         if name is None:
             return

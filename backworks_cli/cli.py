@@ -13,11 +13,11 @@ from pathlib import Path
 
 from backworks_core import __version__
 from backworks_core.diagnostics import BlueprintError
+from backworks_core.plugins import Plugin, PluginRegistry
 
 
-def _registry_and_plugins():  # type: ignore[no-untyped-def]
+def _registry_and_plugins() -> tuple[PluginRegistry, dict[str, Plugin]]:
     from addons import builtin_plugins
-    from backworks_core.plugins import PluginRegistry
 
     registry = PluginRegistry.discover(builtin_plugins())
     return registry, {name: plugin() for name, plugin in registry.plugins.items()}

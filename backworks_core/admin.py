@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from backworks_core.diagnostics import Diagnostic
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from backworks_core.pages import InternalEndpoint
 
 OPTION = "backworks_admin"
-OFF = "off"
+OFF: Final = "off"
 AUTH_PLUGIN = "auth"
 METRICS_HANDLER = "metrics"
 

@@ -316,8 +316,10 @@ def collect(
         routers[host] = (templates, Router([Route(t, frozenset({"ANY"}), None, t) for t in dict.fromkeys(templates.values())]))
     endpoints: dict[tuple[str, str, str], Endpoint] = {}
     flows = 0
+    meter = Progress(progress, "grouping", len(recording))  # in memory: the total is known
     for exchange in recording.exchanges(release=True):
         flows += 1
+        meter.step()
         host = _host(exchange.host)
         templates, router = routers[host]
         template = templates.get(exchange.path)
@@ -347,6 +349,7 @@ def collect(
         samples = endpoint.response_samples.setdefault(exchange.status, [])
         if response is not None and len(samples) < SCHEMA_SAMPLES:
             samples.append(response)
+    meter.finish()
     return list(endpoints.values()), flows
 
 
