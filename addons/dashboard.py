@@ -264,87 +264,102 @@ class Dashboard:
         return self.core.live_pools() if self.core is not None else []
 
     def status(self) -> dict[str, Any]:
+        """The status document (`<dashboard.path>/api/status`): what the page and `backworks.status` show."""
         gateway = self.core.gateway
-        pools = []
-        for pool in self._pools():
-            rows = []
-            checker = getattr(pool, "health", None)
-            checks = checker.status() if checker is not None else {}
-            for row in pool.describe():
-                key = (pool.name, row["name"])
-                window = self.targets.get(key)
-                snapshot = window.snapshot() if window is not None else RollingWindow(clock=self.clock).snapshot()
-                notes = self.target_notes.get(key) or _TargetNotes()
-                check = checks.get(row["name"], {})
-                check_result = check.get("last_result") if check.get("checked") else None
-                state, reason = judge_target(
-                    row,
-                    snapshot.error_rate,
-                    snapshot.window_requests,
-                    failures_in_a_row=notes.failures_in_a_row,
-                    failure_kind=notes.failure_kind,
-                    check_result=check_result,
-                )
-                rows.append(
-                    {
-                        "label": row["target"],
-                        "name": row["name"],
-                        "url": row["url"],
-                        "state": state,
-                        "state_reason": reason,
-                        "health": row["health"],
-                        "last_check": (
-                            {"at": _iso(check["last_check"]), "result": check_result}
-                            if check.get("checked") and check.get("last_check") is not None
-                            else None
-                        ),
-                        "ejected": row["ejected"],
-                        "breaker": row["breaker"],
-                        "in_flight": row["in_flight"],
-                        **snapshot.as_json(),
-                        "last_error": (
-                            {"at": _iso(notes.last_error_at), "kind": notes.last_error_kind, "status": notes.last_error_status}
-                            if notes.last_error_at is not None
-                            else None
-                        ),
-                        "failures_in_a_row": notes.failures_in_a_row,
-                    }
-                )
-            pools.append({"name": pool.name, "policy": pool.config.load_balancing, "targets": rows})
-        endpoints = []
-        if gateway is not None:
-            for plan in gateway.endpoints:
-                if plan.internal:
-                    continue
-                window = self.endpoints.get(plan.label)
-                snapshot = (window or RollingWindow(clock=self.clock)).snapshot()
-                endpoints.append(
-                    {
-                        "label": plan.label,
-                        "path": plan.template,
-                        "methods": sorted(plan.spec.methods),
-                        "handler": plan.spec.handler,
-                        **snapshot.as_json(),
-                        "classes": (self.endpoint_classes.get(plan.label) or StatusCounts()).as_json(),
-                    }
-                )
-        settings = gateway.blueprint.settings if gateway is not None else None
-        loaded_at = _iso(self.loaded_at) if self.loaded_at is not None else None
-        refused = getattr(self.core, "refused", None)
+        pools = [
+            {"name": pool.name, "policy": pool.config.load_balancing, "targets": self._target_rows(pool)} for pool in self._pools()
+        ]
+        endpoints = self._endpoint_rows(gateway)
         return {
-            "blueprint": {
-                "name": settings.name if settings else None,
-                "version": settings.version if settings else None,
-                "path": str(gateway.blueprint.path) if gateway is not None else None,
-                "loaded_at": loaded_at,
-                "reload": refused_json(refused, _iso) if refused is not None else {"state": "ok", "at": loaded_at, "file": None, "error_count": 0, "errors": []},
-            },
+            "blueprint": self._blueprint_json(gateway),
             "uptime_seconds": round(self.clock() - self.started, 1),
             "totals": {**self.totals.snapshot().as_json(), "in_flight": self.core.in_flight, "classes": self.classes.as_json()},
             "history": {"minutes": HISTORY_MINUTES, "buckets": self.history.snapshot()},
             "pools": pools,
             "endpoints": endpoints,
             "recent_errors": list(self.recent_errors),
+        }
+
+    def _target_rows(self, pool: Any) -> list[dict[str, Any]]:
+        """Each target of a pool: its state judged from the window, the notes and the health check."""
+        rows = []
+        checker = getattr(pool, "health", None)
+        checks = checker.status() if checker is not None else {}
+        for row in pool.describe():
+            key = (pool.name, row["name"])
+            window = self.targets.get(key)
+            snapshot = window.snapshot() if window is not None else RollingWindow(clock=self.clock).snapshot()
+            notes = self.target_notes.get(key) or _TargetNotes()
+            check = checks.get(row["name"], {})
+            check_result = check.get("last_result") if check.get("checked") else None
+            state, reason = judge_target(
+                row,
+                snapshot.error_rate,
+                snapshot.window_requests,
+                failures_in_a_row=notes.failures_in_a_row,
+                failure_kind=notes.failure_kind,
+                check_result=check_result,
+            )
+            rows.append(
+                {
+                    "label": row["target"],
+                    "name": row["name"],
+                    "url": row["url"],
+                    "state": state,
+                    "state_reason": reason,
+                    "health": row["health"],
+                    "last_check": (
+                        {"at": _iso(check["last_check"]), "result": check_result}
+                        if check.get("checked") and check.get("last_check") is not None
+                        else None
+                    ),
+                    "ejected": row["ejected"],
+                    "breaker": row["breaker"],
+                    "in_flight": row["in_flight"],
+                    **snapshot.as_json(),
+                    "last_error": (
+                        {"at": _iso(notes.last_error_at), "kind": notes.last_error_kind, "status": notes.last_error_status}
+                        if notes.last_error_at is not None
+                        else None
+                    ),
+                    "failures_in_a_row": notes.failures_in_a_row,
+                }
+            )
+        return rows
+
+    def _endpoint_rows(self, gateway: Gateway | None) -> list[dict[str, Any]]:
+        """Each endpoint the blueprint declares (not the internal ones): its window and answer classes."""
+        endpoints: list[dict[str, Any]] = []
+        if gateway is None:
+            return endpoints
+        for plan in gateway.endpoints:
+            if plan.internal:
+                continue
+            window = self.endpoints.get(plan.label)
+            snapshot = (window or RollingWindow(clock=self.clock)).snapshot()
+            endpoints.append(
+                {
+                    "label": plan.label,
+                    "path": plan.template,
+                    "methods": sorted(plan.spec.methods),
+                    "handler": plan.spec.handler,
+                    **snapshot.as_json(),
+                    "classes": (self.endpoint_classes.get(plan.label) or StatusCounts()).as_json(),
+                }
+            )
+        return endpoints
+
+    def _blueprint_json(self, gateway: Gateway | None) -> dict[str, Any]:
+        """The blueprint being served, and the last reload: ok, or refused with its errors."""
+        settings = gateway.blueprint.settings if gateway is not None else None
+        loaded_at = _iso(self.loaded_at) if self.loaded_at is not None else None
+        refused = getattr(self.core, "refused", None)
+        return {
+            "name": settings.name if settings else None,
+            "version": settings.version if settings else None,
+            "path": str(gateway.blueprint.path) if gateway is not None else None,
+            "loaded_at": loaded_at,
+            "reload": refused_json(refused, _iso) if refused is not None else {"state": "ok", "at": loaded_at, "file": None, "error_count": 0, "errors": []},
         }
 
     def api(self) -> Page:

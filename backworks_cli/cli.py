@@ -10,6 +10,7 @@ import shutil
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TypeAlias
 
 from backworks_core import __version__
 from backworks_core.diagnostics import BlueprintError
@@ -426,29 +427,42 @@ def cmd_demo_backend(args: argparse.Namespace) -> int:
     return run(args.host, args.port, args.name or f"backend-{args.port}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backworks", description="Declarative API gateway and mock server on mitmproxy.")
-    parser.add_argument("--version", action="version", version=f"backworks {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What `add_subparsers` returns: each `_add_*` below adds one subcommand's parser to it."""
 
+
+def _add_validate(sub: Subcommands) -> None:
+    """`backworks validate FILE...`"""
     validate = sub.add_parser("validate", help="check blueprints; exit 1 on any error")
     validate.add_argument("files", nargs="+", metavar="FILE", help="blueprint files; every error of each is printed as file:line:col: key.path: message")
     validate.set_defaults(func=cmd_validate)
 
+
+def _add_schema(sub: Subcommands) -> None:
+    """`backworks schema [-o FILE]`"""
     schema = sub.add_parser("schema", help="print the blueprint JSON Schema (for editors)")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
     schema.set_defaults(func=cmd_schema)
 
+
+def _add_reference(sub: Subcommands) -> None:
+    """`backworks reference [-o FILE | --check FILE]`"""
     reference = sub.add_parser("reference", help="print the configuration reference (Markdown), generated from the models")
     reference.add_argument("-o", "--output", help="write to this file instead of stdout")
     reference.add_argument("--check", metavar="FILE", help="exit 1 if FILE differs from the generated reference")
     reference.set_defaults(func=cmd_reference)
 
+
+def _add_init(sub: Subcommands) -> None:
+    """`backworks init DIR [--proxy URL]`"""
     init = sub.add_parser("init", help="create a starter project that runs (or, with --proxy, a gateway in front of an API)")
     init.add_argument("directory", help="a new (or empty) folder for blueprint.yaml, its handlers and blueprint.schema.json")
     init.add_argument("--proxy", metavar="URL", type=http_url, help="scaffold a gateway: every request goes on to this API (e.g. http://127.0.0.1:3001)")
     init.set_defaults(func=cmd_init)
 
+
+def _add_run(sub: Subcommands) -> None:
+    """`backworks run FILE [--workers N] [-- mitmdump args]`"""
     run = sub.add_parser(
         "run",
         help="serve a blueprint with mitmdump in reverse mode (or mitmweb with --web)",
@@ -475,15 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run, extra=[])
 
-    def capture_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--format", choices=["blueprint", "openapi", "har"], default="blueprint", help="what to write (default: blueprint)")
-        command.add_argument("--name", help="the API's name in the output")
-        command.add_argument("--max-examples", type=int, default=5, help="answers shown per endpoint: inline in a blueprint (the rest in OUTPUT.data/), examples in OpenAPI (default 5)")
-        command.add_argument("--match-header", action="append", metavar="NAME", help="another request header mocks match on where it changed the answer (repeatable)")
-        command.add_argument("--no-redact", action="store_true", help="keep credentials and token-like values (never share the output then)")
-        command.add_argument("--redact-header", action="append", metavar="NAME", help="another header to redact (repeatable)")
-        command.add_argument("--redact-field", action="append", metavar="NAME", help="another JSON/form field or query parameter to redact (repeatable)")
 
+def _add_capture_options(command: argparse.ArgumentParser) -> None:
+    """The options `capture` and `mock-from` share: what to write and what to redact."""
+    command.add_argument("--format", choices=["blueprint", "openapi", "har"], default="blueprint", help="what to write (default: blueprint)")
+    command.add_argument("--name", help="the API's name in the output")
+    command.add_argument("--max-examples", type=int, default=5, help="answers shown per endpoint: inline in a blueprint (the rest in OUTPUT.data/), examples in OpenAPI (default 5)")
+    command.add_argument("--match-header", action="append", metavar="NAME", help="another request header mocks match on where it changed the answer (repeatable)")
+    command.add_argument("--no-redact", action="store_true", help="keep credentials and token-like values (never share the output then)")
+    command.add_argument("--redact-header", action="append", metavar="NAME", help="another header to redact (repeatable)")
+    command.add_argument("--redact-field", action="append", metavar="NAME", help="another JSON/form field or query parameter to redact (repeatable)")
+
+
+def _add_capture(sub: Subcommands) -> None:
+    """`backworks capture -o OUTPUT [--upstream URL] [-- mitmdump args]`"""
     capture = sub.add_parser(
         "capture",
         help="record real traffic through mitmdump and write it as mocks, OpenAPI or HAR",
@@ -499,20 +518,34 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("--methods", action="append", metavar="METHOD", help="record only these methods (repeatable)")
     capture.add_argument("--hosts", action="append", metavar="GLOB", help="record only these hosts (repeatable)")
     capture.add_argument("--web", action="store_true", help="start mitmweb instead of mitmdump")
-    capture_options(capture)
+    _add_capture_options(capture)
     capture.set_defaults(func=cmd_capture)
 
+
+def _add_mock_from(sub: Subcommands) -> None:
+    """`backworks mock-from INPUT... -o OUTPUT`"""
     mock_from = sub.add_parser("mock-from", help="turn mitmproxy flow files, HAR files or capture journals into mocks, OpenAPI or HAR")
     mock_from.add_argument("inputs", nargs="+", metavar="INPUT", help="mitmproxy flow files (-w), HAR files (browsers, mitmproxy's savehar) or capture journals (.jsonl); the kind is read from the content")
     mock_from.add_argument("-o", "--output", required=True, help="the file to write: a blueprint (.yaml), OpenAPI (with --format openapi) or HAR (--format har)")
-    capture_options(mock_from)
+    _add_capture_options(mock_from)
     mock_from.set_defaults(func=cmd_mock_from)
 
+
+def _add_demo_backend(sub: Subcommands) -> None:
+    """`backworks demo-backend [--port N]`"""
     demo = sub.add_parser("demo-backend", help="start a small upstream API for demos and examples")
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=3001, help="listen port (default 3001)")
     demo.add_argument("--name", help="name shown in every answer (default: backend-PORT)")
     demo.set_defaults(func=cmd_demo_backend)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backworks", description="Declarative API gateway and mock server on mitmproxy.")
+    parser.add_argument("--version", action="version", version=f"backworks {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_validate, _add_schema, _add_reference, _add_init, _add_run, _add_capture, _add_mock_from, _add_demo_backend):
+        add(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ ephemeral 127.0.0.1 port, and the environment `BACKWORKS_WORKER` (0-based), `BAC
 and `BACKWORKS_RUN_DIR` (a private folder of this run). It replaces a worker that exits (same
 index, new admin port), with a growing delay while it keeps dying at start and a bound after
 which it gives up; it stops them all on Ctrl-C or SIGTERM; it serves the one admin listener the
-outside sees (backworks_cli/workers_admin.py) from the workers' own; and it merges the capture
+outside sees (backworks_cli/workers_admin/) from the workers' own; and it merges the capture
 journals the workers wrote (one each) into the capture's output when they have stopped.
 """
 

@@ -379,78 +379,11 @@ class _Loader:
         return endpoints, files
 
     def load_endpoint(self, index: int, endpoint: EndpointSettings, loc: tuple, files: set[Path]) -> EndpointSpec | None:
-        handler = endpoint.handler.strip()
-        plugin_name: str | None = None
-        python_function = None
-        if handler in CORE_HANDLERS:
-            kind = handler
-        elif handler in self.registry.handler_owner:
-            kind = handler
-            plugin_name = self.registry.handler_owner[handler]
-            if plugin_name in self.disabled_plugins:
-                self.error(loc + ("handler",), f"handler {handler!r} belongs to plugin {plugin_name!r}, which is disabled in `plugins`")
-                return None
-        elif (ref := parse_handler_ref(endpoint.handler)) is not None:
-            kind = PYTHON_HANDLER
-            try:
-                python_function, watched = load_handler(ref, self.path.resolve().parent, f"endpoints[{index}].handler")
-            except HandlerLoadError as exc:
-                self.error(loc + ("handler",), str(exc))
-                return None
-            if watched is not None:
-                files.add(watched)
-        elif handler.endswith((".js", ".mjs", ".ts")):
-            self.error(
-                loc + ("handler",),
-                f"{handler!r} is a JavaScript handler: Backworks runs Python handlers (handlers/x.py, "
-                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
-            )
+        resolved = self.resolve_handler(index, endpoint, loc, files)
+        if resolved is None:
             return None
-        elif handler in PLANNED_HANDLERS:
-            self.error(loc + ("handler",), f"handler {handler!r} is not available in this version of Backworks yet")
-            return None
-        else:
-            builtin = sorted({*CORE_HANDLERS, *self.registry.handler_owner})
-            hint = did_you_mean(handler, builtin)
-            self.error(
-                loc + ("handler",),
-                f"unknown handler {handler!r}"
-                + (f"; did you mean {hint!r}?" if hint else "")
-                + f" (expected one of {', '.join(builtin)}, or a Python handler: handlers/x.py, "
-                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
-            )
-            return None
-
-        sections: dict[str, BaseModel] = {}
-        # The core's own sections cannot be taken over by a plugin.
-        all_sections = {**self.registry.sections, **{n: ("core", s) for n, s in CORE_SECTIONS.items()}}
-        for section_name, raw in endpoint.config.items():
-            section_loc = loc + ("config", section_name)
-            owner = all_sections.get(section_name)
-            if owner is None:
-                hint = did_you_mean(str(section_name), all_sections)
-                self.error(
-                    section_loc,
-                    f"unknown config section {section_name!r}"
-                    + (f"; did you mean {hint!r}?" if hint else f" (expected one of {', '.join(sorted(all_sections))})"),
-                    prefer_key=True,
-                )
-                continue
-            _, section = owner
-            if section.handler is not None and section.handler != kind:
-                self.error(
-                    section_loc,
-                    f"config.{section_name} is for handler {section.handler!r}; this endpoint's handler is {handler!r}",
-                    prefer_key=True,
-                )
-                continue
-            value = self.validate(section.model, raw if raw is not None else {}, section_loc)
-            if value is not None:
-                sections[section_name] = value
-                section_plugin = self.registry.plugins.get(owner[0])
-                if section_plugin is not None:
-                    for sub_loc, message in section_plugin.lint_section(str(section_name), value):
-                        self.warn(section_loc + tuple(sub_loc), message)
+        kind, plugin_name, python_function = resolved
+        sections = self.load_sections(endpoint, kind, loc)
         if kind == "static" and "static" not in sections and "static" not in endpoint.config:
             self.error(loc + ("config",), "handler 'static' needs `config.static` (status, headers, body, delay)")
             return None
@@ -479,6 +412,82 @@ class _Loader:
             python_function=python_function,
             transform=transform,
         )
+
+    def resolve_handler(self, index: int, endpoint: EndpointSettings, loc: tuple, files: set[Path]) -> tuple[str, str | None, Any] | None:
+        """The endpoint's handler kind, the plugin that owns it (if any) and the loaded Python
+        function (for a Python handler); None, with the error reported, when it cannot be served."""
+        handler = endpoint.handler.strip()
+        if handler in CORE_HANDLERS:
+            return handler, None, None
+        if handler in self.registry.handler_owner:
+            plugin_name = self.registry.handler_owner[handler]
+            if plugin_name in self.disabled_plugins:
+                self.error(loc + ("handler",), f"handler {handler!r} belongs to plugin {plugin_name!r}, which is disabled in `plugins`")
+                return None
+            return handler, plugin_name, None
+        if (ref := parse_handler_ref(endpoint.handler)) is not None:
+            try:
+                python_function, watched = load_handler(ref, self.path.resolve().parent, f"endpoints[{index}].handler")
+            except HandlerLoadError as exc:
+                self.error(loc + ("handler",), str(exc))
+                return None
+            if watched is not None:
+                files.add(watched)
+            return PYTHON_HANDLER, None, python_function
+        if handler.endswith((".js", ".mjs", ".ts")):
+            self.error(
+                loc + ("handler",),
+                f"{handler!r} is a JavaScript handler: Backworks runs Python handlers (handlers/x.py, "
+                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
+            )
+        elif handler in PLANNED_HANDLERS:
+            self.error(loc + ("handler",), f"handler {handler!r} is not available in this version of Backworks yet")
+        else:
+            builtin = sorted({*CORE_HANDLERS, *self.registry.handler_owner})
+            hint = did_you_mean(handler, builtin)
+            self.error(
+                loc + ("handler",),
+                f"unknown handler {handler!r}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" (expected one of {', '.join(builtin)}, or a Python handler: handlers/x.py, "
+                "handlers/x.py:function, package.module:function, or inline code defining `def handler(request)`)",
+            )
+        return None
+
+    def load_sections(self, endpoint: EndpointSettings, kind: str, loc: tuple) -> dict[str, BaseModel]:
+        """The endpoint's valid `config.<section>` objects; an unknown section, one meant for
+        another handler or one that does not validate is reported and left out."""
+        sections: dict[str, BaseModel] = {}
+        # The core's own sections cannot be taken over by a plugin.
+        all_sections = {**self.registry.sections, **{n: ("core", s) for n, s in CORE_SECTIONS.items()}}
+        for section_name, raw in endpoint.config.items():
+            section_loc = loc + ("config", section_name)
+            owner = all_sections.get(section_name)
+            if owner is None:
+                hint = did_you_mean(str(section_name), all_sections)
+                self.error(
+                    section_loc,
+                    f"unknown config section {section_name!r}"
+                    + (f"; did you mean {hint!r}?" if hint else f" (expected one of {', '.join(sorted(all_sections))})"),
+                    prefer_key=True,
+                )
+                continue
+            _, section = owner
+            if section.handler is not None and section.handler != kind:
+                self.error(
+                    section_loc,
+                    f"config.{section_name} is for handler {section.handler!r}; this endpoint's handler is {endpoint.handler.strip()!r}",
+                    prefer_key=True,
+                )
+                continue
+            value = self.validate(section.model, raw if raw is not None else {}, section_loc)
+            if value is not None:
+                sections[section_name] = value
+                section_plugin = self.registry.plugins.get(owner[0])
+                if section_plugin is not None:
+                    for sub_loc, message in section_plugin.lint_section(str(section_name), value):
+                        self.warn(section_loc + tuple(sub_loc), message)
+        return sections
 
     def check_routes(self, endpoints: list[tuple[int, EndpointSettings]]) -> None:
         """Over every endpoint with a valid path, even those whose handler or config failed."""

@@ -57,7 +57,6 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_plus
 
@@ -67,6 +66,7 @@ from mitmproxy.net.http.headers import parse_content_type
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from backworks_core import bodies, jsonpath
+from backworks_core.context import reason_phrase
 from backworks_core.model import StrictModel, UrlPath
 from backworks_core.templates import (
     CompiledValue,
@@ -506,13 +506,6 @@ def _set_length(message: http.Message, size: int) -> None:
         message.headers["content-length"] = str(size)
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
 class CompiledTransform:
     """One transform block, compiled once at load; cheap to apply when it holds little."""
 
@@ -715,7 +708,7 @@ class CompiledTransform:
             status = self.status_map.get(response.status_code)
             if status is not None and status != response.status_code:
                 response.status_code = status
-                response.reason = _reason(status)
+                response.reason = reason_phrase(status)
         if self.touches_headers:
             self._apply_to_fields(response, header_values)
         if body_changed:

@@ -4,7 +4,8 @@ serving (req/s) against mitmproxy's own ``--server-replay``, on the same recordi
 Run with ``.venv/bin/python bench/capture_cost.py [--flows 100000] [--replay-flows 2000]
 [--rounds 3] [--duration 10] [--json FILE] [--keep DIR]``. ``bench/run`` runs it with the
 defaults (or with ``$CAPTURE_COST_ARGS``) after ``bench/setup.sh`` has installed ``wrk``; the
-figures in docs/performance.md are from a run with the defaults, about 10 minutes.
+conversion figures in docs/performance.md are from a run with ``--no-serve`` (about 9 minutes on a
+busy machine), the serving ones from a run with the defaults (about 10 minutes).
 
 1. Input. A mitmproxy flow file of --flows flows is generated with ``mitmproxy.io.FlowWriter``
    from hand-built ``http.HTTPFlow``s: one host (``api.example.com``), 30 endpoints under

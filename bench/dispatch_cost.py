@@ -123,7 +123,7 @@ async def run(args: argparse.Namespace, upstream_port: int, work: Path) -> None:
     # How many addons each event reaches, and which of them are Backworks'.
     flow = flows_for()[0]
     everything = list(traverse(master.addons.chain))
-    ours = set(map(id, traverse([script.addons])))
+    ours = set(map(id, traverse(script.addons)))
     reach = []
     for hook in (*LIFECYCLE, UpdateHook):
         name = hook.name

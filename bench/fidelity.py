@@ -56,8 +56,10 @@ placeholder standing for anything else (a boolean, a number, a cookie's ``en``) 
 and counted as a mismatch.
 
 Optional phases: ``--schemathesis`` runs ``st run`` (PyPI ``schemathesis`` in the venv) against
-the generated OpenAPI, on the real app and on the Backworks mock, and classifies each failure
-(``classify_st``); ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
+the generated OpenAPI, on the real app and on the Backworks mock, and blames each failure
+(``classify_st``: on the mock, which serves only recorded answers, a response that does not fit
+the document is Backworks'; on the real app it is the app answering input never recorded), with
+a ``Backworks-blamed`` count per run; ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
 ``run_wrk``) on httpbin's recording: Backworks, server-replay and Prism, same run, on the recorded
 GETs that all three answer like the live app (server replay with ``server_replay_reuse=true`` there, so a
 flow can be answered more than once; wrk counts any non-2xx/3xx answer as an error).

@@ -353,9 +353,9 @@ def _http_messages(state: dict[Any, Any]) -> tuple[Any, Any] | None:
     then restores it whole, and judges it."""
     from mitmproxy import http
 
-    if state.get("type") != "http" or state.get("websocket") is not None or not isinstance(state.get("response"), dict):
+    q, r = state.get("request"), state.get("response")
+    if state.get("type") != "http" or state.get("websocket") is not None or not isinstance(q, dict) or not isinstance(r, dict):
         return None
-    q, r = state.get("request"), state["response"]
     try:
         request = http.Request(
             q["host"], q["port"], q["method"], q["scheme"], q["authority"], q["path"], q["http_version"],

@@ -178,6 +178,12 @@ def _check_json(value: Any, where: str = "") -> None:
     raise ValueError(f"{where or 'the value'} is a {type(value).__name__}, which is not JSON; quote it")
 
 
+def _json_data(value: Any) -> Any:
+    """The `body` validator of every model with one: YAML data given as a body must be JSON data."""
+    _check_json(value)
+    return value
+
+
 def _check_header_name(name: str) -> None:
     if not name or not set(name) <= _TOKEN_CHARS:
         raise ValueError(f"{name!r} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)")
@@ -215,11 +221,7 @@ class MockWhen(StrictModel):
             seen[name.lower()] = name
         return headers
 
-    @field_validator("body")
-    @classmethod
-    def _json_body(cls, body: Any) -> Any:
-        _check_json(body)
-        return body
+    _json_body = field_validator("body")(_json_data)
 
     @property
     def has_body(self) -> bool:
@@ -270,11 +272,7 @@ class MockExample(StrictModel):
                 _check_header_value(name, item)
         return headers
 
-    @field_validator("body")
-    @classmethod
-    def _json_body(cls, body: Any) -> Any:
-        _check_json(body)
-        return body
+    _json_body = field_validator("body")(_json_data)
 
     @field_validator("body_base64")
     @classmethod

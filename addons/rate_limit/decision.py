@@ -1,0 +1,43 @@
+"""What a bucket answers for one request, whichever store keeps it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+EPSILON = 1e-9  # float slack: 0.2 s at 5 tokens/s is one whole token
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One bucket's answer: what the headers say."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # whole seconds until the bucket is full again
+    retry_after: int  # whole seconds (>= 1) until a token is back; 0 when allowed
+
+    @classmethod
+    def of(cls, allowed: bool, tokens: float, full_in: float, rate: float, burst: int) -> Decision:
+        tokens = max(0.0, min(float(burst), tokens))
+        retry_after = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate - EPSILON))
+        return cls(allowed, burst, int(math.floor(tokens + EPSILON)), max(0, math.ceil(full_in - EPSILON)), retry_after)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining), "RateLimit-Reset": str(self.reset)}
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    @property
+    def severity(self) -> tuple[bool, int, int]:
+        """Smaller is more restrictive: a refusal, then the fewest left, then the longest reset."""
+        return (self.allowed, self.remaining, -self.reset)
+
+
+class StoreUnavailable(Exception):
+    """The shared store (Redis) could not decide: fail_open says what happens."""
