@@ -32,6 +32,7 @@ from backworks_core.context import (
 )
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.handlers.mock import MockConfig, MockHandler, check_path_params
+from backworks_core.handlers.mock_state import Member as StateMember, link_collections
 from backworks_core.handlers.python import PythonConfig, PythonHandler
 from backworks_core.handlers.static import StaticConfig, StaticHandler
 from backworks_core.bodies import DEFAULT_LIMIT, BodyError
@@ -788,7 +789,10 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
         seen.setdefault(page.path, page)
     if errors:
         raise BlueprintError(errors)
-    warnings = sorted([*blueprint.warnings, *admin_diagnostics(blueprint, endpoints, middlewares, on_api)])
+    # `state: collections`: the mock endpoints' shared CRUD state (backworks_core.handlers.mock_state).
+    members = [StateMember(e.spec.index, e.spec.settings.path, e.spec.methods, e.spec.settings.host, e.handler) for e in endpoints if isinstance(e.handler, MockHandler)]
+    state_warnings = [blueprint.diagnostic(loc, message, severity="warning") for loc, message in link_collections(members)]
+    warnings = sorted([*blueprint.warnings, *admin_diagnostics(blueprint, endpoints, middlewares, on_api), *state_warnings])
     endpoints += _internal_plans(on_api)
     router = Router([Route(e.template, e.spec.methods, e.spec.settings.host, e) for e in endpoints])
     protected = frozenset(

@@ -86,7 +86,8 @@ Beyond replay
   Request validation (`validate`, `request_body`), `Prefer: code=…/example=…`, answers
   synthesised for unrecorded path values (`unrecorded`), the latency keys, and their
   blueprint-wide defaults in `server.mock`: backworks_core.handlers.mock_features. Order: a
-  refused request (415/400/422) first, then a preferred example, then matching as above.
+  refused request (415/400/422) first, then a preferred example, then the collection state
+  (`state: collections`, backworks_core.handlers.mock_state), then matching as above.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ from backworks_core.capture.redact import PLACEHOLDER, fingerprint, matches_plac
 from backworks_core.context import Forward, RequestContext, reason_phrase, stamp_request
 from backworks_core.handlers.mock_defaults import MockDefaults
 from backworks_core.handlers.mock_features import MockFeatures, MockFeaturesConfig, with_header
+from backworks_core.handlers.mock_state import Role
 from backworks_core.limits import request_body
 from backworks_core.model import BlueprintPath, StrictModel
 from backworks_core.router import parse_template
@@ -619,6 +621,10 @@ class MockHandler:
         self.sequences = sorted(groups.values(), key=lambda s: -s.conditions.specificity)  # type: ignore[union-attr]
         # Validation, Prefer, unrecorded path values, latency (backworks_core.handlers.mock_features).
         self.features = MockFeatures(config, answers, _Conditions.of, _parse_json, _NO_JSON, defaults)
+        # CRUD state (`state: collections`): the endpoint's role in its collection, set by
+        # mock_state.link_collections once the blueprint's endpoints are built; None: as recorded.
+        self.examples, self.answers = config.all_examples, answers
+        self.state: Role | None = None
 
     def choose(self, ctx: RequestContext) -> tuple[_Sequence | None, str]:
         parsed: list[Any] = []
@@ -646,6 +652,10 @@ class MockHandler:
             return preferred
         if preferred is not None:
             answer = with_header(preferred[0], "Preference-Applied", preferred[1])
+        elif self.state is not None and (stateful := self.state.answer(ctx)) is not None:
+            if isinstance(stateful, http.Response):
+                return stateful  # 400, 409, 507 (refused writes) or Backworks' 404 for a deleted id
+            answer = stateful
         else:
             sequence, kind = self.choose(ctx)
             if sequence is None:

@@ -1,8 +1,9 @@
 """The mock feature keys a blueprint can default once for every mock endpoint (`server.mock`).
 
-Its own module, importing no other part of Backworks but `validation`, so that
+Its own module, importing no other part of Backworks but `validation` and the state's config
+(backworks_core.handlers.mock_state, which imports none of model either), so that
 backworks_core.model can offer it under `server` without an import cycle; what the keys do is
-in backworks_core.handlers.mock_features.
+in backworks_core.handlers.mock_features and mock_state.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backworks_core.handlers.mock_state import MockState, MockStateConfig
 from backworks_core.validation import Duration
 
 MAX_LATENCY = 60.0
@@ -31,6 +33,11 @@ class MockDefaults(BaseModel):
     replay_latency: bool = Field(False, description="wait each example's `latency` (× latency_factor, at most max_latency) before answering", examples=[True])
     latency_factor: float = Field(1.0, ge=0, description="recorded latencies are multiplied by this when replayed", examples=[0.5])
     max_latency: Duration = Field(MAX_LATENCY, description="the longest replayed wait; at most 60 s", examples=["2s"])
+    state: MockState = Field(
+        default_factory=MockStateConfig,
+        description="CRUD state for recorded collections: `collections` (or `{mode: collections, max_items: N}`) lets a POST to `/users` be seen by a later GET of `/users` and `/users/{id}`, PUT/PATCH/DELETE change it; default none: every answer as recorded (backworks_core.handlers.mock_state)",
+        examples=["collections", {"mode": "collections", "max_items": 500}],
+    )
 
     @field_validator("max_latency")
     @classmethod
