@@ -161,7 +161,7 @@ class ServerSettings(StrictModel):
     admin: AdminSettings = Field(default_factory=AdminSettings, description="the admin listener: status page, status API and metrics, on 127.0.0.1:9901", examples=[{"port": 9902}])
     mock: MockDefaults = Field(
         default_factory=MockDefaults,
-        description="defaults for every `handler: mock` endpoint (validate, unrecorded, prefer, replay_latency, latency_factor, max_latency); an endpoint's own `config.mock` key wins",
+        description="defaults for every `handler: mock` endpoint (validate, unrecorded, prefer, replay_latency, latency_factor, max_latency, state); an endpoint's own `config.mock` key wins",
         examples=[{"replay_latency": True, "latency_factor": 0.5}],
     )
 

@@ -1,7 +1,7 @@
 """Fidelity suite: does a recording answer like the real API, in any order? Backworks against its peers.
 
 Run with ``.venv/bin/python bench/fidelity.py [--apps httpbin,datasette] [--seeds 1,2]
-[--schemathesis] [--throughput SECONDS] [--keep DIR] [--json FILE]``; about 3 minutes without
+[--schemathesis] [--throughput SECONDS [--throughput-rounds 3]] [--keep DIR] [--json FILE]``; about 3 minutes without
 the optional phases, the first run longer (it installs the venv and Prism).
 
 For each **real application** installed from PyPI into a throwaway venv (in a temporary folder,
@@ -60,9 +60,26 @@ the generated OpenAPI, on the real app and on the Backworks mock, and blames eac
 (``classify_st``: on the mock, which serves only recorded answers, a response that does not fit
 the document is Backworks'; on the real app it is the app answering input never recorded), with
 a ``Backworks-blamed`` count per run; ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
-``run_wrk``) on httpbin's recording: Backworks, server-replay and Prism, same run, on the recorded
-GETs that all three answer like the live app (server replay with ``server_replay_reuse=true`` there, so a
-flow can be answered more than once; wrk counts any non-2xx/3xx answer as an error).
+``run_wrk``) on httpbin's recording, on the recorded GETs that every replayed tool answers like the
+live app (server replay with ``server_replay_reuse=true`` there, so a flow can be answered more than
+once; wrk counts any non-2xx/3xx answer as an error). Loaded, one at a time, in
+``--throughput-rounds`` interleaved rounds (default 3, the order rotated each round), each with
+``wrk -t2 -c32`` (``--throughput-connections``; the same for every tool, and many more than workers,
+because SO_REUSEPORT spreads connections, not requests) for SECONDS after 2 s of warm-up:
+
+  backworks                  the replayed ``mitmdump -s backworks.py`` (one process),
+  backworks run --workers 2  ``backworks run BLUEPRINT --workers 2`` (``--throughput-workers``), as users
+                             run it (reverse mode, lazy connections, ``--flow-detail 1``; admin listener
+                             off); its answers to the GETs are compared with the live ones first, every
+                             worker must listen before the load, and the connections each accepted are
+                             printed from its log,
+  server-replay              as replayed,
+  prism, prism -m            ``prism mock`` and ``prism mock -m``: Prism's only multi-process option
+                             forks one HTTP server from the CLI process, which then formats the logs
+                             (two processes, one server; Prism has no clustered mode);
+
+then the median req/s, latency and errors per tool over the rounds, each as a ratio of both Prism
+configurations, and whether Backworks with workers is ahead of both (without wrk errors).
 
 Everything listens on and is sent to 127.0.0.1 only; every loop is bounded in count and time;
 every child is killed on exit, error or Ctrl-C (each runs in its own process group).
@@ -80,6 +97,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,7 +113,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from throughput import HOST, WRK_LUA, Processes, free_port, run_wrk, wait_listening  # noqa: E402
+from throughput import HOST, INSTALL_HINT, WRK_LUA, Processes, Sample, free_port, run_wrk, wait_listening  # noqa: E402
 
 VENV_PACKAGES = ["httpbin", "gunicorn", "datasette", "requests", "httpie", "schemathesis"]
 PRISM_PACKAGE = "@stoplight/prism-cli@5"
@@ -592,19 +610,31 @@ def backworks() -> str:
     return str(Path(sys.executable).with_name("backworks"))
 
 
+WORKERS_TOOL = re.compile(r"backworks-w([1-9][0-9]?)")  # backworks-wN: `backworks run BLUEPRINT --workers N`
+
+
+def workers_of(tool: str) -> int:
+    """How many processes serve a tool's port: N for backworks-wN, else 1 (Prism's -m forks one server)."""
+    found = WORKERS_TOOL.fullmatch(tool)
+    return int(found.group(1)) if found else 1
+
+
 def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int, reuse: bool = False) -> list[str] | None:
     """How each mock is started; REUSE lets server replay answer a flow more than once (for load)."""
     base = ["--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy", "--listen-host", HOST, "-p", str(port)]
     if tool == "backworks":
         return [mitmdump(), "-s", str(REPO / "backworks.py"), "--set", f"blueprint={files['blueprint']}", *base]
+    if WORKERS_TOOL.fullmatch(tool):  # as users run it: reverse mode and lazy connections are `backworks run`'s own
+        admin_off = ["--", "--set", "backworks_admin=off"]  # the aggregate listener's default port (9901) may be taken here
+        return [backworks(), "run", str(files["blueprint"]), "--host", HOST, "--port", str(port), "--workers", str(workers_of(tool)), *admin_off]
     if tool == "server-replay":
         return [
             mitmdump(), "--server-replay", str(files["flows"]), "--set", "server_replay_extra=404",
             "--set", "server_replay_ignore_host=true", "--set", "server_replay_ignore_port=true",
             *(["--set", "server_replay_reuse=true"] if reuse else []), *base,
         ]  # fmt: skip
-    if tool == "prism" and prism is not None:
-        return [str(prism), "mock", "-h", HOST, "-p", str(port), str(files["openapi"])]
+    if tool in ("prism", "prism-m") and prism is not None:  # -m: the HTTP server forked from the CLI, which formats its logs
+        return [str(prism), "mock", *(["-m"] if tool == "prism-m" else []), "-h", HOST, "-p", str(port), str(files["openapi"])]
     return None
 
 
@@ -864,27 +894,135 @@ def report(runs: list[Run], extras: dict[str, dict[str, Any]], args: argparse.Na
                     print(f"     {item}")
 
 
-def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None, live: dict[str, Any], runs: list[Run], procs: Processes, work: Path, seconds: float) -> None:
-    """wrk against each mock on the recorded GETs (no headers) that all of them answer like the live app."""
+THROUGHPUT_TOOLS = ("backworks", "backworks-w{workers}", "server-replay", "prism", "prism-m")
+THROUGHPUT_LABELS = {
+    "backworks": "mitmdump -s backworks.py",
+    "server-replay": "mitmdump --server-replay",
+    "prism": "prism mock",
+    "prism-m": "prism mock -m",
+}
+PRISMS = ("prism", "prism-m")  # the ratios are against each of Prism's configurations
+_CLIENT_CONNECT = re.compile(r"^\[w(\d+)\] .*\] client connect$", re.M)
+
+
+def throughput_label(tool: str) -> str:
+    found = WORKERS_TOOL.fullmatch(tool)
+    return f"backworks run --workers {found.group(1)}" if found else THROUGHPUT_LABELS.get(tool, tool)
+
+
+def throughput_tools(replayed: Sequence[str], workers: int) -> list[str]:
+    """The tools the throughput phase loads: those replayed (whose answers were compared), and
+    Backworks with workers and Prism with -m beside Backworks and Prism (answers checked in the phase)."""
+    tools = [t.format(workers=workers) for t in THROUGHPUT_TOOLS]
+    base = {f"backworks-w{workers}": "backworks", "prism-m": "prism"}
+    return [t for t in tools if base.get(t, t) in replayed or t in replayed]
+
+
+def throughput_summary(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
+    """One row per tool: medians over rounds, errors summed, and req/s as a ratio of each Prism's."""
+    prisms = {p: statistics.median(s.rps for s in samples[p]) for p in PRISMS if samples.get(p)}
+    rows = []
+    for tool, got in samples.items():
+        if not got:
+            continue
+        rps = statistics.median(s.rps for s in got)
+        rows.append({
+            "tool": tool, "label": throughput_label(tool), "rounds": len(got), "rps": rps,
+            "p50_ms": statistics.median(s.p50_ms for s in got), "p99_ms": statistics.median(s.p99_ms for s in got),
+            "errors": sum(s.errors for s in got), "requests": sum(s.requests for s in got),
+            "vs": {p: rps / base for p, base in prisms.items() if base},
+        })  # fmt: skip
+    return rows
+
+
+def workers_verdict(rows: list[dict[str, Any]]) -> str | None:
+    """Backworks with workers against every Prism configuration measured: ahead only if faster than
+    each, without errors."""
+    prisms = [r for r in rows if r["tool"] in PRISMS]
+    lines = []
+    for row in rows:
+        if workers_of(row["tool"]) < 2 or not prisms:
+            continue
+        ahead = not row["errors"] and all(row["rps"] > p["rps"] for p in prisms)
+        ratios = ", ".join(f"{row['vs'][p['tool']]:.2f}× {p['label']}" for p in prisms if p["tool"] in row["vs"])
+        lines.append(f"{row['label']}: {ratios}: {'ahead of Prism' if ahead else 'NOT ahead of Prism'}" + (f" ({row['errors']} wrk error(s))" if row["errors"] else ""))
+    return "; ".join(lines) or None
+
+
+def wait_workers(procs: Processes, name: str, count: int, offset: int, timeout: float = 60) -> None:
+    """Every worker listens (the first one listening is not enough: the kernel would give it every connection)."""
+    log = procs.log_dir / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while log.read_bytes()[offset:].count(b"listening at") < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: not every one of {count} workers listens after {timeout:g}s:\n{procs.log_tail(name)}")
+        still_running(procs, name, settle=0.1)
+
+
+def connections_per_worker(text: str) -> dict[int, int]:
+    """Client connections each worker accepted, from `backworks run --workers N`'s prefixed log."""
+    counts: dict[int, int] = {}
+    for found in _CLIENT_CONNECT.finditer(text):
+        counts[int(found.group(1))] = counts.get(int(found.group(1)), 0) + 1
+    return counts
+
+
+def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None, live: dict[str, Any], runs: list[Run], procs: Processes, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """wrk against each mock on the recorded GETs (no headers) that all of them answer like the live
+    app, in interleaved rounds; Backworks with workers is checked against the live answers first."""
+    if shutil.which("wrk") is None:
+        raise SystemExit(INSTALL_HINT)
     failed = {m["id"] for r in runs if r.app == app.name and r.order == "recorded" for m in r.mismatches}
-    paths = [r["path"] for r in app.requests if r["method"] == "GET" and not r["headers"] and r["id"] not in failed]
-    if not paths:
+    chosen = [r for r in app.requests if r["method"] == "GET" and not r["headers"] and r["id"] not in failed]
+    if not chosen:
         print("throughput: no recorded GET that every mock answers right; skipped")
-        return
+        return []
+    paths = [r["path"] for r in chosen]
     lua = work / "paths.lua"
     lua.write_text("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\ni = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n" + WRK_LUA)
-    print(f"\n== mock serving throughput ({app.name}): wrk -c8, {seconds:g}s, cycling over {len(paths)} recorded GET(s) every tool answers like the live app")
-    for tool in ("backworks", "server-replay", "prism"):
-        port = free_port()
-        argv = mock_argv(tool, files, prism, port, reuse=True)
-        if argv is None:
-            continue
-        procs.start(f"tp-{tool}", argv)
-        wait_listening(procs, f"tp-{tool}", port, timeout=90)
-        run_wrk(f"http://{HOST}:{port}/", 2, 8, 2, lua)  # warm-up
-        s = run_wrk(f"http://{HOST}:{port}/", seconds, 8, 2, lua)
-        procs.stop(f"tp-{tool}")
-        print(f"  {tool:14} {s.rps:9.0f} req/s  p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  errors {s.errors}", flush=True)
+    tools = [t for t in throughput_tools(args.tools, args.throughput_workers) if mock_argv(t, files, prism, 0, reuse=True) is not None]
+    conns, secs = args.throughput_connections, args.throughput
+    print(f"\n== mock serving throughput ({app.name}): wrk -t2 -c{conns} for every tool, {secs:g}s after 2s of warm-up, "
+          f"{args.throughput_rounds} interleaved round(s), cycling over {len(paths)} recorded GET(s) every tool answers like the live app", flush=True)  # fmt: skip
+    samples: dict[str, list[Sample]] = {t: [] for t in tools}
+    checked: set[str] = set()
+    for round_ in range(args.throughput_rounds):
+        for tool in tools[round_ % len(tools) :] + tools[: round_ % len(tools)]:  # a new order each round: drift spreads over all
+            port, name = free_port(), f"tp-{tool}"
+            argv = mock_argv(tool, files, prism, port, reuse=True) or []
+            log = procs.log_dir / f"{name}.log"
+            offset = log.stat().st_size if log.exists() else 0
+            procs.start(name, argv)
+            try:
+                wait_listening(procs, name, port, timeout=90)
+                if workers_of(tool) > 1:
+                    wait_workers(procs, name, workers_of(tool), offset)
+                if tool not in checked and tool not in args.tools:  # not replayed above: its answers are checked here
+                    answers = drive(venv, port, chosen)
+                    wrong = [r["id"] for r in chosen if not compare(live[r["id"]], answers[r["id"]], app.server_secrets).ok]
+                    if wrong:
+                        raise SystemExit(f"throughput: {tool} answers {len(wrong)} of the {len(chosen)} GETs unlike the live app: {wrong}")
+                    checked.add(tool)
+                run_wrk(f"http://{HOST}:{port}/", 2, conns, 2, lua)  # warm-up
+                s = run_wrk(f"http://{HOST}:{port}/", secs, conns, 2, lua)
+            finally:
+                procs.stop(name)
+            samples[tool].append(s)
+            split = ""
+            if workers_of(tool) > 1:
+                per = connections_per_worker(log.read_bytes()[offset:].decode(errors="replace"))
+                split = "  connections per worker " + (":".join(str(per.get(i, 0)) for i in range(workers_of(tool))) if per else "(not in the log)")
+            print(f"  round {round_ + 1} {throughput_label(tool):28} {s.rps:9.0f} req/s  p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  errors {s.errors}{split}", flush=True)
+    rows = throughput_summary(samples)
+    print(f"\n{'tool':28} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7} " + " ".join(f"{'× ' + throughput_label(p):>16}" for p in PRISMS if p in samples and samples[p]) + f"   (median over {args.throughput_rounds} round(s))")
+    for row in rows:
+        ratios = " ".join(f"{row['vs'][p]:15.2f}×" for p in PRISMS if p in row["vs"])
+        print(f"{row['label']:28} {row['rps']:9.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['errors']:7d} {ratios}")
+    verdict = workers_verdict(rows)
+    if verdict:
+        print(verdict)
+    print(f"(load average {os.getloadavg()[0]:.2f} after the phase, {os.cpu_count()} CPU(s); wrk runs on the same machine)", flush=True)
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -894,7 +1032,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="1,2", help="shuffle seeds (default 1,2)")
     p.add_argument("--schemathesis", action="store_true", help="also run st run on the real app and on the mock")
     p.add_argument("--st-max-examples", type=int, default=10, help="schemathesis test cases per operation (default 10)")
-    p.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="also measure mock serving with wrk (httpbin's recording)")
+    p.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="also measure mock serving with wrk (httpbin's recording), SECONDS per measurement")
+    p.add_argument("--throughput-rounds", type=int, default=3, metavar="N", help="interleaved rounds of the throughput phase (default 3)")
+    p.add_argument("--throughput-connections", type=int, default=32, metavar="N", help="wrk connections for every tool: many more than workers, as SO_REUSEPORT spreads connections (default 32)")
+    p.add_argument("--throughput-workers", type=int, default=2, metavar="N", help="workers of `backworks run --workers N` in the throughput phase (default 2)")
     p.add_argument("--keep", type=Path, metavar="DIR", help="work (venv, Prism, recordings) in DIR and keep it")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--capture-arg", action="append", default=[], metavar="ARG", help="one more argument for backworks capture (repeatable)")
@@ -905,6 +1046,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [a for a in args.apps if a not in APPS]
     if unknown:
         p.error(f"unknown app(s) {unknown}; known: {sorted(APPS)}")
+    if args.throughput_rounds < 1 or args.throughput_connections < 1 or not 2 <= args.throughput_workers <= 99:
+        p.error("--throughput-rounds and --throughput-connections are at least 1; --throughput-workers 2 to 99")
     return args
 
 
@@ -922,7 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         venv = ensure_venv(work)
-        prism = ensure_prism(work) if "prism" in args.tools else None
+        prism = ensure_prism(work) if {"prism", "prism-m"} & set(args.tools) else None
         runs: list[Run] = []
         extras: dict[str, dict[str, Any]] = {}
         for name in args.apps:
@@ -940,7 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extra["schemathesis_mock"] = schemathesis(venv, files["openapi"], port, work / name / "st-mock", args.st_max_examples, "mock")
                 procs.stop(f"{name}-st-mock")
             if args.throughput and name == "httpbin":
-                throughput(app, venv, files, prism, live, app_runs, procs, work, args.throughput)
+                extra["throughput"] = throughput(app, venv, files, prism, live, app_runs, procs, work, args)
         report(runs, extras, args)
         print(f"\n(work folder {work}; {time.monotonic() - started:.0f}s)")
         if args.json:

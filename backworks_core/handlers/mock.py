@@ -110,8 +110,8 @@ from backworks_core.bodies import loads_json
 from backworks_core.capture.redact import PLACEHOLDER, fingerprint, matches_placeholder
 from backworks_core.context import Forward, RequestContext, reason_phrase, stamp_request
 from backworks_core.handlers.mock_defaults import MockDefaults
-from backworks_core.handlers.mock_features import MockFeatures, MockFeaturesConfig, with_header
-from backworks_core.handlers.mock_state import Role
+from backworks_core.handlers.mock_features import MockFeatures, MockFeaturesConfig, substitute, substitute_text, with_header
+from backworks_core.handlers.mock_state import Role, StateTools
 from backworks_core.limits import request_body
 from backworks_core.model import BlueprintPath, StrictModel
 from backworks_core.router import parse_template
@@ -625,6 +625,7 @@ class MockHandler:
         # mock_state.link_collections once the blueprint's endpoints are built; None: as recorded.
         self.examples, self.answers = config.all_examples, answers
         self.state: Role | None = None
+        self.state_tools = StateTools(json_body_bytes, _parse_json, _NO_JSON, _Answer, substitute, substitute_text)
 
     def choose(self, ctx: RequestContext) -> tuple[_Sequence | None, str]:
         parsed: list[Any] = []

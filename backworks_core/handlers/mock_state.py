@@ -60,7 +60,7 @@ Bounds
   same count, the oldest forgotten first.
 
 Lifetime
-  In memory, per process (each `--set backworks_workers` worker has its own), built with the
+  In memory, per process (each worker of `backworks run --workers N` has its own), built with the
   blueprint: a reload starts from the seeds again. Every change happens without an await in
   between, under a lock, so concurrent requests never see half a change.
 """
@@ -82,6 +82,7 @@ from mitmproxy import http
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from backworks_core.context import reason_phrase
+from backworks_core.router import parse_template, template_shape
 
 if TYPE_CHECKING:
     from backworks_core.context import RequestContext
@@ -302,6 +303,19 @@ class IdMaker:
         return f"{self.prefix}{self.last}"
 
 
+@dataclass(frozen=True)
+class StateTools:
+    """What the state builds answers with, from backworks_core.handlers.mock and mock_features
+    (handed over by the handler: this module cannot import them, mock_defaults imports it)."""
+
+    encode: Callable[[Any, Any], bytes]  # json_body_bytes(value, json_layout)
+    parse_json: Callable[[Any], Any]  # the request body as JSON, or no_json (bounded)
+    no_json: Any
+    answer: Callable[..., Any]  # mock._Answer(index, status, reason, fields, content, latency)
+    substitute: Callable[[Any, Sequence[tuple[str, str]]], Any]
+    substitute_text: Callable[[str, Sequence[tuple[str, str]]], str]
+
+
 # --------------------------------------------------------------------------- recognition
 
 
@@ -346,8 +360,6 @@ def _verbs(methods: frozenset[str], allowed: frozenset[str]) -> frozenset[str]:
 
 
 def _shape(template: str) -> tuple[Any, ...] | None:
-    from backworks_core.router import parse_template  # noqa: PLC0415 (router imports nothing of ours; kept lazy for import order)
-
     try:
         return parse_template(template)
     except ValueError:
@@ -357,8 +369,6 @@ def _shape(template: str) -> tuple[Any, ...] | None:
 def recognise(members: Sequence[Member]) -> list[tuple[list[Member], list[Member]]]:
     """The collections among `members`: (list endpoints, item endpoints) of each pair of
     templates `/x` + `/x/{id}` on one host (module doc)."""
-    from backworks_core.router import template_shape  # noqa: PLC0415
-
     lists: dict[tuple[str | None, str], list[Member]] = {}
     items: dict[tuple[str | None, str], list[Member]] = {}
     for member in members:
@@ -437,8 +447,8 @@ class _Scope:
 class Collection:
     """One recorded collection's state and the answers built from it."""
 
-    def __init__(self, lists: Sequence[Member], items: Sequence[Member], encode: Callable[[Any, Any], bytes]) -> None:
-        self.encode = encode
+    def __init__(self, lists: Sequence[Member], items: Sequence[Member], tools: StateTools) -> None:
+        self.tools = tools
         self.name = f"{lists[0].template} + {items[0].template}"
         self.max_items = min(m.settings.max_items for m in (*lists, *items))
         self.lock = threading.Lock()
@@ -576,7 +586,7 @@ class Collection:
             return None
         shown = [i.listed if i.listed is not None and not i.written else i.value for i in state.items.values()]
         swaps = _swaps(template, ctx.params)
-        body = put_at(_substitute(template.body, swaps), template.at or (), shown)
+        body = put_at(self._substitute(template.body, swaps), template.at or (), shown)
         for path in template.counts:
             body = put_at(body, path, len(shown))
         ctx.notes["mock"] = "state-list"
@@ -616,13 +626,12 @@ class Collection:
         return self._render(self.create, "POST", body, scope, ctx)
 
     def _object(self, ctx: RequestContext, verb: str) -> dict[str, Any] | http.Response:
-        from backworks_core.handlers.mock import _NO_JSON, _parse_json  # noqa: PLC0415 (mock imports this module)
-
-        body = _parse_json(ctx)
+        body = self.tools.parse_json(ctx)
         if isinstance(body, dict):
             return body
         ctx.notes["mock"] = "state-refused"
-        what = "no body" if body is _NO_JSON and not ctx.request.raw_content else "not a JSON object" if body is not _NO_JSON else "not JSON"
+        no_json = self.tools.no_json
+        what = "no body" if body is no_json and not ctx.request.raw_content else "not a JSON object" if body is not no_json else "not JSON"
         kind = "a JSON merge patch (an object, RFC 7396)" if verb == "PATCH" else "a JSON object"
         return ctx.error(400, f"{verb} on {self.name} takes {kind} as its body; got {what}")
 
@@ -637,8 +646,8 @@ class Collection:
             template = self.missing[0]
             swaps = _swaps(template, ctx.params)
             if template.body is _NONE:
-                return _mark(_with_locations(template.answer, swaps))
-            return self._build(template.answer, template.answer.status, _substitute(template.body, swaps), template.layout, swaps)
+                return _mark(self._with_locations(template.answer, swaps))
+            return self._build(template.answer, template.answer.status, self._substitute(template.body, swaps), template.layout, swaps)
         path = ctx.request.path.split("?", 1)[0]
         return ctx.error(404, f"{path} was deleted from {self.name} (mock state)")
 
@@ -654,21 +663,32 @@ class Collection:
             new = id_key(item.get(self.id_field))
             if recorded is not None and new is not None and recorded != new:
                 swaps.append((recorded, new))
-            body = put_at(_substitute(template.body, swaps), template.at, item)
+            body = put_at(self._substitute(template.body, swaps), template.at, item)
         elif template.body is not _NONE:
-            body = _substitute(template.body, swaps)
+            body = self._substitute(template.body, swaps)
         elif template.answer.content:  # recorded bytes that are not JSON: as recorded
-            return _mark(_with_locations(template.answer, swaps))
+            return _mark(self._with_locations(template.answer, swaps))
         else:
             body = None
         return self._build(template.answer, template.answer.status, body, template.layout, swaps)
 
+    def _substitute(self, value: Any, swaps: Sequence[tuple[str, str]]) -> Any:
+        return self.tools.substitute(value, swaps) if swaps else value
+
+    def _with_locations(self, answer: Any, swaps: Sequence[tuple[str, str]]) -> Any:
+        """Location and Content-Location pointing at the request's ids (as synthesis does)."""
+        if not swaps:
+            return answer
+        text = self.tools.substitute_text
+        fields = tuple((n, text(v.decode("latin-1"), swaps).encode("latin-1", "replace") if n.lower() in _LOCATION_HEADERS else v) for n, v in answer.fields)
+        return replace(answer, fields=fields)
+
     def _build(self, answer: Any, status: int, body: Any, layout: Any, swaps: Sequence[tuple[str, str]]) -> Any:
         if answer is None:  # nothing recorded answered with a body: a bare JSON answer
-            content = b"" if body is None or status in (204, 304) else self.encode(body, None)
+            content = b"" if body is None or status in (204, 304) else self.tools.encode(body, None)
             fields = ((b"Content-Type", b"application/json"),) if content else ()
-            return _Answer(status, content, fields)
-        content = b"" if body is None or status < 200 or status in (204, 304) else self.encode(body, layout)
+            return _mark(self.tools.answer(-1, status, reason_phrase(status).encode(), fields, content, 0.0))
+        content = b"" if body is None or status < 200 or status in (204, 304) else self.tools.encode(body, layout)
         fields = []
         for name, value in answer.fields:
             lowered = name.lower()
@@ -680,24 +700,7 @@ class Collection:
         if content and not any(n.lower() == b"content-type" for n, _ in fields):
             fields.append((b"Content-Type", b"application/json"))
         answer = replace(answer, status=status, reason=reason_phrase(status).encode(), fields=tuple(fields), content=content, head_length=None)
-        return _mark(_with_locations(answer, swaps))
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """A state answer when the collection recorded none to build on; shaped as mock._Answer."""
-
-    status: int
-    content: bytes
-    fields: tuple[tuple[bytes, bytes], ...]
-    index: int = -1
-    latency: float = 0.0
-    head_length: int | None = None
-
-    def response(self, is_head: bool) -> http.Response:
-        from backworks_core.handlers.mock import _Answer as Recorded  # noqa: PLC0415
-
-        return Recorded(self.index, self.status, reason_phrase(self.status).encode(), self.fields, self.content, 0.0).response(is_head)
+        return _mark(self._with_locations(answer, swaps))
 
 
 def _swaps(template: Template, params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -709,23 +712,6 @@ def _swaps(template: Template, params: dict[str, Any]) -> list[tuple[str, str]]:
         if recorded is not None and position < len(sent) and str(sent[position]) != str(recorded):
             swaps.append((str(recorded), str(sent[position])))
     return swaps
-
-
-def _substitute(value: Any, swaps: Sequence[tuple[str, str]]) -> Any:
-    from backworks_core.handlers.mock_features import substitute  # noqa: PLC0415
-
-    return substitute(value, swaps) if swaps else value
-
-
-def _with_locations(answer: Any, swaps: Sequence[tuple[str, str]]) -> Any:
-    if not swaps:
-        return answer
-    from backworks_core.handlers.mock_features import substitute_text  # noqa: PLC0415
-
-    fields = tuple(
-        (n, substitute_text(v.decode("latin-1"), swaps).encode("latin-1", "replace") if n.lower() in _LOCATION_HEADERS else v) for n, v in answer.fields
-    )
-    return replace(answer, fields=fields)
 
 
 def _mark(answer: Any) -> Any:
@@ -742,15 +728,13 @@ def link_collections(members: Sequence[Member]) -> list[tuple[tuple[str | int, .
     the seeds again). Returns warnings, (blueprint location, message), for a state turned on
     that finds nothing to keep.
     """
-    from backworks_core.handlers.mock import json_body_bytes  # noqa: PLC0415 (mock imports this module)
-
     stateful = [m for m in members if m.settings.mode == "collections"]
     if not stateful:
         return []
     warnings: list[tuple[tuple[str | int, ...], str]] = []
     found = recognise(stateful)
     for lists, items in found:
-        collection = Collection(lists, items, json_body_bytes)
+        collection = Collection(lists, items, lists[0].handler.state_tools)
         if collection.base is None and not collection.list_get and not collection.item_get:
             logger.info("mock state: %s: no recorded JSON answer to build on; answers are bare JSON", collection.name)
         if collection.count > collection.max_items:

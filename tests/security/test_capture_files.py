@@ -136,7 +136,8 @@ def test_capture_follows_no_planted_symlink_writes_0600_and_prints_no_query_secr
     output, journal = planted["output"], Path(f"{planted['output']}.jsonl")
     assert not output.is_symlink() and output.is_file()
     written = sorted(p for p in output.parent.iterdir())
-    assert written == sorted([output, journal]), written  # no temporary file left either
+    schema = output.parent / "blueprint.schema.json"  # the editor schema the output's modeline names (issue 21)
+    assert written == sorted([output, journal, schema]), written  # no temporary file left either
     for path in written:
         assert mode(path) == 0o600, (path, oct(mode(path)))
     # The query secrets are redacted in the files and on the console alike.

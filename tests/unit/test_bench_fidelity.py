@@ -119,3 +119,61 @@ def test_schemathesis_failures_are_blamed_by_side(tmp_path: Path) -> None:
     assert fidelity.classify_st("ST101", "mock", "<h1>Internal Server Error</h1>")[0] == "recording"
     assert fidelity.classify_st("ST103", "mock")[0] == "backworks"
     assert fidelity.classify_st("error", "mock")[0] == "backworks"  # a mock that does not answer
+
+
+# -- the throughput phase ------------------------------------------------------------------------
+
+
+def sample(rps: float, errors: int = 0) -> Any:
+    return fidelity.Sample(rps=rps, requests=int(rps * 10), p50_ms=1.0, p90_ms=2.0, p99_ms=3.0, errors=errors)
+
+
+def test_workers_are_started_the_way_users_run_them() -> None:
+    files = {"blueprint": Path("/bp/captured.yaml"), "openapi": Path("/bp/openapi.json"), "flows": Path("/bp/flows.mitm")}
+    argv = fidelity.mock_argv("backworks-w2", files, None, 4321)
+    assert argv is not None and Path(argv[0]).name == "backworks"
+    assert argv[1:3] == ["run", "/bp/captured.yaml"] and argv[argv.index("--workers") + 1] == "2" and argv[argv.index("--port") + 1] == "4321"
+    assert argv[argv.index("--") :] == ["--", "--set", "backworks_admin=off"]
+    assert fidelity.workers_of("backworks-w2") == 2 and fidelity.workers_of("backworks") == fidelity.workers_of("prism-m") == 1
+    prism = fidelity.mock_argv("prism-m", files, Path("/p/prism"), 4321)
+    assert prism is not None and prism[:3] == ["/p/prism", "mock", "-m"] and prism[-1] == "/bp/openapi.json"
+    assert fidelity.mock_argv("prism-m", files, None, 4321) is None  # Prism not installed: left out
+    assert fidelity.mock_argv("backworks-w0", files, None, 4321) is None
+
+
+def test_throughput_loads_workers_and_prism_m_beside_what_was_replayed() -> None:
+    assert fidelity.throughput_tools(["backworks", "server-replay", "prism"], 2) == ["backworks", "backworks-w2", "server-replay", "prism", "prism-m"]
+    assert fidelity.throughput_tools(["backworks"], 3) == ["backworks", "backworks-w3"]  # Prism's answers were never compared
+    assert fidelity.throughput_tools(["prism"], 2) == ["prism", "prism-m"]
+
+
+def test_summary_is_the_median_over_rounds_against_each_prism() -> None:
+    rows = fidelity.throughput_summary({
+        "backworks": [sample(700), sample(100), sample(720)],
+        "backworks-w2": [sample(1300), sample(1250, errors=2), sample(1400)],
+        "prism": [sample(1000), sample(1100), sample(900)],
+        "prism-m": [sample(1200), sample(1150), sample(5000)],
+    })  # fmt: skip
+    by = {r["tool"]: r for r in rows}
+    assert by["backworks"]["rps"] == 700 and by["backworks"]["vs"]["prism"] == 0.7  # one slow round does not decide
+    assert by["backworks-w2"]["errors"] == 2 and by["backworks-w2"]["rounds"] == 3
+    assert round(by["backworks-w2"]["vs"]["prism-m"], 3) == round(1300 / 1200, 3)
+    assert by["backworks-w2"]["label"] == "backworks run --workers 2"
+    verdict = fidelity.workers_verdict(rows)
+    assert verdict is not None and "NOT ahead" in verdict and "2 wrk error(s)" in verdict  # errors are not a win
+    clean = fidelity.throughput_summary({"backworks-w2": [sample(1300)], "prism": [sample(1000)], "prism-m": [sample(1200)]})
+    assert "ahead of Prism" in (fidelity.workers_verdict(clean) or "") and "NOT" not in (fidelity.workers_verdict(clean) or "")
+    slower = fidelity.throughput_summary({"backworks-w2": [sample(1100)], "prism": [sample(1000)], "prism-m": [sample(1200)]})
+    assert "NOT ahead" in (fidelity.workers_verdict(slower) or "")  # ahead of every Prism configuration, or not ahead
+    assert fidelity.workers_verdict(fidelity.throughput_summary({"backworks-w2": [sample(1100)]})) is None  # no Prism: no verdict
+
+
+def test_connections_are_counted_per_worker_from_the_prefixed_log() -> None:
+    log = (
+        "[w0] [17:00:01.100][127.0.0.1:50000] client connect\n"
+        "[w1] [17:00:01.101][127.0.0.1:50002] client connect\n"
+        "[w0] [17:00:01.102][127.0.0.1:50004] client connect\n"
+        "[w0] [17:00:01.300][127.0.0.1:50000] client disconnect\n"
+        "[17:00:01.400][127.0.0.1:50006] client connect\n"  # a single process: no prefix, not counted
+    )
+    assert fidelity.connections_per_worker(log) == {0: 2, 1: 1}

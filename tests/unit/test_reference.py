@@ -33,6 +33,8 @@ WARNED_BY_DESIGN = {
     # The admin listener's opt-ins and the ports it replaced (backworks_core/admin.py).
     "server.admin.expose_on_api": "served on the API's listener to any client",
     "dashboard.port": "deprecated (removed in the next release)",
+    # A collection needs two endpoints (/orders + /orders/{id}); the example has one.
+    "endpoints[].config.mock.state": "no collection was recognised",
     "plugins.metrics.config.port": "deprecated (removed in the next release)",
     **{
         f"endpoints[].config.metrics.{key}": "serves the gateway's metrics"
