@@ -60,9 +60,10 @@ the generated OpenAPI, on the real app and on the Backworks mock, and blames eac
 (``classify_st``: on the mock, which serves only recorded answers, a response that does not fit
 the document is Backworks'; on the real app it is the app answering input never recorded), with
 a ``Backworks-blamed`` count per run; ``--throughput SECONDS`` measures mock serving with wrk (bench/throughput.py's
-``run_wrk``) on httpbin's recording, on the recorded GETs that every replayed tool answers like the
-live app (server replay with ``server_replay_reuse=true`` there, so a flow can be answered more than
-once; wrk counts any non-2xx/3xx answer as an error). Loaded, one at a time, in
+``run_wrk``) on httpbin's recording, on the recorded GETs without headers that every replayed tool answers
+like the live app and that the live app answered 2xx/3xx (server replay with ``server_replay_reuse=true``
+there, so a flow can be answered more than once; wrk counts any non-2xx/3xx answer as an error, so a
+recorded 401 is left out rather than counted as one). Loaded, one at a time, in
 ``--throughput-rounds`` interleaved rounds (default 3, the order rotated each round), each with
 ``wrk -t2 -c32`` (``--throughput-connections``; the same for every tool, and many more than workers,
 because SO_REUSEPORT spreads connections, not requests) for SECONDS after 2 s of warm-up:
@@ -918,6 +919,13 @@ def throughput_tools(replayed: Sequence[str], workers: int) -> list[str]:
     return [t for t in tools if base.get(t, t) in replayed or t in replayed]
 
 
+def throughput_requests(requests: list[dict[str, Any]], live: dict[str, Any], runs: list[Run]) -> list[dict[str, Any]]:
+    """The GETs wrk sends: no headers, answered like the live app by every tool in the recorded
+    order, and 2xx/3xx live (wrk counts any other status as an error, even a right one)."""
+    failed = {m["id"] for r in runs if r.order == "recorded" for m in r.mismatches}
+    return [r for r in requests if r["method"] == "GET" and not r["headers"] and r["id"] not in failed and 200 <= (live[r["id"]].get("status") or 0) < 400]
+
+
 def throughput_summary(samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     """One row per tool: medians over rounds, errors summed, and req/s as a ratio of each Prism's."""
     prisms = {p: statistics.median(s.rps for s in samples[p]) for p in PRISMS if samples.get(p)}
@@ -972,10 +980,9 @@ def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None,
     app, in interleaved rounds; Backworks with workers is checked against the live answers first."""
     if shutil.which("wrk") is None:
         raise SystemExit(INSTALL_HINT)
-    failed = {m["id"] for r in runs if r.app == app.name and r.order == "recorded" for m in r.mismatches}
-    chosen = [r for r in app.requests if r["method"] == "GET" and not r["headers"] and r["id"] not in failed]
+    chosen = throughput_requests(app.requests, live, [r for r in runs if r.app == app.name])
     if not chosen:
-        print("throughput: no recorded GET that every mock answers right; skipped")
+        print("throughput: no recorded 2xx/3xx GET that every mock answers right; skipped")
         return []
     paths = [r["path"] for r in chosen]
     lua = work / "paths.lua"
@@ -983,7 +990,7 @@ def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None,
     tools = [t for t in throughput_tools(args.tools, args.throughput_workers) if mock_argv(t, files, prism, 0, reuse=True) is not None]
     conns, secs = args.throughput_connections, args.throughput
     print(f"\n== mock serving throughput ({app.name}): wrk -t2 -c{conns} for every tool, {secs:g}s after 2s of warm-up, "
-          f"{args.throughput_rounds} interleaved round(s), cycling over {len(paths)} recorded GET(s) every tool answers like the live app", flush=True)  # fmt: skip
+          f"{args.throughput_rounds} interleaved round(s), cycling over {len(paths)} recorded 2xx/3xx GET(s) every tool answers like the live app", flush=True)  # fmt: skip
     samples: dict[str, list[Sample]] = {t: [] for t in tools}
     checked: set[str] = set()
     for round_ in range(args.throughput_rounds):

@@ -686,10 +686,10 @@ class Collection:
     def _build(self, answer: Any, status: int, body: Any, layout: Any, swaps: Sequence[tuple[str, str]]) -> Any:
         if answer is None:  # nothing recorded answered with a body: a bare JSON answer
             content = b"" if body is None or status in (204, 304) else self.tools.encode(body, None)
-            fields = ((b"Content-Type", b"application/json"),) if content else ()
-            return _mark(self.tools.answer(-1, status, reason_phrase(status).encode(), fields, content, 0.0))
+            bare = ((b"Content-Type", b"application/json"),) if content else ()
+            return _mark(self.tools.answer(-1, status, reason_phrase(status).encode(), bare, content, 0.0))
         content = b"" if body is None or status < 200 or status in (204, 304) else self.tools.encode(body, layout)
-        fields = []
+        fields: list[tuple[bytes, bytes]] = []
         for name, value in answer.fields:
             lowered = name.lower()
             if lowered in _STALE_HEADERS:

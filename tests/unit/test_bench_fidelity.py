@@ -147,6 +147,20 @@ def test_throughput_loads_workers_and_prism_m_beside_what_was_replayed() -> None
     assert fidelity.throughput_tools(["prism"], 2) == ["prism", "prism-m"]
 
 
+def test_load_goes_only_to_gets_every_tool_answered_right_with_a_2xx_or_3xx() -> None:
+    requests = [
+        {"id": "a", "method": "GET", "path": "/get", "headers": {}},
+        {"id": "b", "method": "GET", "path": "/basic-auth/u/p", "headers": {}},  # a recorded 401: a wrk error
+        {"id": "c", "method": "GET", "path": "/redirect/1", "headers": {}},
+        {"id": "d", "method": "GET", "path": "/bearer", "headers": {"Authorization": "Bearer x"}},
+        {"id": "e", "method": "POST", "path": "/post", "headers": {}},
+        {"id": "f", "method": "GET", "path": "/uuid", "headers": {}},
+    ]
+    live = {"a": answer(200), "b": answer(401), "c": answer(302), "d": answer(200), "e": answer(200), "f": answer(200)}
+    runs = [fidelity.Run("httpbin", "prism", "recorded", mismatches=[{"id": "f"}]), fidelity.Run("httpbin", "server-replay", "shuffled s1", mismatches=[{"id": "a"}])]
+    assert [r["id"] for r in fidelity.throughput_requests(requests, live, runs)] == ["a", "c"]
+
+
 def test_summary_is_the_median_over_rounds_against_each_prism() -> None:
     rows = fidelity.throughput_summary({
         "backworks": [sample(700), sample(100), sample(720)],

@@ -8,7 +8,7 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, IO, Literal
+from typing import IO, Any, Literal, cast
 from urllib.parse import parse_qsl, quote, urlencode
 
 from backworks_core.capture.model import Exchange
@@ -33,7 +33,7 @@ def _pairs(headers: Headers | None) -> Iterable[tuple[str, str]]:
     if isinstance(headers, Mapping):
         return headers.items()
     if hasattr(headers, "items") and hasattr(headers, "fields"):  # a mitmproxy Headers object
-        return headers.items(multi=True)  # type: ignore[union-attr]
+        return headers.items(multi=True)
     return headers
 
 
@@ -150,7 +150,9 @@ def _open_binary(path: Path) -> IO[bytes]:
     """The file, transparently gunzipped when it is gzip-compressed."""
     with open(path, "rb") as probe:
         zipped = probe.read(2) == _GZIP_MAGIC
-    return gzip.open(path, "rb") if zipped else open(path, "rb")  # noqa: SIM115 - handed to the caller
+    if zipped:
+        return cast(IO[bytes], gzip.open(path, "rb"))  # a GzipFile reads and iterates as a binary file does
+    return open(path, "rb")  # noqa: SIM115 - handed to the caller
 
 
 def _head(path: Path, size: int = 65536) -> bytes:

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from backworks_core.capture.formats.common import FormatError, PathLike, _clean, _decoded_headers, _open_binary, _split_target, _text, _without_pseudo, header_value

@@ -390,7 +390,7 @@ def _credential_name(name: str, context: str, rules: RedactionRules) -> bool:
         lowered = name.lower()
         if lowered in _NOT_API_KEY_HEADERS or _injected(lowered):
             return False
-        safe = getattr(redact, "_SAFE_HEADERS", frozenset())
+        safe: frozenset[str] = getattr(redact, "_SAFE_HEADERS", frozenset())
         return lowered in redact.SECRET_HEADERS or lowered in rules.headers or (lowered not in safe and _is_secret_name(name, rules, "header"))
     if context == "cookie":
         return _is_secret_name(name, rules, "query") or _is_secret_name(name, rules, "json")
