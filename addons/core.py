@@ -90,6 +90,20 @@ def body_too_large(request: http.Request, limit: int) -> bool:
     return size is None or size < 0 or size > limit
 
 
+_BODY_FIELDS = (b"content-length", b"transfer-encoding")
+
+
+def announces_body(request: http.Request) -> bool:
+    """A request head with Content-Length or Transfer-Encoding: one pass over the raw fields.
+
+    Without either, a request has no body (RFC 9112 6.3): neither `body_too_large` nor
+    `Gateway.may_refuse_head` can be true, and most requests (GET) skip both."""
+    for name, _ in request.headers.fields:
+        if name.lower() in _BODY_FIELDS:
+            return True
+    return False
+
+
 def is_direct_request(flow: http.HTTPFlow) -> bool:
     """A client talking to the proxy's own address (gateway use) rather than through it."""
     sockname = flow.client_conn.sockname
@@ -339,8 +353,8 @@ class Backworks:
             state.in_flight = True
             self.in_flight += 1
         gateway = self.gateway
-        if gateway is None:
-            return
+        if gateway is None or not announces_body(flow.request):
+            return  # no body coming: nothing to stream, and nothing over a body limit to keep out
         # A head over its endpoint's limits (backworks_core.limits) is refused before the body is read.
         limited = gateway.may_refuse_head(flow.request)
         if not limited and not body_too_large(flow.request, self.relay.buffer_limit):

@@ -46,6 +46,7 @@ from backworks_core.context import (
     Forward,
     RequestContext,
     StreamedResponse,
+    head_response,
     mark_id_added,
     template_context,
     traceparent_for,
@@ -443,10 +444,18 @@ def _origin(url: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header ("header injection")
 
 
-def unsendable_header(headers: Iterable[tuple[str, str]]) -> str | None:
+def unsendable_header(headers: Sequence[tuple[str, str]]) -> str | None:
     """Why a request header cannot go upstream, if one cannot: mitmproxy accepts control
     characters and bytes that are not UTF-8 (as lone surrogates); the upstream client does not."""
-    for name, value in headers:
+    # Nearly every request has none: one search and one encode over all of it says so.
+    whole = "\t".join([text for field in headers for text in field])
+    if not _CONTROL.search(whole):
+        try:
+            whole.encode()
+            return None
+        except UnicodeEncodeError:
+            pass
+    for name, value in headers:  # the first field at fault, for the message
         if _CONTROL.search(name) or _CONTROL.search(value):
             return f"request header {name!r} holds a control character"
         try:
@@ -634,12 +643,13 @@ class ProxyHandler:
         headers = end_to_end_fields(request.headers.fields, self.replaced_fields, "utf-8", connection_tokens=False)
         if self.forwarded:
             # Written by the gateway; a trusted proxy's values kept (server.trusted_proxies).
-            client = client_of(ctx.flow)
+            state = ctx.flow_state
+            client = state.client if state is not None and state.client is not None else client_of(ctx.flow)
             proto = fast_headers.get(request.headers, "X-Forwarded-Proto") if client.trusted_peer else None
             host = fast_headers.get(request.headers, "X-Forwarded-Host") if client.trusted_peer else None
             headers.append(("X-Forwarded-For", forwarded_for(request, client)))
             headers.append(("X-Forwarded-Proto", proto or ("https" if ctx.flow.client_conn.tls_established else "http")))
-            headers.append(("X-Forwarded-Host", host or request.host_header or request.pretty_host))
+            headers.append(("X-Forwarded-Host", host or _host_header(request) or request.pretty_host))
         # The id Backworks logs and answers with, so upstream logs line up with ours.
         headers.append((REQUEST_ID_HEADER, ctx.request_id))
         headers.append((TRACEPARENT_HEADER, traceparent_for(ctx.flow, ctx.request_id, ctx.flow_state)))
@@ -865,15 +875,8 @@ class ProxyHandler:
         state = ctx.flow_state if ctx.request_id and not self.reshapes_response else None  # a body transform may reshape the head
         if state is not None:
             with_request_id(head, ctx.request_id, state)
-        response = http.Response(
-            http_version=b"HTTP/1.1",
-            status_code=status,
-            reason=reason.encode("latin-1", "replace"),
-            headers=http.Headers(head),
-            content=None if reply.streamed else reply.body,
-            trailers=None,
-            timestamp_start=started,
-            timestamp_end=time.time(),
+        response = head_response(
+            status, reason.encode("latin-1", "replace"), fast_headers.from_fields(head), None if reply.streamed else reply.body, started, time.time()
         )
         if self.reshapes_response:
             assert tctx is not None
@@ -899,6 +902,13 @@ _ANSWER_DROPS = hop_by_hop_and()
 def is_websocket_upgrade(request: http.Request) -> bool:
     upgrade = fast_headers.get(request.headers, "upgrade")
     return upgrade is not None and upgrade.lower() == "websocket" and "upgrade" in (fast_headers.get(request.headers, "connection") or "").lower()
+
+
+def _host_header(request: http.Request) -> str | None:
+    """`request.host_header` (HTTP/2 and 3: the authority, else Host) by one pass over the fields."""
+    if request.is_http2 or request.is_http3:
+        return request.authority or fast_headers.get(request.headers, "host")
+    return fast_headers.get(request.headers, "host")
 
 
 def _header_bytes(value: str) -> bytes:

@@ -70,16 +70,17 @@ because SO_REUSEPORT spreads connections, not requests) for SECONDS after 2 s of
 
   backworks                  the replayed ``mitmdump -s backworks.py`` (one process),
   backworks run --workers 2  ``backworks run BLUEPRINT --workers 2`` (``--throughput-workers``), as users
-                             run it (reverse mode, lazy connections, ``--flow-detail 1``; admin listener
-                             off); its answers to the GETs are compared with the live ones first, every
-                             worker must listen before the load, and the connections each accepted are
-                             printed from its log,
+                             run it (reverse mode, lazy connections; admin listener off); its answers to
+                             the GETs are compared with the live ones first, every worker must listen
+                             before the load, and the connections each accepted are printed from its log,
   server-replay              as replayed,
   prism, prism -m            ``prism mock`` and ``prism mock -m``: Prism's only multi-process option
                              forks one HTTP server from the CLI process, which then formats the logs
                              (two processes, one server; Prism has no clustered mode);
 
-then the median req/s, latency and errors per tool over the rounds, each as a ratio of both Prism
+no tool writes a line per request (mitmdump ``--flow-detail 0``, Prism ``-v warn``) unless
+``--throughput-log`` keeps each one's default (``--flow-detail 1``, Prism ``info``); then the
+median req/s, latency and errors per tool over the rounds, each as a ratio of both Prism
 configurations, and whether Backworks with workers is ahead of both (without wrk errors).
 
 Everything listens on and is sent to 127.0.0.1 only; every loop is bounded in count and time;
@@ -620,14 +621,17 @@ def workers_of(tool: str) -> int:
     return int(found.group(1)) if found else 1
 
 
-def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int, reuse: bool = False) -> list[str] | None:
-    """How each mock is started; REUSE lets server replay answer a flow more than once (for load)."""
+def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int, reuse: bool = False, quiet: bool = False) -> list[str] | None:
+    """How each mock is started; REUSE lets server replay answer a flow more than once (for load);
+    QUIET turns every tool's line per request off (mitmdump's --flow-detail 0, Prism's warn level)."""
     base = ["--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy", "--listen-host", HOST, "-p", str(port)]
+    base += ["--flow-detail", "0"] if quiet else []
     if tool == "backworks":
         return [mitmdump(), "-s", str(REPO / "backworks.py"), "--set", f"blueprint={files['blueprint']}", *base]
     if WORKERS_TOOL.fullmatch(tool):  # as users run it: reverse mode and lazy connections are `backworks run`'s own
         admin_off = ["--", "--set", "backworks_admin=off"]  # the aggregate listener's default port (9901) may be taken here
-        return [backworks(), "run", str(files["blueprint"]), "--host", HOST, "--port", str(port), "--workers", str(workers_of(tool)), *admin_off]
+        run = [backworks(), "run", str(files["blueprint"]), "--host", HOST, "--port", str(port), "--workers", str(workers_of(tool))]
+        return [*run, *(["--flow-detail", "0"] if quiet else []), *admin_off]
     if tool == "server-replay":
         return [
             mitmdump(), "--server-replay", str(files["flows"]), "--set", "server_replay_extra=404",
@@ -635,7 +639,8 @@ def mock_argv(tool: str, files: dict[str, Path], prism: Path | None, port: int, 
             *(["--set", "server_replay_reuse=true"] if reuse else []), *base,
         ]  # fmt: skip
     if tool in ("prism", "prism-m") and prism is not None:  # -m: the HTTP server forked from the CLI, which formats its logs
-        return [str(prism), "mock", *(["-m"] if tool == "prism-m" else []), "-h", HOST, "-p", str(port), str(files["openapi"])]
+        argv = [str(prism), "mock", *(["-m"] if tool == "prism-m" else []), "-h", HOST, "-p", str(port), str(files["openapi"])]
+        return argv + (["-v", "warn"] if quiet else [])
     return None
 
 
@@ -989,14 +994,15 @@ def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None,
     lua.write_text("paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\ni = 0\nrequest = function()\n  i = i % #paths + 1\n  return wrk.format(\"GET\", paths[i])\nend\n" + WRK_LUA)
     tools = [t for t in throughput_tools(args.tools, args.throughput_workers) if mock_argv(t, files, prism, 0, reuse=True) is not None]
     conns, secs = args.throughput_connections, args.throughput
+    logging_ = "each tool's line per request (mitmdump --flow-detail 1, Prism info)" if args.throughput_log else "no line per request (mitmdump --flow-detail 0, Prism -v warn)"
     print(f"\n== mock serving throughput ({app.name}): wrk -t2 -c{conns} for every tool, {secs:g}s after 2s of warm-up, "
-          f"{args.throughput_rounds} interleaved round(s), cycling over {len(paths)} recorded 2xx/3xx GET(s) every tool answers like the live app", flush=True)  # fmt: skip
+          f"{args.throughput_rounds} interleaved round(s), cycling over {len(paths)} recorded 2xx/3xx GET(s) every tool answers like the live app; {logging_}", flush=True)  # fmt: skip
     samples: dict[str, list[Sample]] = {t: [] for t in tools}
     checked: set[str] = set()
     for round_ in range(args.throughput_rounds):
         for tool in tools[round_ % len(tools) :] + tools[: round_ % len(tools)]:  # a new order each round: drift spreads over all
             port, name = free_port(), f"tp-{tool}"
-            argv = mock_argv(tool, files, prism, port, reuse=True) or []
+            argv = mock_argv(tool, files, prism, port, reuse=True, quiet=not args.throughput_log) or []
             log = procs.log_dir / f"{name}.log"
             offset = log.stat().st_size if log.exists() else 0
             procs.start(name, argv)
@@ -1035,13 +1041,14 @@ def throughput(app: App, venv: Path, files: dict[str, Path], prism: Path | None,
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--apps", default="httpbin,datasette", help="comma-separated: httpbin, datasette (default both)")
-    p.add_argument("--tools", default="backworks,server-replay,prism", help="comma-separated mocks to replay against")
+    p.add_argument("--tools", default="backworks,server-replay,prism", help="comma-separated mocks to replay against (also backworks-wN: `backworks run --workers N`, and prism-m: `prism mock -m`)")
     p.add_argument("--seeds", default="1,2", help="shuffle seeds (default 1,2)")
     p.add_argument("--schemathesis", action="store_true", help="also run st run on the real app and on the mock")
     p.add_argument("--st-max-examples", type=int, default=10, help="schemathesis test cases per operation (default 10)")
     p.add_argument("--throughput", type=float, default=0, metavar="SECONDS", help="also measure mock serving with wrk (httpbin's recording), SECONDS per measurement")
     p.add_argument("--throughput-rounds", type=int, default=3, metavar="N", help="interleaved rounds of the throughput phase (default 3)")
     p.add_argument("--throughput-connections", type=int, default=32, metavar="N", help="wrk connections for every tool: many more than workers, as SO_REUSEPORT spreads connections (default 32)")
+    p.add_argument("--throughput-log", action="store_true", help="keep every tool's line per request in the throughput phase (mitmdump --flow-detail 1, Prism info; default: off for all)")
     p.add_argument("--throughput-workers", type=int, default=2, metavar="N", help="workers of `backworks run --workers N` in the throughput phase (default 2)")
     p.add_argument("--keep", type=Path, metavar="DIR", help="work (venv, Prism, recordings) in DIR and keep it")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

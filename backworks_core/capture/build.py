@@ -37,7 +37,8 @@ from backworks_core.capture.formats.blueprint import (
     mock_examples,
     request_body_config,
 )
-from backworks_core.capture.infer import infer_schema, select_examples
+from backworks_core.capture.infer import select_examples
+from backworks_core.capture.json_schema import infer_schema
 from backworks_core.capture.recording import BuildInputError, Progress, Recording, read_inputs, read_once
 from backworks_core.capture.redact import RedactionRules, Redactor
 from backworks_core.files import private_output, write_private

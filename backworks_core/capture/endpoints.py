@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from backworks_core.capture.formats import OperationEvidence
-from backworks_core.capture.infer import EndpointGroup, infer_templates, json_body
+from backworks_core.capture.infer import EndpointGroup, infer_templates
+from backworks_core.capture.json_schema import json_body
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.recording import Progress, Recording, read_once
 from backworks_core.capture.redact import RedactionRules, Redactor
@@ -75,7 +76,7 @@ class Endpoint:
             sorted(params.items()),
             exchange.query,
             sorted((n.lower(), v) for n, v in exchange.request_headers if n.lower() in match_headers),
-            _json_object_body(exchange) if self.group.method not in _BODYLESS_METHODS else None,
+            _json_object_body(exchange) if self.group.method not in BODYLESS_METHODS else None,
         )
         answer = _digest(
             exchange.status,
@@ -100,7 +101,8 @@ class BuildStats:
     distinct: int = 0  # exchanges kept (distinct)
 
 
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+# Methods whose request body never tells requests apart (`when.body` is for the others).
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 def _digest(*parts: Any) -> bytes:

@@ -27,28 +27,38 @@ Path templates
     Paths with an empty segment (`/a//b`) or deeper than `MAX_PATH_SEGMENTS` end in `{rest:path}`.
 
 JSON Schema
-    `infer_schema` merges samples into a JSON Schema 2020-12 (the OpenAPI 3.1 dialect), bounded in
-    depth, properties and array items so that hostile bodies cannot make it slow or deep.
+    `infer_schema` (`backworks_core.capture.json_schema`, re-exported here) merges samples into a
+    JSON Schema 2020-12; what a value looks like (an id, a date, a token) is
+    `backworks_core.capture.values`, which both inferences ask.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from functools import lru_cache
-from typing import Any
-from urllib.parse import quote, unquote
 
+from backworks_core.capture.json_schema import (
+    ENUM_MAX_LENGTH,
+    ENUM_MAX_VALUES,
+    ENUM_MIN_COUNT,
+    ENUM_MIN_SAMPLES,
+    MAX_ARRAY_ITEMS,
+    MAX_PROPERTIES,
+    MAX_SCHEMA_DEPTH,
+    MIN_REQUIRED_SAMPLES,
+    infer_schema,
+    json_body,
+)
 from backworks_core.capture.model import Exchange
-from backworks_core.capture.redact import PLACEHOLDER, fingerprint
+from backworks_core.capture.placeholders import PLACEHOLDER, fingerprint
+from backworks_core.capture.values import MIN_HEX_LENGTH, MIN_TOKEN_LENGTH, encode_literal, value_kind
 from backworks_core.router import Match, Route, Router
 from backworks_core.router import _split_path  # the router's own split: templates must match it
+
 
 __all__ = [
     "ENUM_MAX_LENGTH",
@@ -75,7 +85,6 @@ __all__ = [
     "select_examples",
 ]
 
-# --------------------------------------------------------------------------- thresholds
 
 # Distinct word values at one position (under a plural-looking parent such as `users`) that make it
 # a parameter; four is where "a few hand-picked names" stops being the likelier explanation.
@@ -87,25 +96,8 @@ SIBLING_MIN_DISTINCT_SINGULAR = 8
 # of the other siblings (`/users/me` polled next to a handful of user ids).
 LITERAL_MIN_HITS = 5
 LITERAL_DOMINANCE = 4
-# By-value parameters: hex strings at least this long (with a digit), random-looking tokens at
-# least this long (letters and digits).
-MIN_HEX_LENGTH = 8
-MIN_TOKEN_LENGTH = 16
 # Deeper paths end in `{rest:path}` here, which bounds the trie on hostile input.
 MAX_PATH_SEGMENTS = 32
-
-# Schema: `enum` for at most this many distinct strings, each seen this often, over this many.
-ENUM_MAX_VALUES = 5
-ENUM_MIN_COUNT = 2
-ENUM_MIN_SAMPLES = 5
-ENUM_MAX_LENGTH = 64  # longer strings are prose or data, not members of a closed set
-# `required` needs a key in every object seen at that position, and at least this many objects:
-# one answer cannot tell a key the API always sends from one this request happened to get.
-MIN_REQUIRED_SAMPLES = 2
-# Schema bounds: nesting, properties tracked per object position, items read per array.
-MAX_SCHEMA_DEPTH = 20
-MAX_PROPERTIES = 200
-MAX_ARRAY_ITEMS = 100
 
 # Parents under which a position holds API sections, never ids.
 _STRUCTURAL_WORDS = frozenset(
@@ -113,92 +105,6 @@ _STRUCTURAL_WORDS = frozenset(
 )
 _VERSION = re.compile(r"v\d+(?:[._]\d+)*(?:[a-z]+\d*)?|\d+(?:\.\d+)+", re.IGNORECASE)
 
-# --------------------------------------------------------------------------- value classes
-
-_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
-_HEX = re.compile(r"[0-9A-Fa-f]{%d,}" % MIN_HEX_LENGTH)
-_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
-_DATE_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))"
-)
-_EMAIL = re.compile(r"[^@\s/:]+@[^@\s/.]+(?:\.[^@\s/.]+)+")
-# `format: uri` as validators read RFC 3986: ASCII only, `%` escapes well formed, no spaces, `[`
-# and `]` only around an IP literal host (a redaction placeholder in a query is not a URI).
-_URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})"
-_URI = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.\-]*://(?:\[[0-9A-Fa-f:.vV]+\]|[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*"
-    rf"(?:/{_URI_CHAR}*|\?{_URI_CHAR}*)?(?:#{_URI_CHAR}*)?"
-    rf"|(?:mailto|urn|tel|data):{_URI_CHAR}+(?:#{_URI_CHAR}*)?"
-)
-_TOKEN = re.compile(r"[A-Za-z0-9_\-+=~.]{%d,}" % MIN_TOKEN_LENGTH)
-_TOKEN_PARTS = re.compile(r"[_\-+=~.]+")
-_WORD_PART = re.compile(r"[A-Za-z]+\d{0,2}|\d{1,4}")  # `oauth2`, `utf8`, `2024`: readable parts
-
-
-def _is_date(text: str) -> bool:
-    match = _DATE.fullmatch(text)
-    if match is None:
-        return False
-    try:
-        date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return False
-    return True
-
-
-def _is_date_time(text: str) -> bool:
-    """RFC 3339 `date-time` (as JSON Schema uses it): a real calendar date and in-range clock."""
-    match = _DATE_TIME.fullmatch(text)
-    if match is None or not _is_date(text[:10]):
-        return False
-    hour, minute, second = int(match[4]), int(match[5]), int(match[6])
-    if hour > 23 or minute > 59 or second > 60:  # 60: a leap second
-        return False
-    if match[7] is not None and (int(match[7]) > 23 or int(match[8]) > 59):
-        return False
-    return True
-
-
-def _looks_like_token(text: str) -> bool:
-    """Random-looking: long, base64url-ish, letters and digits, and not readable word parts."""
-    if not _TOKEN.fullmatch(text):
-        return False
-    if not any(c.isdigit() for c in text) or not any(c.isalpha() for c in text):
-        return False
-    parts = [p for p in _TOKEN_PARTS.split(text) if p]
-    return not all(_WORD_PART.fullmatch(p) for p in parts)
-
-
-@lru_cache(maxsize=8192)
-def _value_kind(segment: str) -> str | None:
-    """'int', 'uuid' or 'param' when the value alone says it is an identifier; None for a word."""
-    if segment.isascii() and segment.isdigit():  # the router's own test for {x:int}
-        return "int"
-    if len(segment) == 36 and _UUID.fullmatch(segment):
-        return "uuid"
-    if _HEX.fullmatch(segment) and any(c.isdigit() for c in segment):
-        return "param"
-    if _is_date(segment) or _looks_like_token(segment) or _EMAIL.fullmatch(segment):
-        return "param"
-    if _encode_literal(segment) is None:  # cannot be written as a literal the router decodes back
-        return "param"
-    if "[REDACTED" in segment:  # a secret in the path: a literal would never match the real value
-        return "param"
-    return None
-
-
-def _encode_literal(value: str) -> str | None:
-    """The template text for a decoded literal segment, or None if no text decodes back to it."""
-    if not any(c in value for c in "%/?#{}") and not value.startswith(":"):
-        return value
-    try:
-        encoded = quote(value, safe="")
-    except UnicodeEncodeError:  # lone surrogates from undecodable request bytes
-        return None
-    return encoded if unquote(encoded) == value else None
-
-
-# --------------------------------------------------------------------------- parameter names
 
 _IRREGULAR = {
     "people": "person",
@@ -264,9 +170,6 @@ def _unique(name: str, used: set[str]) -> str:
     while f"{name}_{n}" in used:
         n += 1
     return f"{name}_{n}"
-
-
-# --------------------------------------------------------------------------- the path trie
 
 
 @dataclass(slots=True, eq=False)
@@ -337,7 +240,7 @@ def _child_keys(nodes: list[_Raw]) -> set[str]:
     keys: set[str] = set()
     for node in nodes:
         for value in node.children:
-            kind = _value_kind(value)
+            kind = value_kind(value)
             keys.add(f"{{{kind}}}" if kind else value)
     return keys
 
@@ -374,7 +277,7 @@ def _sibling_params(children: dict[str, list[_Raw]], words: list[str], parent: s
     candidates: list[str] = []
     for word in words:
         grandchildren = [value for node in children[word] for value in node.children]
-        ids = sum(1 for value in grandchildren if _value_kind(value))
+        ids = sum(1 for value in grandchildren if value_kind(value))
         if ids and ids * 2 >= len(grandchildren):
             continue  # a collection: `/shop/orders/17`
         candidates.append(word)
@@ -409,7 +312,7 @@ def _generalize(nodes: list[_Raw], parent: str | None) -> _Gen:
     for node in nodes:
         for value, child in node.children.items():
             children.setdefault(value, []).append(child)
-    kinds = {value: _value_kind(value) for value in children}
+    kinds = {value: value_kind(value) for value in children}
     params = {value for value, kind in kinds.items() if kind}
     words = sorted(value for value, kind in kinds.items() if not kind)
     if not params and parent is not None and _sibling_rule_applies(parent):
@@ -435,8 +338,8 @@ def _assign_templates(gen: _Gen, parts: list[str], used: set[str], last_literal:
     if gen.rest:
         gen.rest_template = "/" + "/".join([*parts, "{" + _unique("rest", used) + ":path}"])
     for value, child in gen.literals.items():
-        encoded = _encode_literal(value)
-        assert encoded is not None  # _value_kind made unencodable values parameters
+        encoded = encode_literal(value)
+        assert encoded is not None  # value_kind made unencodable values parameters
         _assign_templates(child, [*parts, encoded], used, value)
     if gen.param is not None:
         name = _unique(param_name(last_literal), used)
@@ -472,9 +375,6 @@ def infer_templates(paths: Iterable[str]) -> dict[str, str]:
     root = _generalize([_build_trie(counts)], None)
     _assign_templates(root, [], set(), None)
     return {path: _lookup(root, segments, rest) for path, (segments, rest) in prepared.items()}
-
-
-# --------------------------------------------------------------------------- grouping
 
 
 @dataclass
@@ -529,9 +429,6 @@ def group_exchanges(exchanges: Sequence[Exchange]) -> list[EndpointGroup]:
     return list(groups.values())
 
 
-# --------------------------------------------------------------------------- examples
-
-
 def select_examples(group: EndpointGroup, max_examples: int) -> list[Exchange]:
     """Up to `max_examples` exchanges that show the endpoint's variety, in arrival order.
 
@@ -562,176 +459,3 @@ def select_examples(group: EndpointGroup, max_examples: int) -> list[Exchange]:
                 covered.add(value)
                 chosen.append(index)
     return [items[i][0] for i in sorted(chosen)]
-
-
-# --------------------------------------------------------------------------- JSON bodies
-
-_JSON_TYPE = re.compile(r"application/(?:[^;\s]*\+)?json", re.IGNORECASE)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def json_body(body: bytes, content_type: str | None) -> Any | None:
-    """Parsed JSON for a JSON content type, or for any body that is a JSON object or array.
-
-    None when the body is not JSON (or is JSON `null`): the schema and examples then treat it
-    as text. NaN/Infinity and nesting too deep to parse count as not JSON.
-    """
-    if not body:
-        return None
-    media = (content_type or "").split(";", 1)[0].strip()
-    declared = bool(_JSON_TYPE.fullmatch(media))
-    if not declared and body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        value = json.loads(body.decode("utf-8-sig"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-    if declared or isinstance(value, (dict, list)):
-        return value
-    return None
-
-
-# --------------------------------------------------------------------------- JSON Schema
-
-_TYPE_ORDER = ("object", "array", "string", "number", "integer", "boolean", "null")
-_FORMAT_ORDER = ("uuid", "date-time", "date", "email", "uri")
-_ID_NAME_CAMEL = re.compile(r".*[a-z0-9](?:Id|Ids|ID|IDs|Uuid|UUID)")
-
-
-def _string_formats(text: str) -> set[str]:
-    formats: set[str] = set()
-    if len(text) == 36 and _UUID.fullmatch(text):
-        formats.add("uuid")
-    elif _is_date_time(text):
-        formats.add("date-time")
-    elif _is_date(text):
-        formats.add("date")
-    elif _EMAIL.fullmatch(text):
-        formats.add("email")
-    elif _URI.fullmatch(text):
-        formats.add("uri")
-    return formats
-
-
-def _is_id_name(name: str | None) -> bool:
-    """Fields named like identifiers never get an `enum`, whatever their few values are."""
-    if not name:
-        return False
-    lowered = name.lower()
-    if lowered in ("id", "ids", "uuid", "uuids", "guid", "key"):
-        return True
-    if lowered.endswith(("_id", "_ids", "-id", "-ids", "_uuid", "_key")):
-        return True
-    return bool(_ID_NAME_CAMEL.fullmatch(name))
-
-
-@dataclass(slots=True, eq=False)
-class _Summary:
-    """Everything seen at one position of the samples, merged."""
-
-    seen: int = 0
-    types: set[str] = field(default_factory=set)
-    strings: int = 0
-    formats: set[str] | None = None  # formats every string so far matched; None before any
-    values: Counter[str] | None = field(default_factory=Counter)  # None: not an enum
-    objects: int = 0
-    properties: dict[str, _Summary] = field(default_factory=dict)
-    present: Counter[str] = field(default_factory=Counter)
-    items: _Summary | None = None
-
-
-def _observe(summary: _Summary, value: Any, depth: int) -> None:
-    summary.seen += 1
-    if value is None:
-        summary.types.add("null")
-    elif isinstance(value, bool):
-        summary.types.add("boolean")
-    elif isinstance(value, int):
-        summary.types.add("integer")
-    elif isinstance(value, float):
-        summary.types.add("number")
-    elif isinstance(value, str):
-        summary.types.add("string")
-        summary.strings += 1
-        formats = _string_formats(value)
-        summary.formats = formats if summary.formats is None else summary.formats & formats
-        if summary.values is not None:
-            if formats or len(value) > ENUM_MAX_LENGTH or (value and _value_kind(value)):
-                summary.values = None  # ids, dates, e-mails, prose: open sets
-            else:
-                summary.values[value] += 1
-                if len(summary.values) > ENUM_MAX_VALUES:
-                    summary.values = None
-    elif isinstance(value, Mapping):
-        summary.types.add("object")
-        summary.objects += 1
-        if depth >= MAX_SCHEMA_DEPTH:
-            return
-        for key, item in value.items():
-            key = str(key)
-            child = summary.properties.get(key)
-            if child is None:
-                if len(summary.properties) >= MAX_PROPERTIES:
-                    continue
-                child = summary.properties[key] = _Summary()
-            summary.present[key] += 1
-            _observe(child, item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        summary.types.add("array")
-        if depth >= MAX_SCHEMA_DEPTH:
-            return
-        if summary.items is None:
-            summary.items = _Summary()
-        for item in value[:MAX_ARRAY_ITEMS]:
-            _observe(summary.items, item, depth + 1)
-    # anything else (bytes, objects) is not JSON: seen, but it adds no type
-
-
-def _render(summary: _Summary, name: str | None) -> dict[str, Any]:
-    types = set(summary.types)
-    if "integer" in types and "number" in types:
-        types.discard("integer")  # every integer is a number
-    ordered = [t for t in _TYPE_ORDER if t in types]
-    if not ordered:
-        return {}
-    schema: dict[str, Any] = {"type": ordered[0] if len(ordered) == 1 else ordered}
-    if "string" in types and summary.formats:
-        schema["format"] = next(f for f in _FORMAT_ORDER if f in summary.formats)
-    values = summary.values
-    if (
-        types <= {"string", "null"}
-        and "string" in types
-        and values
-        and summary.strings >= ENUM_MIN_SAMPLES
-        and all(count >= ENUM_MIN_COUNT for count in values.values())
-        and not _is_id_name(name)
-        and "format" not in schema
-    ):
-        schema["enum"] = sorted(values) + ([None] if "null" in types else [])
-    if "object" in types and summary.properties:
-        schema["properties"] = {key: _render(child, key) for key, child in summary.properties.items()}
-        required = [key for key in summary.properties if summary.present[key] == summary.objects]
-        if required and summary.objects >= MIN_REQUIRED_SAMPLES:
-            schema["required"] = required
-    if "array" in types and summary.items is not None and summary.items.seen:
-        schema["items"] = _render(summary.items, name)
-    return schema
-
-
-def infer_schema(samples: Sequence[Any]) -> dict[str, Any]:
-    """One JSON Schema (2020-12, as OpenAPI 3.1 uses) that every sample validates against.
-
-    `type` lists every type seen (`"null"` when a value was null); `required` lists the keys
-    present in every object, once MIN_REQUIRED_SAMPLES objects were seen at that position (one
-    sample proves nothing about what is optional); `format` is set only when every string matched
-    it (a redaction placeholder matches none, so a redacted position has no format); `enum` only for
-    small closed sets of repeated words. Bounded by MAX_SCHEMA_DEPTH, MAX_PROPERTIES and
-    MAX_ARRAY_ITEMS: beyond them the schema says less, never something wrong for what it read.
-    """
-    summary = _Summary()
-    for sample in samples:
-        _observe(summary, sample, 0)
-    return _render(summary, None)

@@ -22,7 +22,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from addons.users import MIN_PASSWORD_LENGTH, USERNAME_RULE, User, UsernameTaken, UserStore, hash_password, username_problem, valid_username
+from addons.auth import MIN_PASSWORD_LENGTH, USERNAME_RULE, User, UsernameTaken, UserStore, hash_password, username_problem, valid_username
 
 HERE = Path(__file__).resolve().parent
 

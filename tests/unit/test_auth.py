@@ -742,7 +742,7 @@ def test_middleware_config_refusals() -> None:
 
 
 def test_user_handlers_need_the_user_store(keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "addons.users", None)  # as if addons/users.py were missing
+    monkeypatch.setitem(sys.modules, "addons.auth.handlers", None)  # as if the user endpoints were missing
     with pytest.raises(BuildError, match="'auth.login' is not available"):
         AuthPlugin().build_handler("auth.login", None, make_config(keys, jwt_secret=SECRET))  # type: ignore[arg-type]
 

@@ -134,6 +134,12 @@ def test_workers_are_started_the_way_users_run_them() -> None:
     assert argv is not None and Path(argv[0]).name == "backworks"
     assert argv[1:3] == ["run", "/bp/captured.yaml"] and argv[argv.index("--workers") + 1] == "2" and argv[argv.index("--port") + 1] == "4321"
     assert argv[argv.index("--") :] == ["--", "--set", "backworks_admin=off"]
+    quiet = fidelity.mock_argv("backworks-w2", files, None, 4321, quiet=True)
+    assert quiet is not None and quiet[quiet.index("--flow-detail") + 1] == "0" and quiet.index("--flow-detail") < quiet.index("--")  # backworks run's own option
+    for tool in ("backworks", "server-replay"):  # the same logging for every tool
+        single = fidelity.mock_argv(tool, files, None, 4321, quiet=True)
+        assert single is not None and single[single.index("--flow-detail") + 1] == "0"
+    assert fidelity.mock_argv("prism", files, Path("/p/prism"), 4321, quiet=True)[-2:] == ["-v", "warn"]  # type: ignore[index]
     assert fidelity.workers_of("backworks-w2") == 2 and fidelity.workers_of("backworks") == fidelity.workers_of("prism-m") == 1
     prism = fidelity.mock_argv("prism-m", files, Path("/p/prism"), 4321)
     assert prism is not None and prism[:3] == ["/p/prism", "mock", "-m"] and prism[-1] == "/bp/openapi.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backworks_core.capture import recording  # where build reads its inputs (read_any)
+import backworks_core.capture.recording as reader  # where capture.build reads its inputs (read_any)
 from backworks_core.capture.build import write_output
 from backworks_core.capture.formats import read_any
 from backworks_core.capture.model import Exchange
@@ -65,7 +65,7 @@ def read_once_only(monkeypatch):
         opened.append(str(path))
         return read_any(path)
 
-    monkeypatch.setattr(recording, "read_any", once)
+    monkeypatch.setattr(reader, "read_any", once)
     return opened
 
 
@@ -82,7 +82,7 @@ def test_each_input_is_read_once_and_the_output_is_the_same(tmp_path, monkeypatc
         opened.append(str(path))
         return read_any(path)
 
-    monkeypatch.setattr(recording, "read_any", once)
+    monkeypatch.setattr(reader, "read_any", once)
     single = write_output([str(source)], str(tmp_path / "once" / name), fmt, name="t")
     assert opened == [str(source)]
     assert single.replace("/once/", "/") == free.replace("/free/", "/")

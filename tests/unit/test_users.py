@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from addons import users
-from addons.users import (
+from addons.auth import users
+from addons.auth import (
     LoginHandler,
     PasswordHasher,
     RegisterHandler,
@@ -278,7 +278,7 @@ def test_two_threads_with_their_own_stores_lose_no_user(users_file: Path) -> Non
 PROCESS_SCRIPT = textwrap.dedent(
     """
     import asyncio, os, sys, time
-    from addons.users import User, UserStore
+    from addons.auth import User, UserStore
 
     path, prefix, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store = UserStore(path)

@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 
 from backworks_core.bodies import json_depth
-from backworks_core.capture.endpoints import _BODYLESS_METHODS, DROPPED_HEADERS, MATCH_HEADERS, Endpoint
-from backworks_core.capture.formats import is_json_media_type
-from backworks_core.capture.infer import infer_schema, json_body, select_examples
+from backworks_core.capture.endpoints import BODYLESS_METHODS, DROPPED_HEADERS, MATCH_HEADERS, Endpoint
+from backworks_core.capture.formats.common import is_json_media_type
+from backworks_core.capture.infer import select_examples
+from backworks_core.capture.json_schema import infer_schema, json_body
 from backworks_core.capture.model import Exchange
-from backworks_core.capture.redact import PLACEHOLDER, placeholder
+from backworks_core.capture.placeholders import PLACEHOLDER, placeholder
 from backworks_core.handlers.mock import JsonLayout, json_body_bytes
 from backworks_core.handlers.mock_features import is_media_type
 
@@ -182,7 +183,7 @@ def endpoint_examples(
     """
     group = endpoint.group
     names = [name.lower() for name in dict.fromkeys(match_headers)]
-    match_body = group.method not in _BODYLESS_METHODS and len({e.request_body for e in group.exchanges}) > 1
+    match_body = group.method not in BODYLESS_METHODS and len({e.request_body for e in group.exchanges}) > 1
     rows = []
     for exchange, params in zip(group.exchanges, group.params):
         base = _when(exchange, params, match_body)
@@ -230,14 +231,21 @@ def endpoint_examples(
             inline.append(_literal_data(example))
         else:
             more.append(example)
-    has_params = any(group.params)
-    everything = inline + more
-    if not has_params and all("when" in e for e in everything):
-        success = next((e for e in everything if 200 <= e["status"] < 300), everything[0] if everything else None)
-        if success is not None:
-            fallback = {k: v for k, v in success.items() if k != "when"}
-            inline.append(fallback if any(e is success for e in inline) else _literal_data(fallback))
+    if not any(group.params):
+        _add_fallback(inline, more)
     return inline, more
+
+
+def _add_fallback(inline: list[dict[str, Any]], more: list[dict[str, Any]]) -> None:
+    """When every example has a `when`, the first successful one also answers without one (inline,
+    last): an endpoint without path parameters still answers a query it never saw."""
+    everything = inline + more
+    if not all("when" in e for e in everything):
+        return
+    success = next((e for e in everything if 200 <= e["status"] < 300), everything[0] if everything else None)
+    if success is not None:
+        fallback = {k: v for k, v in success.items() if k != "when"}
+        inline.append(fallback if any(e is success for e in inline) else _literal_data(fallback))
 
 
 def _sent_headers(exchange: Exchange, names: Sequence[str]) -> dict[str, str]:

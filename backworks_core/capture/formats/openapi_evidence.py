@@ -12,14 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from backworks_core.capture.formats.common import content_type, header_value, is_json_media_type, is_text, try_json
 from backworks_core.capture.model import Exchange
-
-if TYPE_CHECKING:
-    from backworks_core.capture.redact import RedactionRules
+from backworks_core.capture.sensitive import JWT, SAFE_HEADERS, SECRET_HEADERS, RedactionRules, is_secret_name
 
 
 MAX_NAMES = 100  # query parameters, headers and form fields tracked per operation (each kind)
@@ -206,8 +204,6 @@ class OperationEvidence:
     """
 
     def __init__(self, rules: RedactionRules | Any = None) -> None:
-        from backworks_core.capture.redact import RedactionRules
-
         rules = getattr(rules, "rules", rules)  # a run's Redactor carries its rules
         self.rules: RedactionRules = rules if isinstance(rules, RedactionRules) else RedactionRules()
         self.total = 0
@@ -299,8 +295,6 @@ class OperationEvidence:
                     seen.media.append(part.content_type)
 
     def _add_credentials(self, exchange: Exchange) -> None:
-        from backworks_core.capture.redact import JWT
-
         found: set[Credential] = set()
         rules = self.rules
         for name, value in exchange.request_headers:
@@ -384,22 +378,17 @@ class OperationEvidence:
 def _credential_name(name: str, context: str, rules: RedactionRules) -> bool:
     """The redactor's own test: is a value of this name a credential? (`context`: "header",
     "query" for query parameters, or "cookie".)"""
-    from backworks_core.capture import redact
-
     if context == "header":
         lowered = name.lower()
         if lowered in _NOT_API_KEY_HEADERS or _injected(lowered):
             return False
-        safe: frozenset[str] = getattr(redact, "_SAFE_HEADERS", frozenset())
-        return lowered in redact.SECRET_HEADERS or lowered in rules.headers or (lowered not in safe and _is_secret_name(name, rules, "header"))
+        return lowered in SECRET_HEADERS or lowered in rules.headers or (lowered not in SAFE_HEADERS and _is_secret_name(name, rules, "header"))
     if context == "cookie":
         return _is_secret_name(name, rules, "query") or _is_secret_name(name, rules, "json")
     return _is_secret_name(name, rules, context)
 
 
 def _is_secret_name(name: str, rules: RedactionRules, context: str) -> bool:
-    from backworks_core.capture.redact import is_secret_name
-
     try:
         return is_secret_name(name, rules, context)
     except TypeError:  # a name test without contexts

@@ -11,7 +11,7 @@ from typing import Any
 
 from backworks_core.capture.formats.common import is_json_media_type, is_text, try_json
 from backworks_core.capture.formats.openapi_evidence import Credential, OperationEvidence, _RequestBodies, _Seen, _cookie_pairs, _guess_media, _injected
-from backworks_core.capture.infer import MIN_REQUIRED_SAMPLES
+from backworks_core.capture.json_schema import MIN_REQUIRED_SAMPLES
 from backworks_core.capture.model import Exchange
 from backworks_core.router import parse_template
 
