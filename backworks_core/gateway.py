@@ -251,11 +251,10 @@ class Gateway:
         # One canonical path (backworks_core.paths) for routing, middleware filters and the
         # upstream; traffic passed on untouched (someone else's, or `passthrough_path: as_sent`)
         # is only routed by it, and refused only when it is the blueprint's.
-        untouched = self.passes_untouched(reverse_mode, direct)
         try:
             path = canonical_path(raw_path)
         except PathRefused as exc:
-            if not untouched or any(  # as the router read it before, or as the laxest server would
+            if not self.passes_untouched(reverse_mode, direct) or any(  # as the router read it before, or as the laxest server would
                 self._handles(self.router.match(method, reading, host), reverse_mode, direct) for reading in (raw_path, lenient_path(raw_path))
             ):
                 flow.comment = _join_comment(flow.comment, "backworks: path refused → 400")
@@ -263,7 +262,7 @@ class Gateway:
             path, result = raw_path, None  # neither reading is the blueprint's: passed on as sent
         else:
             result = self.router.match(method, path, host)
-            if path != raw_path and (not untouched or self._handles(result, reverse_mode, direct)):
+            if path != raw_path and (not self.passes_untouched(reverse_mode, direct) or self._handles(result, reverse_mode, direct)):
                 request.path = path + mark + query  # what is routed and authorized is what goes upstream
         preflight = self._preflight(request, path, host) if result is not None and method == "OPTIONS" and is_preflight(request) else None
         if preflight is not None:
@@ -273,7 +272,7 @@ class Gateway:
         if result is None:
             if not direct and self.unmatched_policy(reverse_mode) == "passthrough":
                 flow.comment = _join_comment(flow.comment, "backworks: no endpoint, passed through")
-                if reverse_mode and not untouched:  # Backworks' own upstream: the request carries its id there
+                if reverse_mode and not self.passes_untouched(reverse_mode, direct):  # Backworks' own upstream: the request carries its id there
                     self.trust_boundary.admit(flow)  # identity and forwarding headers as on any endpoint
                     request_id = request_id_for(flow, state)
                     _record(flow, state, request_id).endpoint = PASSTHROUGH
@@ -292,7 +291,9 @@ class Gateway:
         self.trust_boundary.admit(flow)  # before anything reads or sets a header: identity, Connection, forwarding
         endpoint: EndpointPlan = result.route.payload
         request_id = request_id_for(flow, state)
-        record = _record(flow, state, request_id)
+        record = state.record
+        if not isinstance(record, RequestRecord):
+            record = state.record = RequestRecord(request_id=request_id, method=method_label(method))
         record.endpoint, record.endpoint_label, record.internal = endpoint.template, endpoint.label, endpoint.internal
         ctx = RequestContext(flow=flow, endpoint=endpoint, params=result.params, request_id=request_id, record=record, method=method, path=path, flow_state=state)
         ctx.notes["endpoint"] = endpoint.label_note

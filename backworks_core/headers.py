@@ -32,8 +32,17 @@ def from_fields(fields: Iterable[tuple[bytes, bytes]]) -> http.Headers:
 _HEADERS_NEW = http.Headers.__new__
 
 
+_NAMES: dict[str, bytes] = {}
+
+
 def _name(name: str) -> bytes:
-    return name.lower().encode("utf-8", "surrogateescape")
+    """The lower-case bytes of a field name; Backworks asks for a few names, over and over."""
+    key = _NAMES.get(name)
+    if key is None:
+        key = name.lower().encode("utf-8", "surrogateescape")
+        if len(_NAMES) < 1024:  # names may come from blueprints and plugins: a bounded cache
+            _NAMES[name] = key
+    return key
 
 
 def _bytes(text: str) -> bytes:

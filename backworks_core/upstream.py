@@ -53,21 +53,26 @@ def end_to_end_fields(
     `connection_tokens=False` for a request the gateway admitted: the client's Connection tokens
     already removed the client's own fields there (forwarding.TrustBoundary); applied here they
     would remove the fields the gateway added since (forward_claims, X-Request-ID, ...)."""
-    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")} if connection_tokens else None
-    if named:
-        dropped = dropped | named
     errors = "surrogateescape" if encoding == "utf-8" else "strict"
+    if connection_tokens:
+        return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in end_to_end_bytes(fields, dropped)]
     return [(name.decode(encoding, errors), value.decode(encoding, errors)) for name, value in fields if name.lower() not in dropped]
 
 
 def end_to_end_bytes(fields: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
     """`end_to_end_fields` without decoding: the fields as they came, for a head that is built
     as bytes (an upstream's answer passed on without header transforms)."""
-    fields = list(fields)
-    named = {token.strip().lower() for name, value in fields if name.lower() == b"connection" for token in value.split(b",")}
+    kept: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    for name, value in fields:  # one pass, each name lowered once; Connection is rare in answers
+        lowered = name.lower()
+        if lowered == b"connection":
+            named = (named or set()) | {token.strip().lower() for token in value.split(b",")}
+        if lowered not in dropped:
+            kept.append((name, value))
     if named:
-        dropped = dropped | named
-    return [(name, value) for name, value in fields if name.lower() not in dropped]
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 # What a client is told of a failed exchange: the kind, never the OS's text or an address.
