@@ -19,7 +19,7 @@ import logging
 import socket
 from collections.abc import Coroutine
 from ipaddress import ip_address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from mitmproxy import ctx, http, tcp, udp
@@ -36,6 +36,9 @@ from backworks_core.loader import LoadedBlueprint
 from backworks_core.pages import InternalEndpoint
 from backworks_core.relay import RelayAnswer
 from backworks_core.telemetry import PASSTHROUGH, UNMATCHED, RequestRecord, method_label, record_for
+
+if TYPE_CHECKING:
+    from addons.core import Backworks
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class Refused(layer.Layer):
 class TargetGuard:
     """mitmproxy addon and core extension: no pass-through, tunnel or raw relay to a pool target."""
 
-    def __init__(self, core) -> None:  # type: ignore[no-untyped-def]  # addons.core.Backworks
+    def __init__(self, core: Backworks) -> None:
         self.core = core
         self.index = TargetIndex(())
         self.resolver = Resolver()
@@ -289,7 +292,7 @@ def _peer(client: Client) -> str:
     return f"{client.peername[0]}:{client.peername[1]}" if client.peername else "?"
 
 
-def _peer_address(peername: tuple) -> list[IPAddress]:  # type: ignore[type-arg]
+def _peer_address(peername: tuple[Any, ...]) -> list[IPAddress]:
     try:
         return [ip_address(str(peername[0]).split("%", 1)[0])]
     except ValueError:

@@ -19,6 +19,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
+from mitmproxy.flow import Flow
 
 if TYPE_CHECKING:
     from backworks_core.forwarding import Client
@@ -63,11 +64,11 @@ class FlowState:
         self.slots[name] = value
 
 
-_STATE: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
+_STATE: weakref.WeakKeyDictionary[Flow, FlowState] = weakref.WeakKeyDictionary()
 _peek = _STATE.get
 
 
-def flow_state(flow: http.HTTPFlow) -> FlowState:
+def flow_state(flow: Flow) -> FlowState:
     """The flow's state, made on first use."""
     state = _peek(flow)
     if state is None:
@@ -75,6 +76,6 @@ def flow_state(flow: http.HTTPFlow) -> FlowState:
     return state
 
 
-def peek_state(flow: http.HTTPFlow) -> FlowState | None:
+def peek_state(flow: Flow) -> FlowState | None:
     """The flow's state without making one (None for a flow Backworks never saw)."""
     return _peek(flow)

@@ -447,12 +447,12 @@ class _Conditions:
                     return False
         if self.headers:
             headers = ctx.request.headers
-            for name, value in self.headers:
+            for name, wanted in self.headers:
                 sent = headers.get_all(name)
-                if value is None:
+                if wanted is None:
                     if sent:
                         return False
-                elif not sent or not (any(value_matches(value, s) for s in sent) or value_matches(value, ", ".join(sent))):
+                elif not sent or not (any(value_matches(wanted, s) for s in sent) or value_matches(wanted, ", ".join(sent))):
                     return False
         if self.has_body:
             body = request_json()

@@ -121,7 +121,7 @@ class MockRequestBody(StrictModel):
     def _valid_schema(cls, schema: Any) -> Any:
         if schema is not None:
             try:
-                ValidateConfig(schema=schema)  # the checks `config.validate` makes: a valid schema, local $refs only
+                ValidateConfig.model_validate({"schema": schema})  # the checks `config.validate` makes: a valid schema, local $refs only
             except ValidationError as exc:
                 raise ValueError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
         return schema
@@ -208,7 +208,9 @@ def parse_prefer(values: Iterable[str]) -> dict[str, str]:
 
 def _split(text: str, sep: str) -> list[str]:
     """Split on `sep` outside quoted strings."""
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for char in text:
         if escaped:
             escaped = False
