@@ -67,3 +67,14 @@ def _decode_body(value: dict[str, str] | None) -> bytes:
     if "text" in value:
         return value["text"].encode("utf-8")
     return base64.b64decode(value["base64"])
+
+
+def decoded_headers(headers: list[tuple[str, str]], length: int) -> list[tuple[str, str]]:
+    """Headers for a body now kept decoded: Content-Encoding dropped, Content-Length made true."""
+    out: list[tuple[str, str]] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "content-encoding":
+            continue
+        out.append((name, str(length)) if lowered == "content-length" else (name, value))
+    return out

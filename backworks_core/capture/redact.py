@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
 from backworks_core.bodies import DEFAULT_LIMIT, BodyError, decode, parse_codings
 from backworks_core.capture import redact_bodies
-from backworks_core.capture.model import Exchange
+from backworks_core.capture.model import Exchange, decoded_headers
 from backworks_core.capture.placeholders import PLACEHOLDER, REDACTED, fingerprint, is_redacted, matches_placeholder, placeholder
 from backworks_core.capture.sensitive import (
     ASSIGNMENT, ATTRIBUTE, BEARER, BORING_VALUES, COOKIE_PLAIN, DEFAULT_RULES, ID_HEADERS, JSON_SCAN, JSON_SCAN_ALL, JWT, KNOWN_TOKEN, MAX_KNOWN,
@@ -436,7 +436,7 @@ class Redactor:
             body, decoded = done[f"{side}_body"]
             done[f"{side}_body"] = body
             if decoded:  # redacted in its decoded form: the headers say so
-                done[f"{side}_headers"] = _decoded_headers(done[f"{side}_headers"], len(body))
+                done[f"{side}_headers"] = decoded_headers(done[f"{side}_headers"], len(body))
         return replace(exchange, **done)
 
     def coded_body(self, body: bytes, headers: list[tuple[str, str]], content_type: str | None) -> tuple[bytes, bool]:
@@ -479,17 +479,6 @@ def _scrubbed_texts(exchange: Exchange) -> Iterator[str | None]:
                 yield _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else _JSON_SIMPLE_ESCAPES.get(m.group(2), m.group(2)), text)
             if "%" in text or "+" in text:  # form and multipart values unquoted
                 yield unquote_plus(text)
-
-
-def _decoded_headers(headers: list[tuple[str, str]], length: int) -> list[tuple[str, str]]:
-    """Content-Encoding dropped and Content-Length made true, for a body now kept decoded."""
-    out = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "content-encoding":
-            continue
-        out.append((name, str(length)) if lowered == "content-length" else (name, value))
-    return out
 
 
 _SHOWN = "[]/:@!$'()*+,;"  # kept as they are in a logged query: `[REDACTED:…]` stays readable

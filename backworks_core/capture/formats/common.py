@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import parse_qsl, quote, urlencode
 
-from backworks_core.capture.model import Exchange
+from backworks_core.capture.model import Exchange, decoded_headers
 
 
 PathLike = str | os.PathLike[str]
@@ -102,16 +102,8 @@ def is_text(body: bytes) -> bool:
 
 
 def _decoded_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
-    """Headers for a body that is stored decoded: no Content-Encoding, Content-Length = its length."""
-    out: list[tuple[str, str]] = []
-    for key, value in headers:
-        lowered = key.lower()
-        if lowered == "content-encoding":
-            continue
-        if lowered == "content-length":
-            value = str(len(body))
-        out.append((key, value))
-    return out
+    """Headers for a body that is stored decoded (model.decoded_headers, by the body's length)."""
+    return decoded_headers(headers, len(body))
 
 
 def _without_pseudo(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
