@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from .diagnostics import format_key_path
+from .jsonpath import copy_json
 
 __all__ = [
     "CompiledValue",
@@ -452,15 +453,6 @@ def compile_template(text: str) -> Template:
 # ---------------------------------------------------------------------- compiled values
 
 
-def _copy_json(value: Any) -> Any:
-    """A fresh copy of a JSON-like tree; much cheaper than ``copy.deepcopy``."""
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_json(v) for v in value]
-    return value
-
-
 class _Node:
     __slots__ = ()
     is_constant: bool = False
@@ -478,7 +470,7 @@ class _Const(_Node):
         self.scalar = not isinstance(value, (dict, list))
 
     def render(self, r: _Render) -> Any:
-        return self.value if self.scalar else _copy_json(self.value)
+        return self.value if self.scalar else copy_json(self.value)
 
 
 class _Str(_Node):

@@ -23,6 +23,7 @@ from addons.auth.settings import AuthConfig, AuthMiddlewareConfig
 from addons.auth.tokens import TokenRejected, Verifier, claim_value, extract_token
 from backworks_core import headers as fast_headers
 from backworks_core.context import Identity, RequestContext
+from backworks_core.jsonpath import copy_json
 
 logger = logging.getLogger("addons.auth")  # the audit log's documented name
 
@@ -47,20 +48,19 @@ def _flat(value: Any) -> bool:
 class _Verified:
     """A verified token's claims, with how to hand out a copy no caller can change for the next."""
 
-    __slots__ = ("claims", "valid_until", "identity", "_json")
+    __slots__ = ("claims", "valid_until", "identity", "_flat")
 
     def __init__(self, claims: dict[str, Any], valid_until: float) -> None:
         self.claims = claims
         self.valid_until = valid_until
         self.identity: Identity | None = None
         # Scalars, and lists of scalars, copy with the dict (the usual JWT); anything deeper is
-        # parsed again from compact JSON, cheaper than copy.deepcopy.
-        flat = all(_flat(v) or (type(v) is list and all(_flat(i) for i in v)) for v in claims.values())
-        self._json = None if flat else json.dumps(claims, separators=(",", ":"))
+        # copied as a JSON tree (jsonpath.copy_json), cheaper than copy.deepcopy.
+        self._flat = all(_flat(v) or (type(v) is list and all(_flat(i) for i in v)) for v in claims.values())
 
     def claims_copy(self) -> dict[str, Any]:
-        if self._json is not None:
-            return json.loads(self._json)
+        if not self._flat:
+            return copy_json(self.claims)
         return {k: (v[:] if type(v) is list else v) for k, v in self.claims.items()}
 
 

@@ -67,7 +67,6 @@ Lifetime
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -82,6 +81,7 @@ from mitmproxy import http
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from backworks_core.context import reason_phrase
+from backworks_core.jsonpath import copy_json
 from backworks_core.router import parse_template, template_shape
 
 if TYPE_CHECKING:
@@ -245,7 +245,7 @@ def count_fields(body: Any, array_path: tuple[str, ...], length: int) -> list[tu
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 JSON merge patch: objects merge recursively, null removes, the rest replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return copy_json(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
