@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from mitmproxy.net.http.http1 import expected_http_body_size
@@ -180,10 +181,10 @@ class Backworks:
         self._served_option: str | None = None  # the `blueprint` value of the version being served
         self.wall: Callable[[], float] = time.time
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "blueprint",
-            str | None,
+            str | None,  # type: ignore[arg-type]  # Loader.add_option annotates `type`, and takes unions too
             None,
             "Path to the Backworks blueprint (YAML) to serve.",
         )
@@ -277,7 +278,9 @@ class Backworks:
             extension.apply_gateway(gateway)
         # Capabilities are read here, once per blueprint, never per request.
         self.observers = [
-            o for o in (*self.plugins.values(), *self.extensions) if callable(getattr(o, "observe", None)) and getattr(o, "observing", True)
+            cast(FlowObserver, o)
+            for o in (*self.plugins.values(), *self.extensions)
+            if callable(getattr(o, "observe", None)) and getattr(o, "observing", True)
         ]
         verb = "reloaded" if previous is not None else "loaded"
         if previous is not None:
@@ -331,7 +334,7 @@ class Backworks:
     def help_command(self) -> Sequence[str]:
         """Every backworks.* command, with what it does."""
         commands = ctx.master.commands.commands
-        return [f"{name} {' '.join(commands[name].signature_help().split()[1:])}".rstrip() + f": {commands[name].help.strip()}" for name in sorted(commands) if name.startswith("backworks.")]
+        return [f"{name} {' '.join(commands[name].signature_help().split()[1:])}".rstrip() + f": {(commands[name].help or '').strip()}" for name in sorted(commands) if name.startswith("backworks.")]
 
     @command.command("backworks.endpoints")
     def endpoints_command(self) -> Sequence[str]:

@@ -127,9 +127,13 @@ class TargetConfig(StrictModel):
         return self._authorization
 
 
+DEFAULT_RETRY_ON: tuple[RetryCondition | StatusCode, ...] = ("connect_failure", "timeout", "reset")
+"""What is retried unless `retry_on` says otherwise: nginx's `proxy_next_upstream error timeout`."""
+
+
 class RetryConfig(StrictModel):
     attempts: int = Field(2, ge=0, description="extra tries after the first", examples=[3])
-    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: ["connect_failure", "timeout", "reset"], description="what is retried: connect_failure, timeout, reset, or status codes; a connect failure is retried for every method, the rest only for idempotent methods unless retry_non_idempotent (the default is nginx's `proxy_next_upstream error timeout`)", examples=[["connect_failure", "timeout", 503]])
+    retry_on: list[RetryCondition | StatusCode] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON), description="what is retried: connect_failure, timeout, reset, or status codes; a connect failure is retried for every method, the rest only for idempotent methods unless retry_non_idempotent (the default is nginx's `proxy_next_upstream error timeout`)", examples=[["connect_failure", "timeout", 503]])
     per_try_timeout: PositiveDuration | None = Field(None, description="the longest one try may take (the whole request stays within `timeout`)", examples=["2s"])
     backoff: Duration = Field(0.025, description="base of the exponential backoff with full jitter", examples=["50ms"])
     retry_non_idempotent: bool = Field(False, description="also retry POST and PATCH after a timeout, a reset or a listed status", examples=[True])
@@ -669,7 +673,7 @@ class ProxyHandler:
         body: bytes | BodyStream = request.raw_content or b""
         try:
             if self.reshapes_request and ctx.body_stream is None:
-                assert tctx is not None
+                assert tctx is not None and isinstance(body, bytes)  # a streamed body is never reshaped
                 path, headers, body = self.reshape_request(method, path, headers, body, tctx, decoded_limit(ctx.endpoint.guard))
             else:
                 for transform in self.request_transforms:

@@ -429,7 +429,7 @@ class Gateway:
                         ))
                     else:
                         flow.request.raw_content = body  # as received: the relay does not undo Content-Encoding
-                        refusal = guard.check_schema(flow.request) if validating else None
+                        refusal = guard.check_schema(flow.request) if validating and guard is not None else None
                         answer = await self.refuse(ctx, refusal) if refusal is not None else None
                 if answer is None:
                     answer = await self.answer(ctx)
@@ -744,28 +744,28 @@ def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pag
         middlewares.append(MiddlewarePlan(spec, path, methods, instance))
 
     endpoints: list[EndpointPlan] = []
-    for spec in blueprint.endpoints:
-        if spec.plugin in blueprint.failed_plugins:
+    for endpoint_spec in blueprint.endpoints:
+        if endpoint_spec.plugin in blueprint.failed_plugins:
             continue
         try:
-            parse_template(spec.settings.path)
+            parse_template(endpoint_spec.settings.path)
         except ValueError:
             continue  # the loader reported the path; routing it would raise here instead
-        loc = ("endpoints", spec.index)
+        loc = ("endpoints", endpoint_spec.index)
         try:
-            handler = _build_handler(spec, blueprint, plugins)
+            handler = _build_handler(endpoint_spec, blueprint, plugins)
         except BuildError as exc:
             errors.append(blueprint.diagnostic(loc + exc.loc, str(exc)))
             continue
         request_transform = response_transform = None
-        if spec.transform is not None and not getattr(handler, "applies_endpoint_transform", False):
-            request_transform = CompiledTransform(spec.transform.request) if spec.transform.request else None
-            response_transform = CompiledTransform(spec.transform.response) if spec.transform.response else None
-        limits, validate = spec.sections.get("limits"), spec.sections.get("validate")
+        if endpoint_spec.transform is not None and not getattr(handler, "applies_endpoint_transform", False):
+            request_transform = CompiledTransform(endpoint_spec.transform.request) if endpoint_spec.transform.request else None
+            response_transform = CompiledTransform(endpoint_spec.transform.response) if endpoint_spec.transform.response else None
+        limits, validate = endpoint_spec.sections.get("limits"), endpoint_spec.sections.get("validate")
         assert limits is None or isinstance(limits, LimitsConfig)
         assert validate is None or isinstance(validate, ValidateConfig)
         guard = RequestGuard.build(blueprint.settings.server, limits, validate)
-        endpoints.append(EndpointPlan(spec, handler, frozenset(spec.settings.middleware), request_transform, response_transform, guard=guard))
+        endpoints.append(EndpointPlan(endpoint_spec, handler, frozenset(endpoint_spec.settings.middleware), request_transform, response_transform, guard=guard))
     internal = [page for name, plugin in plugins.items() for page in plugin.internal_endpoints(blueprint.plugin_configs.get(name), blueprint)]
     internal += [page for provider in pages for page in provider(blueprint)]
     # The pages live on the admin listener; on the API's listener only with server.admin.expose_on_api.
