@@ -27,7 +27,6 @@ import asyncio
 import gc
 import importlib.util
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ from mitmproxy.proxy.layers.http import _hooks as http_hooks  # noqa: E402
 from mitmproxy.tools.dump import DumpMaster  # noqa: E402
 
 from hook_cost import make_flows  # noqa: E402
-from throughput import HOST, Processes, bench_token, free_ports, full_blueprint, upstream_name, wait_listening  # noqa: E402
+from throughput import HOST, bench_token, full_blueprint, with_demo_upstream  # noqa: E402
 
 LIFECYCLE = (http_hooks.HttpRequestHeadersHook, http_hooks.HttpRequestHook, http_hooks.HttpResponseHeadersHook, http_hooks.HttpResponseHook)
 
@@ -157,16 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests < 1 or args.repeats < 1:
         parser.error("--requests and --repeats must be at least 1")
-    (upstream_port,) = free_ports(1)
-    with tempfile.TemporaryDirectory(prefix="backworks-dispatch-cost-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            name = upstream_name(0)
-            procs.start(name, [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
-            wait_listening(procs, name, upstream_port)
-            asyncio.run(run(args, upstream_port, Path(tmp)))
-        finally:
-            procs.stop_all()
+    with_demo_upstream("backworks-dispatch-cost-", lambda upstream_port, work: run(args, upstream_port, work))
     return 0
 
 

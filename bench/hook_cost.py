@@ -27,7 +27,6 @@ import asyncio
 import cProfile
 import pstats
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -48,7 +47,7 @@ from addons.core import Backworks  # noqa: E402
 from addons.dashboard import Dashboard  # noqa: E402
 from backworks_core.plugins import PluginRegistry  # noqa: E402
 from floor_addon import Floor  # noqa: E402
-from throughput import HOST, Processes, bench_blueprint, bench_token, free_ports, full_blueprint, upstream_name, wait_listening  # noqa: E402
+from throughput import HOST, bench_blueprint, bench_token, full_blueprint, with_demo_upstream  # noqa: E402
 
 Hooks = Callable[[http.HTTPFlow], Coroutine[Any, Any, None]]
 
@@ -165,16 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests < 1 or args.repeats < 1:
         parser.error("--requests and --repeats must be at least 1")
-    (upstream_port,) = free_ports(1)
-    with tempfile.TemporaryDirectory(prefix="backworks-hook-cost-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            name = upstream_name(0)
-            procs.start(name, [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
-            wait_listening(procs, name, upstream_port)
-            asyncio.run(run_all(args, upstream_port, Path(tmp)))
-        finally:
-            procs.stop_all()
+    with_demo_upstream("backworks-hook-cost-", lambda upstream_port, work: run_all(args, upstream_port, work))
     return 0
 
 

@@ -47,6 +47,7 @@ mitmdump is pinned to one CPU and the upstreams and wrk to the others (--no-pin 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -61,9 +62,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -310,6 +312,22 @@ def bench_token() -> str:
 def upstream_name(index: int) -> str:
     """The upstream's --name, its X-Backend header and its target name in the pool (index from 0)."""
     return "bench-upstream" if index == 0 else f"bench-upstream-{index + 1}"
+
+
+def with_demo_upstream(prefix: str, body: Callable[[int, Path], Coroutine[Any, Any, None]]) -> None:
+    """Run `body(upstream_port, work_dir)` in an event loop beside one `backworks demo-backend` in
+    its own process (its CPU is not the caller's), stopped afterwards: the setup of the
+    in-process benchmarks (hook_cost, dispatch_cost, trust_cost)."""
+    (upstream_port,) = free_ports(1)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            name = upstream_name(0)
+            procs.start(name, [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
+            wait_listening(procs, name, upstream_port)
+            asyncio.run(body(upstream_port, Path(tmp)))
+        finally:
+            procs.stop_all()
 
 
 def bench_blueprint(upstream_ports: Sequence[int]) -> dict[str, object]:

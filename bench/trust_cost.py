@@ -62,7 +62,7 @@ from addons.upstream_connect import UpstreamConnectGuard  # noqa: E402
 from backworks_core.paths import canonical_path, upstream_path_problem  # noqa: E402
 from backworks_core.plugins import PluginRegistry  # noqa: E402
 from hook_cost import make_flows  # noqa: E402
-from throughput import HOST, Processes, bench_token, free_ports, full_blueprint, upstream_name, wait_listening  # noqa: E402
+from throughput import HOST, bench_token, full_blueprint, with_demo_upstream  # noqa: E402
 
 LIFECYCLE = (http_hooks.HttpRequestHeadersHook, http_hooks.HttpRequestHook, http_hooks.HttpResponseHeadersHook, http_hooks.HttpResponseHook)
 
@@ -206,16 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="runs, best reported (default 7)")
     parser.add_argument("--throughput", type=int, default=2, metavar="ROUNDS", help="then measure mitmdump's whole CPU per request with bench/throughput.py (rounds; 0: skip; default 2)")
     args = parser.parse_args(argv)
-    (upstream_port,) = free_ports(1)
-    with tempfile.TemporaryDirectory(prefix="backworks-trust-cost-") as tmp:
-        procs = Processes(Path(tmp))
-        try:
-            name = upstream_name(0)
-            procs.start(name, [sys.executable, "-m", "backworks_cli.cli", "demo-backend", "--host", HOST, "--port", str(upstream_port), "--name", name])
-            wait_listening(procs, name, upstream_port)
-            asyncio.run(run(args, upstream_port, Path(tmp)))
-        finally:
-            procs.stop_all()
+    with_demo_upstream("backworks-trust-cost-", lambda upstream_port, work: run(args, upstream_port, work))
     return 0
 
 
