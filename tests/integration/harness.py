@@ -332,6 +332,13 @@ def start_capture(port: int, *args: str) -> subprocess.Popen:
         raise
 
 
+def stop_capture(process: subprocess.Popen) -> str:
+    """Ctrl-C to a capture started by start_capture, as a user stops it; its log once it has
+    written its outputs and exited."""
+    os.killpg(process.pid, signal.SIGINT)
+    return process.communicate(timeout=60)[0].decode(errors="replace")
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Editors save by rename; the watcher must never see a half-written file."""
     temporary = path.with_suffix(path.suffix + ".tmp")

@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from backworks_core.capture.redact import matches_placeholder
-from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, start_capture, wait_for_port
+from tests.integration.harness import BIN, ROOT, free_port, request, start_capture, stop_capture, stop_process_group, Upstream, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -268,11 +268,9 @@ def test_the_capture_command_records_in_reverse_mode_and_writes_on_ctrl_c(tmp_pa
     try:
         assert request("GET", "/users/1", port=port).status == 200
         assert request("GET", "/users/2", port=port).status == 200
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         upstream.stop()
     assert process.returncode == 0, log
     assert "a reverse proxy in front of" in log
@@ -302,11 +300,9 @@ def test_the_capture_command_as_a_regular_proxy(tmp_path: Path) -> None:
         for path in ("/users/1", "/users/2", "/orders"):
             with opener.open(f"{upstream.url}{path}", timeout=10) as reply:  # through the proxy, to the upstream
                 assert reply.status == 200
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         upstream.stop()
     assert "a regular HTTP(S) proxy" in log
     document = yaml.safe_load(output.read_text())

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
+from tests.integration.harness import BIN, free_port, request, start_capture, stop_capture, stop_process_group, Upstream, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -105,11 +105,9 @@ def test_capture_is_transparent_and_its_mocks_answer_byte_for_byte(tmp_path: Pat
     process = start_capture(port, "--upstream", upstream.url, "-o", str(output))
     try:
         live = [send(port, method, path, headers, body) for method, path, headers, body in traffic(port)]
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         upstream.stop()
     assert process.returncode == 0, log
 

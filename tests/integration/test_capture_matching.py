@@ -24,7 +24,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
+from tests.integration.harness import BIN, free_port, request, start_capture, stop_capture, stop_process_group, Upstream, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -139,11 +139,9 @@ def test_a_recording_replays_right_in_any_order_with_nothing_lost(tmp_path: Path
     process = start_capture(port, "--upstream", upstream.url, "-o", str(output), "--max-examples", "3")
     try:
         live = send(port, list(range(len(traffic()))))
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         upstream.stop()
     assert process.returncode == 0, log
     assert [status for status, _ in live] == [401, 200, 401, 200, 304, 412, 200, 200, 200, 403, 401, *STATUSES]

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from backworks_core.capture.formats import write_har
 from backworks_core.capture.redact import placeholder
-from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, ROOT, free_port, request, stop_capture, stop_process_group, Upstream, wait_for_port
 from tests.unit.test_capture_redact import LEAKS, NON_SECRET_HTML, NON_SECRET_JSON, leak_exchanges
 
 pytestmark = pytest.mark.integration
@@ -93,12 +93,9 @@ def run_capture(output: Path, upstream: Upstream) -> str:
             time.sleep(0.1)  # mitmproxy 12 listens before its scripts have loaded
         send_leaks(port)
         time.sleep(0.3)
-        os.killpg(process.pid, signal.SIGINT)
-        return process.communicate(timeout=60)[0].decode(errors="replace")
+        return stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_process_group(process)
 
 
 def mock_from(*args: str) -> None:

@@ -29,7 +29,7 @@ import yaml
 from aiohttp import web
 
 from tests.certs import write_self_signed
-from tests.integration.harness import BIN, Upstream, free_port, request, start_capture, wait_for_port
+from tests.integration.harness import BIN, free_port, request, start_capture, stop_capture, stop_process_group, Upstream, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -281,11 +281,9 @@ def test_an_https_recording_replays_through_the_regular_proxy_with_the_api_stopp
             status, body = fetch_h1(port, ca_of(capture_conf), "127.0.0.1", upstream.port, path)
             assert status == 200, body
             recorded[path] = body
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         upstream.stop()
     assert output.exists(), log
     document = yaml.safe_load(output.read_text())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BIN, ROOT, Upstream, free_port, request, wait_for_port
+from tests.integration.harness import BIN, ROOT, free_port, request, stop_capture, stop_process_group, Upstream, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.name != "posix", reason="file modes and symlinks are POSIX")]
 
@@ -88,12 +88,9 @@ def run_capture(output: Path, upstream: Upstream, *extra: str) -> tuple[int, str
         assert request("GET", f"/orders?api_key={API_KEY}&token={TOKEN}&page=2", port=port).status == 200
         assert request("GET", f"/users/1?access_token={TOKEN}", port=port).status == 200
         time.sleep(0.3)  # the flow lines are logged as the flows finish
-        os.killpg(process.pid, signal.SIGINT)
-        log = process.communicate(timeout=60)[0].decode(errors="replace")
+        log = stop_capture(process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_process_group(process)
     if blueprint is None:
         found = re.search(r"loaded blueprint '[^']*' \(([^)]+)\)", log)
         blueprint = Path(found.group(1)) if found else None
