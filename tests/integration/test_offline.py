@@ -310,17 +310,23 @@ def test_an_https_recording_replays_through_the_regular_proxy_with_the_api_stopp
         listener.close()
 
 
-def test_a_secure_proxy_client_still_reaches_an_unnamed_host(tmp_path: Path, start_proxy: Any, make_upstream: Any) -> None:
-    """Hosts the blueprint does not name keep working normally through the tunnel (eager, as before)."""
-    blueprint = tmp_path / "named.yaml"
-    blueprint.write_text(textwrap.dedent(NAMED))
+def https_upstream_behind_proxy(tmp_path: Path, blueprint: Path, start_proxy: Any, make_upstream: Any) -> tuple[Any, Any, Path]:
+    """A real HTTPS upstream ("real", self-signed) and a gateway that trusts it: (upstream, proxy,
+    the gateway's CA file for clients)."""
     cert, key = write_self_signed(tmp_path / "tls")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     upstream = make_upstream("real", ssl_context=context)
     confdir = tmp_path / "mitm"
     proxy = start_proxy(blueprint, "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={cert}")
-    ca = ca_of(confdir)
+    return upstream, proxy, ca_of(confdir)
+
+
+def test_a_secure_proxy_client_still_reaches_an_unnamed_host(tmp_path: Path, start_proxy: Any, make_upstream: Any) -> None:
+    """Hosts the blueprint does not name keep working normally through the tunnel (eager, as before)."""
+    blueprint = tmp_path / "named.yaml"
+    blueprint.write_text(textwrap.dedent(NAMED))
+    upstream, proxy, ca = https_upstream_behind_proxy(tmp_path, blueprint, start_proxy, make_upstream)
     status, body = fetch_h1(proxy.port, ca, "127.0.0.1", upstream.port, "/anything")
     assert status == 200 and b'"upstream": "real"' in body
     assert len(upstream.received) == 1
@@ -348,13 +354,7 @@ def test_a_request_the_mock_passes_on_reaches_the_host_over_tls(tmp_path: Path, 
     """Answered tunnels are still https: what the blueprint does not answer goes on with TLS, when asked."""
     blueprint = tmp_path / "passing-on.yaml"
     blueprint.write_text(textwrap.dedent(PASSING_ON))
-    cert, key = write_self_signed(tmp_path / "tls")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    upstream = make_upstream("real", ssl_context=context)
-    confdir = tmp_path / "mitm"
-    proxy = start_proxy(blueprint, "--set", f"confdir={confdir}", "--set", f"ssl_verify_upstream_trusted_ca={cert}")
-    ca = ca_of(confdir)
+    upstream, proxy, ca = https_upstream_behind_proxy(tmp_path, blueprint, start_proxy, make_upstream)
     for fetch in (fetch_h1, fetch_h2):
         assert fetch(proxy.port, ca, "127.0.0.1", upstream.port, "/items/1") == (200, b"recorded item 1")
     assert upstream.received == []  # answered by the mock: the host was not contacted
