@@ -28,11 +28,13 @@ from backworks_core.context import json_error, request_id_for, stamp_response
 from backworks_core.diagnostics import BlueprintError, Diagnostic
 from backworks_core.flowstate import FlowState, flow_state, peek_state
 from backworks_core.gcfreeze import Freezer
-from backworks_core.gateway import Gateway, compile_blueprint, restore_relayed
+from backworks_core.compiler import compile_blueprint
+from backworks_core.gateway import Gateway
 from backworks_core.plugins import Plugin, PluginRegistry
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.pages import InternalEndpoint
-from backworks_core.relay import StreamRelay
+from backworks_core.relay import StreamRelay, restore_relayed
+from backworks_core.streaming import handle_streaming, may_refuse_head, refuse_head
 from backworks_core.telemetry import ensure_record, record_for
 
 logger = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ def announces_body(request: http.Request) -> bool:
     """A request head with Content-Length or Transfer-Encoding: one pass over the raw fields.
 
     Without either, a request has no body (RFC 9112 6.3): neither `body_too_large` nor
-    `Gateway.may_refuse_head` can be true, and most requests (GET) skip both."""
+    `streaming.may_refuse_head` can be true, and most requests (GET) skip both."""
     for name, _ in request.headers.fields:
         if name.lower() in _BODY_FIELDS:
             return True
@@ -359,16 +361,16 @@ class Backworks:
         if gateway is None or not announces_body(flow.request):
             return  # no body coming: nothing to stream, and nothing over a body limit to keep out
         # A head over its endpoint's limits (backworks_core.limits) is refused before the body is read.
-        limited = gateway.may_refuse_head(flow.request)
+        limited = may_refuse_head(gateway, flow.request)
         if not limited and not body_too_large(flow.request, self.relay.buffer_limit):
             return
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
         direct = not reverse and is_direct_request(flow)
         try:
-            if limited and await gateway.refuse_head(flow, reverse_mode=reverse, direct=direct, relay=self.relay):
+            if limited and await refuse_head(gateway, flow, reverse_mode=reverse, direct=direct, relay=self.relay):
                 return
             if body_too_large(flow.request, self.relay.buffer_limit):
-                await gateway.handle_streaming(flow, reverse_mode=reverse, direct=direct, relay=self.relay)
+                await handle_streaming(gateway, flow, reverse_mode=reverse, direct=direct, relay=self.relay)
         except Exception:
             request_id = request_id_for(flow)
             logger.exception("[%s] backworks failed on %s %s", request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys

@@ -31,10 +31,10 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from backworks_core.context import json_error, request_id_for
 from backworks_core.exposure import RESOLVE, IPAddress, Resolver, TargetAddress, TargetIndex, normalize_host, target_for, tunnel_not_intercepted
 from backworks_core.flowstate import flow_state, peek_state
-from backworks_core.gateway import RELAY_CHUNK, Gateway, point_at_relay, relay_answer
+from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint
 from backworks_core.pages import InternalEndpoint
-from backworks_core.relay import RelayAnswer
+from backworks_core.relay import RELAY_CHUNK, RelayAnswer, point_at_relay, relay_answer
 from backworks_core.telemetry import PASSTHROUGH, UNMATCHED, RequestRecord, method_label, record_for
 
 if TYPE_CHECKING:

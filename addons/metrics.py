@@ -34,7 +34,7 @@ from backworks_core.plugins import Plugin, Section
 from backworks_core.telemetry import Attempt, RequestRecord, record_for, status_class
 
 if TYPE_CHECKING:
-    from addons.proxy import Pool
+    from addons.proxy.pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,9 @@ class GatewayMetrics:
             children = self._request_children[key] = (self.requests.labels(*key), self.duration.labels(*key[:2]))
         children[0].inc()
         children[1].observe(seconds)
-        if record.attempts and record.pool not in self.disabled_pools:
-            for attempt in record.attempts:
+        attempts = record.attempts
+        if attempts and record.pool not in self.disabled_pools:
+            for attempt in attempts:
                 try_key = (attempt.pool, attempt.target, attempt.outcome)
                 try_children = self._upstream_children.get(try_key)
                 if try_children is None:
@@ -173,10 +174,10 @@ class GatewayMetrics:
                 try_children[1].observe(attempt.seconds)
                 if attempt.pool in self.detailed_pools:
                     self._observe_by_endpoint(record.endpoint, attempt)
-            if record.retries:
-                self.retries.labels(record.attempts[0].pool).inc(record.retries)
-            if record.failovers:
-                self.failovers.labels(record.attempts[0].pool).inc(record.failovers)
+            if len(attempts) > 1:  # most requests take one try: no retries or failovers to count
+                self.retries.labels(attempts[0].pool).inc(record.retries)
+                if record.failovers:
+                    self.failovers.labels(attempts[0].pool).inc(record.failovers)
         if record.auth_denied is not None:
             self.auth_denials.labels(record.auth_denied, str(record.auth_status)).inc()
         if record.rate_limited:

@@ -17,6 +17,12 @@ URL column, though :3001 answered.
   "request"`, mitmweb's *Replay*, `mitmdump -C`) gets its scheme, host and port back, so that it
   goes through routing, the regular-mode exposure guard and passthrough as the original did
   (addressed to a pool target it would be refused). A URL edited since is left as edited.
+- `ShownTarget.running`, in mitmdump: the console line names the target too, after the URL
+  (`GET http://127.0.0.1:3001/api/users → users/backend-2`). mitmdump's `Dumper` prints only the
+  URL and has no hook for more, so its class is swapped for a subclass that adds the name (kept
+  in the metadata) to the request line: the same lines, no extra one per request; where the
+  Dumper is not mitmproxy's own (another version, a script's), it is left alone. mitmweb shows
+  the name in the comment (`target=NAME`).
 """
 
 from __future__ import annotations
@@ -27,24 +33,27 @@ import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.addons.dumper import Dumper
+from mitmproxy.utils import strutils
 
 logger = logging.getLogger(__name__)
 
-SHOWN = "backworks.shown_target"  # flow.metadata: {"target": [scheme, host, port], "request": [...]}
+SHOWN = "backworks.shown_target"  # flow.metadata: {"target": [scheme, host, port], "request": [...], "name": "pool/target"}
 
 Address = tuple[str, str, int]
 
 # The last try's target of a live flow, from the proxy handler to the `response` hook (weak keys:
 # an entry goes with its flow; never in the metadata, which a replay would carry over).
-_ANSWERED_BY: weakref.WeakKeyDictionary[http.HTTPFlow, Address] = weakref.WeakKeyDictionary()
+_ANSWERED_BY: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[Address, str]] = weakref.WeakKeyDictionary()
 
 
-def answered_by(flow: http.HTTPFlow, origin: str) -> None:
-    """Called by the proxy handler: `origin` (`scheme://host:port`) answered, or failed last."""
+def answered_by(flow: http.HTTPFlow, origin: str, name: str = "") -> None:
+    """Called by the proxy handler: `origin` (`scheme://host:port`) answered, or failed last;
+    `name` is the target as logs name it (`backend-2`, `pool/backend-2` in a named pool)."""
     address = parse_origin(origin)
     if address is not None:
-        _ANSWERED_BY[flow] = address
+        _ANSWERED_BY[flow] = (address, name)
 
 
 @functools.lru_cache(maxsize=256)  # a pool's few origins, parsed once rather than per request
@@ -103,13 +112,46 @@ def _set_address(request: http.Request, address: Address) -> None:
 class ShownTarget:
     """mitmproxy addon, after every other Backworks addon: the flow names the target that answered."""
 
+    def running(self) -> None:
+        dumper = ctx.master.addons.get("dumper")
+        if type(dumper) is Dumper:  # mitmdump's own, exactly: a subclass may print its own way
+            dumper.__class__ = NamingDumper  # same state and place in the chain; see the module doc
+
     def response(self, flow: http.HTTPFlow) -> None:
-        target = _ANSWERED_BY.pop(flow, None)  # once: a replay of this flow names its own target
-        if target is None:
+        answered = _ANSWERED_BY.pop(flow, None)  # once: a replay of this flow names its own target
+        if answered is None:
             return
+        target, name = answered
         shown = show_target(flow.request, target)
         if shown is not None:
             flow.metadata[SHOWN] = shown
+        if name:
+            flow.metadata.setdefault(SHOWN, {})["name"] = name
+
+
+def shown_name(flow: http.HTTPFlow) -> str | None:
+    """The name of the target that answered the flow, as `ShownTarget` kept it."""
+    shown = flow.metadata.get(SHOWN)
+    name = shown.get("name") if isinstance(shown, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+class NamingDumper(Dumper):
+    """mitmproxy's Dumper whose request line ends with the name of the target that answered."""
+
+    def _echo_request_line(self, flow: http.HTTPFlow) -> None:
+        name = shown_name(flow)
+        if name is None:
+            return super()._echo_request_line(flow)
+        self.__dict__["_line_suffix"] = " " + self.style("→ " + strutils.escape_control_characters(name, keep_spacing=False), dim=True)
+        try:
+            super()._echo_request_line(flow)
+        finally:
+            self.__dict__.pop("_line_suffix", None)
+
+    def echo(self, text: str, ident: int | None = None, **style: Any) -> None:
+        suffix = self.__dict__.pop("_line_suffix", None)  # the request line is the first echo
+        super().echo(text if suffix is None else text + suffix, ident, **style)
 
 
 class ReplayedRequest:

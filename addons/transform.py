@@ -34,7 +34,7 @@ class TransformMiddleware:
         self.name = name
         self.request = CompiledTransform(config.request)
         self.response = CompiledTransform(config.response)
-        # The relay holds a streamed body whole for it (Gateway._transforms_body), never bypasses it.
+        # The relay holds a streamed body whole for it (backworks_core.streaming.transforms_body), never bypasses it.
         self.transforms_request_body = self.request.touches_body
         self.response_phase = not self.response.is_empty  # the compiled pipeline skips an empty one
 

@@ -25,7 +25,7 @@ def _registry_and_plugins() -> tuple[PluginRegistry, dict[str, Plugin]]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from backworks_core.gateway import compile_blueprint
+    from backworks_core.compiler import compile_blueprint
 
     from addons.dashboard import status_page_endpoints
 

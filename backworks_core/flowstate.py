@@ -49,7 +49,7 @@ class FlowState:
         self.traceparent: str | None = None  # decided once (context.traceparent_for)
         self.record: RequestRecord | None = None  # what the metrics and the status page read
         self.client: Client | None = None  # the client as the trust boundary decided it
-        self.relayed: Any = None  # gateway.Relayed: the client's request while the relay answers
+        self.relayed: Any = None  # relay.Relayed: the client's request while the relay answers
         self.stamped: http.Response | None = None  # the answer that carries the request id
         self.id_added: http.Response | None = None  # the answer whose X-Request-ID Backworks added
         self.slots: dict[str, Any] | None = None  # per-plugin marks (`slot`), made when first used

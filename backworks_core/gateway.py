@@ -1,23 +1,21 @@
 """A compiled blueprint: the router, handlers and middlewares one request goes through.
 
-A Gateway is immutable once built. The core addon swaps a whole new Gateway in on reload;
-a request keeps the Gateway it started with, so nothing changes under it mid-flight.
+A Gateway is immutable once built (backworks_core.compiler builds it from a blueprint). The
+core addon swaps a whole new Gateway in on reload; a request keeps the Gateway it started with,
+so nothing changes under it mid-flight. This is the request-time side: routing, the compiled
+pipelines, the answer. A request whose body is too large to hold takes backworks_core.streaming.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mitmproxy import http
 
-from aiohttp import web
-
 from backworks_core import headers as fast_headers
-from backworks_core.admin import admin_diagnostics
 from backworks_core.context import (
     Answer,
     Forward,
@@ -30,21 +28,16 @@ from backworks_core.context import (
     stamp_request,
     template_context,
 )
-from backworks_core.diagnostics import BlueprintError, Diagnostic
-from backworks_core.handlers.mock import MockConfig, MockHandler, check_path_params
-from backworks_core.handlers.mock_state import Member as StateMember, link_collections
-from backworks_core.handlers.python import PythonConfig, PythonHandler
-from backworks_core.handlers.static import StaticConfig, StaticHandler
-from backworks_core.bodies import DEFAULT_LIMIT, BodyError
-from backworks_core.limits import BodyTooLarge, LimitsConfig, Refusal, RequestGuard, ValidateConfig, body_refusal, decoded_limit, declared_length, header_size, too_large
-from backworks_core.loader import PYTHON_HANDLER, EndpointSpec, LoadedBlueprint, MiddlewareSpec, collect_blueprint
-from backworks_core.plugins import Plugin, PluginRegistry
-from backworks_core.relay import RelayAnswer, RelayJob, StreamRelay
-from backworks_core.model import EndpointSettings
-from backworks_core.pages import InternalEndpoint, PageHandler
+from backworks_core.diagnostics import Diagnostic
+from backworks_core.bodies import BodyError
+from backworks_core.limits import Refusal, RequestGuard, body_refusal, decoded_limit
+from backworks_core.loader import EndpointSpec, LoadedBlueprint, MiddlewareSpec
+from backworks_core.plugins import BuildError as BuildError  # where plugins written before backworks_core.plugins had it import it from
+from backworks_core.relay import StreamRelay, point_at_relay, ready, relay_answer
+from backworks_core.pages import InternalEndpoint
 from backworks_core.paths import PathGlob, PathRefused, canonical_path, filter_forms, lenient_path
-from backworks_core.router import Match, MethodNotAllowed, Route, Router, parse_template, template_shape
-from backworks_core.flowstate import FlowState, flow_state, peek_state
+from backworks_core.router import Match, MethodNotAllowed, Router
+from backworks_core.flowstate import FlowState, flow_state
 from backworks_core.forwarding import TrustBoundary
 from backworks_core.telemetry import PASSTHROUGH, STANDARD_METHODS, RequestRecord, method_label
 from backworks_core.transforms import CompiledTransform
@@ -52,14 +45,6 @@ from backworks_core.transforms import CompiledTransform
 logger = logging.getLogger(__name__)
 
 Unmatched = Literal["not_found", "passthrough"]
-
-
-class BuildError(ValueError):
-    """Raised by a plugin while compiling; `loc` is relative to the endpoint or middleware."""
-
-    def __init__(self, message: str, loc: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.loc = loc
 
 
 # ctx.state key set on a CORS preflight routed to the endpoint of the method it asks about.
@@ -359,7 +344,7 @@ class Gateway:
             refusal = ctx.endpoint.guard.check_held(flow.request)
             if refusal is not None:
                 flow.response = await self.refuse(ctx, refusal)
-                _comment(flow, ctx)
+                comment_notes(flow, ctx)
                 return
         ctx.buffer_limit = relay.buffer_limit if relay is not None else None
         answer = await self.answer(ctx)
@@ -374,131 +359,17 @@ class Gateway:
                 ctx.notes["streamed"] = "response"
                 await relay.start()
                 streamed = answer
-                point_at_relay(flow, relay, lambda _: _ready(relay_answer(flow, streamed)), on_expire=answer.close)
+                point_at_relay(flow, relay, lambda _: ready(relay_answer(flow, streamed)), on_expire=answer.close)
         else:
             flow.response = answer
-        _comment(flow, ctx)
-
-    async def handle_streaming(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay) -> bool:
-        """`requestheaders`, for a request body too large to hold (or of unknown length).
-
-        The flow is pointed at the relay and streamed into it; the relay's job runs the
-        endpoint with the body as it arrives. Handlers without `accepts_body_stream` get the
-        body read whole first, as mitmproxy would have. False: the flow passes through.
-        """
-        routed = self.route(flow, reverse_mode=reverse_mode, direct=direct)
-        if routed is None:
-            return False
-        refused = False
-        if isinstance(routed, RequestContext) and routed.endpoint.guard is not None:
-            refusal = routed.endpoint.guard.check_head(flow.request)
-            if refusal is not None:  # the body is read into the relay and dropped: never held, never sent on
-                refused_ctx, routed, refused = routed, await self.refuse(routed, refusal), True
-                _comment(flow, refused_ctx)
-
-        async def job(web_request: web.BaseRequest) -> RelayAnswer:
-            relayed: Relayed = flow_state(flow).relayed
-            flow.request.url = relayed.url  # the handler sees the client's request, not the relay's
-            if isinstance(routed, http.Response):
-                await _drain(web_request)  # a 404/405 needs none of the body
-                return relay_answer(flow, routed)
-            ctx = routed
-            ctx.buffer_limit = relay.buffer_limit
-            guard = ctx.endpoint.guard
-            max_body = guard.max_body if guard is not None else None
-            # Held whole: to validate it, or when the limit is within what Backworks holds anyway
-            # (so an upstream never sees the start of a body that turns out too large).
-            validating = guard is not None and guard.validator is not None
-            # Held whole, too, when a transform rewrites the body: streamed, it would reach the
-            # upstream untransformed (fail closed), held to the decoded limit (backworks_core.bodies).
-            transforming = self._transforms_body(ctx)
-            hold = validating or transforming or (max_body is not None and max_body <= relay.buffer_limit)
-            answer: Answer | None = None
-            try:
-                if ctx.endpoint.accepts_body_stream and not hold:
-                    chunks = web_request.content.iter_chunked(RELAY_CHUNK)
-                    ctx.body_stream = chunks if max_body is None else _capped(chunks, max_body, ctx)
-                    ctx.notes["streamed"] = "request"
-                else:
-                    cap = max_body if max_body is not None else (relay.buffer_limit if validating else (DEFAULT_LIMIT if transforming else None))
-                    body = await _read_capped(web_request, cap)  # whole, as mitmproxy would hold it
-                    if body is None:
-                        assert cap is not None
-                        answer = await self.refuse(ctx, too_large(cap) if max_body is not None or not validating else Refusal(
-                            413, f"a request body validated against a schema is held whole: at most {cap} bytes (backworks_buffer_limit)", "max_body_size"
-                        ))
-                    else:
-                        flow.request.raw_content = body  # as received: the relay does not undo Content-Encoding
-                        refusal = guard.check_schema(flow.request) if validating and guard is not None else None
-                        answer = await self.refuse(ctx, refusal) if refusal is not None else None
-                if answer is None:
-                    answer = await self.answer(ctx)
-                if isinstance(answer, Forward):  # nothing mitmproxy could still forward: the body is gone
-                    answer = ctx.error(502, "this endpoint cannot forward a streamed request body")
-            except Exception:
-                if not ctx.state.get(BODY_TOO_LARGE):
-                    logger.exception("[%s] backworks failed on a streamed %s %s", ctx.request_id, flow.request.method, flow.request.path.partition("?")[0])  # no query: it may hold keys
-                answer = ctx.error(500, "internal gateway error; see the gateway log for this request id")
-            if ctx.state.get(BODY_TOO_LARGE) and max_body is not None:  # whatever the handler made of the cut
-                if isinstance(answer, StreamedResponse):
-                    answer.close()
-                await _drain(web_request)
-                answer = await self.refuse(ctx, too_large(max_body))
-            if isinstance(answer, StreamedResponse):
-                ctx.notes["streamed"] = "both" if "streamed" in ctx.notes else "response"
-            _comment(flow, ctx)
-            return relay_answer(flow, answer)
-
-        await relay.start()
-        point_at_relay(flow, relay, job)
-        if refused:  # the relay needs only the framing; the client's headers come back after (restore_relayed)
-            keep = (b"host", b"content-length", b"transfer-encoding")
-            flow.request.headers = http.Headers([(k, v) for k, v in flow.request.headers.fields if k.lower() in keep])
-        flow.request.stream = True
-        return True
-
-    def _transforms_body(self, ctx: RequestContext) -> bool:
-        """Whether a request transform of this endpoint (the proxy's chain, its own, a transform
-        middleware's) has body operations."""
-        endpoint = ctx.endpoint
-        if getattr(endpoint.handler, "reshapes_request", False):  # once per streamed request: not the hot path
-            return True
-        if endpoint.request_transform is not None and endpoint.request_transform.touches_body:
-            return True
-        return any(m.transforms_request_body for m in self.pipeline(endpoint, ctx.method or ctx.request.method, _path_of(ctx)).request)
-
-    def may_refuse_head(self, request: http.Request) -> bool:
-        """Cheap, for every request's `requestheaders`: a body whose head could break some endpoint's limit."""
-        length = declared_length(request)
-        if length == 0 or (length is None and not fast_headers.has(request.headers, "transfer-encoding")):
-            return False  # no body to keep from being read: the `request` hook refuses it
-        if self.body_floor is not None and length is not None and length > self.body_floor:
-            return True
-        return self.header_floor is not None and header_size(request) > self.header_floor
-
-    async def refuse_head(self, flow: http.HTTPFlow, *, reverse_mode: bool, direct: bool, relay: StreamRelay) -> bool:
-        """`requestheaders`: refuse (413/431) a request whose head breaks its endpoint's limits.
-
-        Its body is then streamed into the relay and dropped, never held nor sent upstream.
-        False: within the limits (or no endpoint), nothing done.
-        """
-        request = flow.request
-        try:
-            path = canonical_path(request.path.partition("?")[0])  # routed as `route` will route it
-        except PathRefused:  # `route` answers 400 (the body dropped in the relay), or lets it pass
-            return await self.handle_streaming(flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
-        result = self.router.match(request.method, path, request.pretty_host if self.uses_hosts else "")
-        guard = result.route.payload.guard if isinstance(result, Match) else None
-        if guard is None or guard.check_head(request) is None:
-            return False
-        return await self.handle_streaming(flow, reverse_mode=reverse_mode, direct=direct, relay=relay)
+        comment_notes(flow, ctx)
 
     async def refuse(self, ctx: RequestContext, refusal: Refusal) -> http.Response:
         """A request-limit refusal (413/431/422/415/400), made before any middleware runs; with the
         CORS headers of the endpoint's cors middlewares all the same, so that a page on another
         origin can read why (as Kong's cors plugin decorates other plugins' refusals)."""
         response = refusal.response(ctx)
-        chain = self.pipeline(ctx.endpoint, ctx.method or ctx.request.method, _path_of(ctx)).preflight.request
+        chain = self.pipeline(ctx.endpoint, ctx.method or ctx.request.method, routed_path(ctx)).preflight.request
         for middleware in reversed(chain):  # the first in blueprint order decides, as in `answer`
             try:
                 await middleware.instance.on_response(ctx, response)
@@ -510,7 +381,7 @@ class Gateway:
         """The request phase of the endpoint's pipeline, then the handler, then the response
         phase of the middlewares that ran, in reverse."""
         preflight: str | None = ctx.state.get(PREFLIGHT)
-        pipeline = self.pipeline(ctx.endpoint, preflight or ctx.method or ctx.request.method, _path_of(ctx))
+        pipeline = self.pipeline(ctx.endpoint, preflight or ctx.method or ctx.request.method, routed_path(ctx))
         if preflight is not None:  # only the middlewares that answer preflights (cors) see one
             pipeline = pipeline.preflight
         response: Answer | None = None
@@ -555,7 +426,7 @@ class Gateway:
         return response
 
 
-def _path_of(ctx: RequestContext) -> str:
+def routed_path(ctx: RequestContext) -> str:
     """The request's canonical path, as routed (a context made without `route`: from the request)."""
     return ctx.path if ctx.path is not None else ctx.request.path.split("?", 1)[0]
 
@@ -601,242 +472,10 @@ def _join_comment(existing: str, addition: str) -> str:
     return f"{existing}\n{addition}" if existing else addition
 
 
-def _comment(flow: http.HTTPFlow, ctx: RequestContext) -> None:
+def comment_notes(flow: http.HTTPFlow, ctx: RequestContext) -> None:
     flow.comment = _join_comment(flow.comment, "backworks: " + " ".join(f"{k}={v}" for k, v in ctx.notes.items()))
 
 
 def point_at(request: http.Request, url: str, headers: list[tuple[str, str]]) -> None:
     request.url = url
     request.headers = http.Headers([(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
-
-
-RELAY_CHUNK = 64 * 1024
-
-
-@dataclass
-class Relayed:
-    """What the core addon's `responseheaders` hook puts back on a flow answered through the relay."""
-
-    url: str
-    headers: http.Headers
-    head: http.Response | None = None
-    streamed: bool = False
-    restored: bool = False
-
-
-def point_at_relay(flow: http.HTTPFlow, relay: StreamRelay, job: RelayJob, on_expire: Callable[[], None] | None = None) -> None:
-    """Send the flow to the relay, where `job` answers it; mitmweb gets the client's request back."""
-    flow_state(flow).relayed = Relayed(flow.request.url, flow.request.headers.copy())
-    flow.request.url = relay.url(relay.register(job, on_expire))
-
-
-def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) -> RelayAnswer:
-    relayed: Relayed = flow_state(flow).relayed
-    if isinstance(answer, StreamedResponse):
-        relayed.head, relayed.streamed = answer.head, True
-        return RelayAnswer(answer.head.status_code, answer.body)
-    relayed.head = answer
-    return RelayAnswer(answer.status_code, answer.raw_content or b"")
-
-
-def restore_relayed(flow: http.HTTPFlow) -> None:
-    """`responseheaders` of a relayed flow: the answer's own head, and the client's request."""
-    state = peek_state(flow)
-    relayed: Relayed | None = state.relayed if state is not None else None
-    if relayed is None or relayed.restored or flow.response is None:
-        return
-    relayed.restored = True  # the marker stays: the `request` hook of a streamed request comes later
-    flow.request.url = relayed.url
-    flow.request.headers = relayed.headers
-    if relayed.head is None:  # the relay did not know the token (expired): its 404 stands
-        return
-    response = flow.response
-    response.status_code = relayed.head.status_code
-    response.reason = relayed.head.reason
-    response.headers = relayed.head.headers.copy()
-    if relayed.streamed:
-        response.stream = True
-        http1 = flow.request.http_version.startswith("HTTP/1")
-        if http1 and "content-length" not in response.headers and flow.request.method != "HEAD":
-            response.headers["transfer-encoding"] = "chunked"
-
-
-async def _ready(answer: RelayAnswer) -> RelayAnswer:
-    return answer
-
-
-async def _drain(request: web.BaseRequest) -> None:
-    async for _ in request.content.iter_chunked(RELAY_CHUNK):
-        pass
-
-
-BODY_TOO_LARGE = "limits.body_too_large"  # ctx.state: a streamed request body passed max_body_size
-
-
-async def _read_capped(request: web.BaseRequest, cap: int | None) -> bytes | None:
-    """The whole body, or None (the rest read and dropped) once it passes `cap`."""
-    if cap is None:
-        return await request.content.read()
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(RELAY_CHUNK):
-        size += len(chunk)
-        if size > cap:
-            await _drain(request)
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _capped(chunks: AsyncIterator[bytes], cap: int, ctx: RequestContext) -> AsyncIterator[bytes]:
-    """A streamed request body, cut (BodyTooLarge) once it passes `cap`; the relay job answers 413."""
-    size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > cap:
-            ctx.state[BODY_TOO_LARGE] = True
-            ctx.notes["refused"] = "max_body_size"
-            raise BodyTooLarge(f"request body passed {cap} bytes")
-        yield chunk
-
-
-PageProvider = Callable[[LoadedBlueprint], list[InternalEndpoint]]
-
-
-def compile_blueprint(
-    path: str | os.PathLike[str],
-    registry: PluginRegistry,
-    plugins: Mapping[str, Plugin],
-    env: Mapping[str, str] | None = None,
-    pages: Sequence[PageProvider] = (),
-) -> Gateway:
-    """Load, validate and compile; raises BlueprintError with every error of both steps at once.
-
-    `pages` add Backworks' own pages (the status page) besides the plugins' ones (metrics).
-    """
-    blueprint, errors = collect_blueprint(path, registry, env)
-    if blueprint is not None:
-        try:
-            gateway = build_gateway(blueprint, plugins, pages)
-        except BlueprintError as exc:
-            errors = errors + exc.diagnostics
-        else:
-            if not errors:
-                return gateway
-    raise BlueprintError(errors)
-
-
-def build_gateway(blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin], pages: Sequence[PageProvider] = ()) -> Gateway:
-    """Compile handlers and middlewares; every failure is collected as a located error."""
-    errors: list[Diagnostic] = []
-    middlewares: list[MiddlewarePlan] = []
-    for spec in blueprint.middlewares:
-        if spec.plugin in blueprint.failed_plugins:
-            continue  # its plugin's config is already reported as wrong
-        loc = ("middlewares", spec.index)
-        try:
-            instance = plugins[spec.plugin].build_middleware(spec, blueprint.plugin_configs[spec.plugin])
-        except BuildError as exc:
-            errors.append(blueprint.diagnostic(loc + ("config",) + exc.loc, str(exc)))
-            continue
-        methods = frozenset(spec.config.methods) if spec.config.methods is not None else None
-        path = PathGlob(spec.config.path) if spec.config.path is not None else None
-        middlewares.append(MiddlewarePlan(spec, path, methods, instance))
-
-    endpoints: list[EndpointPlan] = []
-    for endpoint_spec in blueprint.endpoints:
-        if endpoint_spec.plugin in blueprint.failed_plugins:
-            continue
-        try:
-            parse_template(endpoint_spec.settings.path)
-        except ValueError:
-            continue  # the loader reported the path; routing it would raise here instead
-        loc = ("endpoints", endpoint_spec.index)
-        try:
-            handler = _build_handler(endpoint_spec, blueprint, plugins)
-        except BuildError as exc:
-            errors.append(blueprint.diagnostic(loc + exc.loc, str(exc)))
-            continue
-        request_transform = response_transform = None
-        if endpoint_spec.transform is not None and not getattr(handler, "applies_endpoint_transform", False):
-            request_transform = CompiledTransform(endpoint_spec.transform.request) if endpoint_spec.transform.request else None
-            response_transform = CompiledTransform(endpoint_spec.transform.response) if endpoint_spec.transform.response else None
-        limits, validate = endpoint_spec.sections.get("limits"), endpoint_spec.sections.get("validate")
-        assert limits is None or isinstance(limits, LimitsConfig)
-        assert validate is None or isinstance(validate, ValidateConfig)
-        guard = RequestGuard.build(blueprint.settings.server, limits, validate)
-        endpoints.append(EndpointPlan(endpoint_spec, handler, frozenset(endpoint_spec.settings.middleware), request_transform, response_transform, guard=guard))
-    internal = [page for name, plugin in plugins.items() for page in plugin.internal_endpoints(blueprint.plugin_configs.get(name), blueprint)]
-    internal += [page for provider in pages for page in provider(blueprint)]
-    # The pages live on the admin listener; on the API's listener only with server.admin.expose_on_api.
-    on_api = list(internal) if blueprint.settings.server.admin.expose_on_api else []
-    seen: dict[str, InternalEndpoint] = {}
-    for page in internal:
-        clash = _same_route(page.path, endpoints)
-        if clash is not None and page in on_api:
-            on_api.remove(page)  # the API's listener answers with the endpoint
-            if clash.spec.handler != page.handler_name:  # not the blueprint's own `handler: metrics`
-                key = ".".join(str(part) for part in page.loc)
-                errors.append(
-                    blueprint.diagnostic(
-                        page.loc,
-                        f"{page.path} ({page.description}) is also the path of endpoints[{clash.spec.index}] ({clash.label}); "
-                        f"set {key} to another path, or move the endpoint",
-                    )
-                )
-        if page.path in seen:
-            other = ".".join(str(part) for part in seen[page.path].loc)
-            errors.append(blueprint.diagnostic(page.loc, f"{page.path} is also the path of {other} ({seen[page.path].description}); choose another path for one of them"))
-        seen.setdefault(page.path, page)
-    if errors:
-        raise BlueprintError(errors)
-    # `state: collections`: the mock endpoints' shared CRUD state (backworks_core.handlers.mock_state).
-    members = [StateMember(e.spec.index, e.spec.settings.path, e.spec.methods, e.spec.settings.host, e.handler) for e in endpoints if isinstance(e.handler, MockHandler)]
-    state_warnings = [blueprint.diagnostic(loc, message, severity="warning") for loc, message in link_collections(members)]
-    warnings = sorted([*blueprint.warnings, *admin_diagnostics(blueprint, endpoints, middlewares, on_api), *state_warnings])
-    endpoints += _internal_plans(on_api)
-    router = Router([Route(e.template, e.spec.methods, e.spec.settings.host, e) for e in endpoints])
-    protected = frozenset(
-        header for name, plugin in plugins.items() if name in blueprint.plugin_configs for header in plugin.identity_headers(blueprint.plugin_configs[name])
-    )
-    return Gateway(blueprint, router, endpoints, middlewares, warnings, admin_pages=internal, protected_headers=protected)
-
-
-def _same_route(path: str, endpoints: Sequence[EndpointPlan]) -> EndpointPlan | None:
-    """A blueprint endpoint that answers GET on exactly this path (no host filter)."""
-    shape = template_shape(parse_template(path))
-    for endpoint in endpoints:
-        methods = endpoint.spec.methods
-        if endpoint.spec.settings.host is None and ({"GET", "ANY"} & methods) and template_shape(parse_template(endpoint.template)) == shape:
-            return endpoint
-    return None
-
-
-def _internal_plans(pages: Sequence[InternalEndpoint]) -> list[EndpointPlan]:
-    plans = []
-    for page in pages:
-        settings = EndpointSettings(path=page.path, method=["GET", "HEAD"], handler=page.handler_name, description=page.description)
-        spec = EndpointSpec(index=-1, settings=settings, methods=frozenset({"GET", "HEAD"}), handler=page.handler_name, plugin=None, sections={})
-        plans.append(EndpointPlan(spec, PageHandler(page.page), frozenset(), internal=True))
-    return plans
-
-
-def _build_handler(spec: EndpointSpec, blueprint: LoadedBlueprint, plugins: Mapping[str, Plugin]) -> Handler:
-    if spec.handler == "static":
-        config = spec.sections["static"]
-        assert isinstance(config, StaticConfig)
-        return StaticHandler(config)
-    if spec.handler == "mock":
-        config = spec.sections["mock"]
-        assert isinstance(config, MockConfig)
-        problem = check_path_params(config, spec.settings.path)
-        if problem is not None:
-            raise BuildError(problem[1], problem[0])
-        return MockHandler(config, blueprint.settings.server.mock)
-    if spec.handler == PYTHON_HANDLER:
-        config = spec.sections["python"]
-        assert isinstance(config, PythonConfig)
-        return PythonHandler(spec.python_function, config, spec.label)
-    assert spec.plugin is not None
-    plugin = plugins[spec.plugin]
-    return plugin.build_handler(spec.handler, spec, blueprint.plugin_configs[spec.plugin])

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from mitmproxy import http
 
-__all__ = ["from_fields", "get", "has", "put", "put_all", "remove", "values"]
+__all__ = ["from_fields", "get", "has", "put", "put_all", "remove", "replace", "values"]
 
 
 def from_fields(fields: Iterable[tuple[bytes, bytes]]) -> http.Headers:
@@ -99,3 +99,12 @@ def remove(headers: http.Headers, name: str) -> None:
     key = _name(name)
     if any(field.lower() == key for field, _ in headers.fields):
         headers.fields = tuple((field, value) for field, value in headers.fields if field.lower() != key)
+
+
+def replace(headers: http.Headers, names: Iterable[str], items: Iterable[tuple[str, str]]) -> None:
+    """Drop every field of `names`, then append `items` in order: one pass, where `remove` and
+    `put` per name would rebuild the fields each time."""
+    drop = {_name(name) for name in names}
+    fields = [pair for pair in headers.fields if pair[0].lower() not in drop]
+    fields.extend((_bytes(name), _bytes(value)) for name, value in items)
+    headers.fields = tuple(fields)

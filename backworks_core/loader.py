@@ -29,7 +29,8 @@ from backworks_core.model import (
     PluginListEntry,
 )
 from backworks_core.plugins import PluginRegistry, Section
-from backworks_core.router import Route, check_routes, parse_template
+from backworks_core.route_conflicts import check_routes
+from backworks_core.router import Route, parse_template
 from backworks_core.source import SourceDocument, load_file
 from backworks_core.transforms import EndpointTransform
 from backworks_core.validation import did_you_mean, validate_section

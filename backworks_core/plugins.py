@@ -30,6 +30,14 @@ ENTRY_POINT_GROUP = "backworks.plugins"
 RESERVED_NAMES = frozenset({"static", "python"})
 
 
+class BuildError(ValueError):
+    """Raised by a plugin while compiling; `loc` is relative to the endpoint or middleware."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class NoConfig(StrictModel):
     """A plugin without settings still rejects unknown keys."""
 
@@ -86,7 +94,7 @@ class Plugin:
     def build_handler(self, handler: str, endpoint: EndpointSpec, config: BaseModel) -> Handler:
         """Compile one endpoint's handler; `config` is this plugin's (blueprint-level) config.
 
-        The endpoint's own settings are in `endpoint.sections`. Raise gateway.BuildError with a
+        The endpoint's own settings are in `endpoint.sections`. Raise BuildError with a
         location (relative to the endpoint) for settings that cannot work.
         """
         raise NotImplementedError(f"plugin {self.name!r} does not build handler {handler!r}")

@@ -10,6 +10,11 @@ answered in the `request` hook as before.
 
 The relay listens on 127.0.0.1 on a random port; a token is 128 random bits and is good for
 one request within `claim_timeout` seconds.
+
+The flow's side is here too: `point_at_relay` sends a flow there (keeping the client's request
+in its FlowState), `relay_answer` records the head the job answered with, and `restore_relayed`
+(the core addon's `responseheaders`) puts that head and the client's request back on the flow.
+The streamed request path that registers such jobs is backworks_core.streaming.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from mitmproxy import http
+
+from backworks_core.context import StreamedResponse
+from backworks_core.flowstate import flow_state, peek_state
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +140,61 @@ async def close_listener(server: asyncio.base_events.Server | None, web_server: 
         await server.wait_closed()
     if web_server is not None:
         await web_server.shutdown(1.0)
+
+
+# --------------------------------------------------------------------------- the flow's side
+
+RELAY_CHUNK = 64 * 1024  # read size of a body arriving through the relay
+
+
+@dataclass
+class Relayed:
+    """What the core addon's `responseheaders` hook puts back on a flow answered through the relay."""
+
+    url: str
+    headers: http.Headers
+    head: http.Response | None = None
+    streamed: bool = False
+    restored: bool = False
+
+
+def point_at_relay(flow: http.HTTPFlow, relay: StreamRelay, job: RelayJob, on_expire: Callable[[], None] | None = None) -> None:
+    """Send the flow to the relay, where `job` answers it; mitmweb gets the client's request back."""
+    flow_state(flow).relayed = Relayed(flow.request.url, flow.request.headers.copy())
+    flow.request.url = relay.url(relay.register(job, on_expire))
+
+
+def relay_answer(flow: http.HTTPFlow, answer: http.Response | StreamedResponse) -> RelayAnswer:
+    relayed: Relayed = flow_state(flow).relayed
+    if isinstance(answer, StreamedResponse):
+        relayed.head, relayed.streamed = answer.head, True
+        return RelayAnswer(answer.head.status_code, answer.body)
+    relayed.head = answer
+    return RelayAnswer(answer.status_code, answer.raw_content or b"")
+
+
+async def ready(answer: RelayAnswer) -> RelayAnswer:
+    """A relay job's answer made before the relay claimed it (a streamed response)."""
+    return answer
+
+
+def restore_relayed(flow: http.HTTPFlow) -> None:
+    """`responseheaders` of a relayed flow: the answer's own head, and the client's request."""
+    state = peek_state(flow)
+    relayed: Relayed | None = state.relayed if state is not None else None
+    if relayed is None or relayed.restored or flow.response is None:
+        return
+    relayed.restored = True  # the marker stays: the `request` hook of a streamed request comes later
+    flow.request.url = relayed.url
+    flow.request.headers = relayed.headers
+    if relayed.head is None:  # the relay did not know the token (expired): its 404 stands
+        return
+    response = flow.response
+    response.status_code = relayed.head.status_code
+    response.reason = relayed.head.reason
+    response.headers = relayed.head.headers.copy()
+    if relayed.streamed:
+        response.stream = True
+        http1 = flow.request.http_version.startswith("HTTP/1")
+        if http1 and "content-length" not in response.headers and flow.request.method != "HEAD":
+            response.headers["transfer-encoding"] = "chunked"

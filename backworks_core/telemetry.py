@@ -68,7 +68,10 @@ def status_class(status: int | None) -> str:
     """`2xx` … `5xx`; `none` when the flow ended without a response (client gone, proxy error)."""
     if status is None or not 100 <= status <= 599:
         return "none"
-    return f"{status // 100}xx"
+    return _STATUS_CLASSES[status // 100 - 1]
+
+
+_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 def outcome_of(status: int | None, failure: str | None) -> str:

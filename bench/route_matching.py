@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backworks_core.route_conflicts import check_routes  # noqa: E402
 from backworks_core.router import (  # noqa: E402
     Match,
     MethodNotAllowed,
     Route,
     Router,
     Segment,
-    check_routes,
     parse_template,
 )
 

@@ -1,8 +1,11 @@
 """Benchmark: `backworks run --workers 2` against `--workers 1`, same run, interleaved rounds.
 
 Run with ``.venv/bin/python bench/workers.py [--duration 10] [--connections 32] [--rounds 3]``
-(wrk from ``bench/setup.sh``). One upstream (``backworks demo-backend``) listens on a free
-127.0.0.1 port; each round starts ``backworks run BENCH.yaml --workers 1`` and then
+(wrk from ``bench/setup.sh``). One upstream listens on a free 127.0.0.1 port: by default
+HAProxy (Debian's ``haproxy``, one thread) answering a fixed JSON body itself (``http-request
+return``), a C server whose few µs per request leave the cores to the workers, as an upstream on
+another machine would; ``--upstream demo`` uses ``backworks demo-backend`` (aiohttp), which takes
+about a third of a core at the workers' rate and so lowers the proxied ratio. Each round starts ``backworks run BENCH.yaml --workers 1`` and then
 ``--workers 2`` (one at a time, never side by side: they share the machine's cores), checks that
 the answers are right and, for 2, that both workers answer, warms up, and measures with wrk:
 
@@ -32,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import os  # noqa: E402
+
 import yaml  # noqa: E402
 from throughput import HOST, INSTALL_HINT, WRK_LUA, BenchError, Processes, fetch, free_ports, run_wrk, wait_listening  # noqa: E402
 
@@ -50,6 +55,47 @@ def blueprint(upstream_port: int) -> dict[str, object]:
             {"path": "/users", "method": "GET", "handler": "proxy"},
         ],
     }
+
+
+USERS_BODY = '[{"id":1,"name":"Alice"},{"id":2,"name":"Bob"},{"id":3,"name":"Carol"}]'
+
+
+def haproxy_path() -> str | None:
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    fallback = Path("/usr/sbin/haproxy")  # not on PATH for users without sbin directories
+    return str(fallback) if fallback.is_file() and os.access(fallback, os.X_OK) else None
+
+
+def haproxy_upstream_config(port: int) -> str:
+    """HAProxy as the upstream: one thread, keep-alive, every request answered with USERS_BODY."""
+    return f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout client 60s
+    timeout connect 5s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend upstream
+    bind {HOST}:{port}
+    http-request return status 200 content-type application/json string '{USERS_BODY}' hdr X-Backend haproxy
+"""
+
+
+def start_upstream(procs: Processes, kind: str, port: int, work: Path) -> None:
+    if kind == "haproxy":
+        binary = haproxy_path()
+        if binary is None:
+            raise BenchError("haproxy not found (Debian: apt-get install haproxy); or run with --upstream demo")
+        config = work / "upstream-haproxy.cfg"
+        config.write_text(haproxy_upstream_config(port))
+        procs.start("upstream", [binary, "-db", "-f", str(config)])
+    else:
+        procs.start("upstream", [backworks(), "demo-backend", "--port", str(port)])
+    wait_listening(procs, "upstream", port)
 
 
 def backworks() -> str:
@@ -88,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="workers compared with one (default 2)")
+    parser.add_argument("--upstream", choices=("haproxy", "demo"), default="haproxy",
+                        help="the proxied endpoint's upstream: haproxy answering a fixed body (default), or backworks demo-backend")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(INSTALL_HINT, file=sys.stderr)
@@ -101,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         lua = work / "report.lua"
         lua.write_text(WRK_LUA)
         upstream_port, port = free_ports(2)
-        procs.start("upstream", [backworks(), "demo-backend", "--port", str(upstream_port)])
-        wait_listening(procs, "upstream", upstream_port)
+        start_upstream(procs, args.upstream, upstream_port, work)
         bench_yaml = work / "bench.yaml"
         bench_yaml.write_text(yaml.safe_dump(blueprint(upstream_port)))
         for round_ in range(1, args.rounds + 1):
@@ -133,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         many = statistics.median(results[(args.workers, label)])
         ratio = many / one if one else 0.0
         print(f"{label:10} {one:10.0f} {many:10.0f} {ratio:6.2f}×{'' if ratio >= TARGET else '  (below the target)'}")
-    print(f"target: ≥{TARGET}× with 2 workers on a 2-core machine; wrk errors: {errors}")
+    print(f"target: ≥{TARGET}× with 2 workers on a 2-core machine; upstream: {args.upstream}; wrk errors: {errors}")
     return 0
 
 

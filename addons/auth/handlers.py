@@ -36,7 +36,7 @@ from addons.auth.users import (
 )
 from backworks_core.bodies import loads_json
 from backworks_core.context import Identity, RequestContext, json_response
-from backworks_core.gateway import BuildError
+from backworks_core.plugins import BuildError
 from backworks_core.limits import request_body
 
 if TYPE_CHECKING:

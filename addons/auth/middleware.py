@@ -28,6 +28,8 @@ from backworks_core.jsonpath import copy_json
 logger = logging.getLogger("addons.auth")  # the audit log's documented name
 
 _AUDIT_UNSAFE = re.compile(r"[^\x21-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what a header value cannot carry (a tab can)
+_PLAIN_NAME = re.compile(r"[\x21-\x7e]+")
 
 
 STATE_KEY = "auth"  # ctx.state: the identity this plugin verified for the request
@@ -190,25 +192,25 @@ def claim_header_value(value: Any) -> str | None:
         text = ", ".join(claim_header_value(v) or "" for v in value)
     else:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in text):
-        return None
-    return text
+    return None if _CONTROL.search(text) else text
 
 
 def forward_claims(request: http.Request, identity: Identity, mapping: Mapping[str, str]) -> list[str]:
-    """Set `mapping`'s headers from the identity's claims, replacing what the client sent.
+    """Set `mapping`'s headers from the identity's claims, replacing what the client sent (every
+    copy: a client cannot pre-set X-User), in one pass over the request's fields.
 
     Returns the headers left out because their claim could not travel in a header.
     """
     dropped: list[str] = []
+    forwarded: list[tuple[str, str]] = []
     for header, claim in mapping.items():
-        fast_headers.remove(request.headers, header)  # every copy: a client cannot pre-set X-User
-        value = claim_header_value(claim_value(identity.claims, claim))
-        if value is None:
-            if claim_value(identity.claims, claim) is not None:
-                dropped.append(header)
-            continue
-        fast_headers.put(request.headers, header, value)
+        raw = claim_value(identity.claims, claim)
+        value = claim_header_value(raw)
+        if value is not None:
+            forwarded.append((header, value))
+        elif raw is not None:
+            dropped.append(header)
+    fast_headers.replace(request.headers, mapping, forwarded)
     return dropped
 
 
@@ -342,4 +344,4 @@ class AuthMiddleware:
 
 def _note(username: str) -> str:
     """A username as the flow comment shows it (`auth=alice`), quoted when it has spaces."""
-    return username if re.fullmatch(r"[\x21-\x7e]+", username) and '"' not in username else json.dumps(username)
+    return username if _PLAIN_NAME.fullmatch(username) and '"' not in username else json.dumps(username)

@@ -13,8 +13,7 @@ from addons.auth.middleware import AuthMiddleware, Authenticator
 from addons.auth.settings import AuthConfig, AuthMiddlewareConfig
 from addons.auth.tokens import issue_token
 from backworks_core.context import Identity
-from backworks_core.gateway import BuildError
-from backworks_core.plugins import Plugin
+from backworks_core.plugins import BuildError, Plugin
 
 if TYPE_CHECKING:
     from backworks_core.context import Handler

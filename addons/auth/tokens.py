@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from jwt.algorithms import get_default_algorithms
@@ -67,8 +67,7 @@ class TokenRejected(Exception):
         super().__init__(f"{reason}: {self.detail}")
 
 
-@dataclass(frozen=True)
-class ExtractedToken:
+class ExtractedToken(NamedTuple):  # one per request: a tuple is the cheapest immutable record
     token: str
     source: str  # "header", "cookie:NAME" or "query:NAME"
 

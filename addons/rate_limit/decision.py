@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Clock = Callable[[], float]
 
 EPSILON = 1e-9  # float slack: 0.2 s at 5 tokens/s is one whole token
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One bucket's answer: what the headers say."""
+class Decision(NamedTuple):
+    """One bucket's answer: what the headers say. A named tuple: one is made per request, and a
+    tuple is built in a third of a frozen dataclass's time."""
 
     allowed: bool
     limit: int
@@ -25,13 +25,15 @@ class Decision:
     def of(cls, allowed: bool, tokens: float, full_in: float, rate: float, burst: int) -> Decision:
         tokens = max(0.0, min(float(burst), tokens))
         retry_after = 0 if allowed else max(1, math.ceil((1.0 - tokens) / rate - EPSILON))
-        return cls(allowed, burst, int(math.floor(tokens + EPSILON)), max(0, math.ceil(full_in - EPSILON)), retry_after)
+        return cls(allowed, burst, math.floor(tokens + EPSILON), max(0, math.ceil(full_in - EPSILON)), retry_after)
 
     def headers(self) -> dict[str, str]:
-        headers = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining), "RateLimit-Reset": str(self.reset)}
-        if not self.allowed:
-            headers["Retry-After"] = str(self.retry_after)
-        return headers
+        return dict(self.header_fields())
+
+    def header_fields(self) -> tuple[tuple[str, str], ...]:
+        """The RateLimit headers (and Retry-After on a refusal) as pairs, in order."""
+        fields = (("RateLimit-Limit", str(self.limit)), ("RateLimit-Remaining", str(self.remaining)), ("RateLimit-Reset", str(self.reset)))
+        return fields if self.allowed else (*fields, ("Retry-After", str(self.retry_after)))
 
     @property
     def severity(self) -> tuple[bool, int, int]:

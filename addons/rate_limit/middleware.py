@@ -49,12 +49,14 @@ class RateLimitMiddleware:
         if store is None:
             store = RedisBuckets(config.redis_url, config.redis_timeout) if config.redis_url else LocalBuckets(config.max_keys, clock)
         self.store: Store = store
+        self._global = config.scope == "global"
+        self._redis_prefix = f"{REDIS_KEY_PREFIX}:{blueprint}:{name}:" if isinstance(store, RedisBuckets) else None
 
     def bucket_key(self, ctx: RequestContext) -> str:
-        scope = "global" if self.config.scope == "global" else ctx.endpoint.label
+        scope = "global" if self._global else ctx.endpoint.label
         client = request_key(ctx, self.config.key)
-        if isinstance(self.store, RedisBuckets):
-            return f"{REDIS_KEY_PREFIX}:{self.blueprint}:{self.name}:{scope}:{client}"
+        if self._redis_prefix is not None:
+            return f"{self._redis_prefix}{scope}:{client}"
         return f"{scope}\n{client}"  # one store per middleware: the names are implied
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
@@ -75,7 +77,7 @@ class RateLimitMiddleware:
         decisions: dict[str, Decision] = ctx.state.setdefault(STATE_KEY, {})
         decisions[self.name] = decision
         if decision.allowed:
-            strictest = min(decisions.values(), key=lambda d: d.severity)
+            strictest = _strictest(decisions)
             if strictest.allowed:
                 ctx.notes[NOTE_KEY] = f"remaining:{strictest.remaining}"
             return None
@@ -90,11 +92,16 @@ class RateLimitMiddleware:
         )
 
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None:
-        decisions: dict[str, Decision] = ctx.state.get(STATE_KEY) or {}
-        if not decisions:
-            return
-        strictest = min(decisions.values(), key=lambda d: d.severity)
-        fast_headers.put_all(response.headers, strictest.headers().items())
+        decisions: dict[str, Decision] | None = ctx.state.get(STATE_KEY)
+        if decisions:
+            fast_headers.put_all(response.headers, _strictest(decisions).header_fields())
 
     async def close(self) -> None:
         await self.store.close()
+
+
+def _strictest(decisions: dict[str, Decision]) -> Decision:
+    """The decision whose headers the client sees (the one limit, mostly: no sort for it)."""
+    if len(decisions) == 1:
+        return next(iter(decisions.values()))
+    return min(decisions.values(), key=lambda d: d.severity)

@@ -1,21 +1,53 @@
 """The mock feature keys a blueprint can default once for every mock endpoint (`server.mock`).
 
-Its own module, importing no other part of Backworks but `validation` and the state's config
-(backworks_core.handlers.mock_state, which imports none of model either), so that
-backworks_core.model can offer it under `server` without an import cycle; what the keys do is
-in backworks_core.handlers.mock_features and mock_state.
+Its own module, importing no other part of Backworks but `validation`, so that
+backworks_core.model can offer it under `server` without an import cycle; the `state` key's
+model is here for the same reason. What the keys do is in backworks_core.handlers.mock_features
+and backworks_core.handlers.mock_state.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from backworks_core.handlers.mock_state import MockState, MockStateConfig
 from backworks_core.validation import Duration
 
 MAX_LATENCY = 60.0
+MAX_ITEMS = 1000
+MAX_ITEMS_CEILING = 1_000_000
+
+
+def _shorthand(value: Any) -> Any:
+    """`state: collections` / `state: none` (YAML's `off` and `false` are false: none)."""
+    if value is False:
+        return {"mode": "none"}
+    if isinstance(value, str):
+        return {"mode": value}
+    return value
+
+
+class MockStateConfig(BaseModel):
+    """`state`: CRUD state for recorded collections (backworks_core.handlers.mock_state)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as model.StrictModel
+
+    mode: Literal["none", "collections"] = Field(
+        "none",
+        description="collections: a recorded `/users` + `/users/{id}` pair keeps state (POST adds, PUT/PATCH change, DELETE removes, GET sees it); none: every answer is the recorded one",
+        examples=["collections"],
+    )
+    max_items: int = Field(
+        MAX_ITEMS,
+        ge=1,
+        le=MAX_ITEMS_CEILING,
+        description="the most items a collection holds (seeds included); a POST beyond is answered 507",
+        examples=[500],
+    )
+
+
+MockState = Annotated[MockStateConfig, BeforeValidator(_shorthand)]
 
 
 class MockDefaults(BaseModel):

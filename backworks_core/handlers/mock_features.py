@@ -80,7 +80,7 @@ from backworks_core.limits import Refusal, ValidateConfig, body_refusal, request
 from backworks_core.model import StrictModel
 
 if TYPE_CHECKING:
-    from backworks_core.handlers.mock import MockConfig
+    from backworks_core.handlers.mock.config import MockConfig
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class _Entry:
     name: str
     status: int
     path: dict[str, str]
-    answer: Any  # backworks_core.handlers.mock._Answer
+    answer: Any  # backworks_core.handlers.mock.answers.Answer
     rest: Any  # compiled conditions without `path` (None: nothing else to hold), or the fallback marker
     conditions: Any  # compiled full conditions (None: a fallback)
 

@@ -55,7 +55,8 @@ def test_the_console_names_the_target_that_answered_and_the_host_stays_the_clien
     finally:
         api.stop()
     lines = [line.split(": ", 1)[1] for line in log.splitlines() if ": GET http" in line]
-    assert lines == [f"GET http://127.0.0.1:{api.port}/api/users"] * 2 + ["GET http://127.0.0.1:9/elsewhere"], log
+    # host and port in the URL, the pool's name for the target after it; nothing named for Backworks' own 404
+    assert lines == [f"GET http://127.0.0.1:{api.port}/api/users → api"] * 2 + ["GET http://127.0.0.1:9/elsewhere"], log
     assert "try 1 on down failed" in log  # the failover happened: the last try's target is named
     assert [r.headers["Host"] for r in api.received] == ["gw.example:8080"] * 2  # sent as the client sent it
     saved = [f for f in saved_flows(flows) if f.request.path == "/api/users"]

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from addons import builtin_plugins
 from addons.dashboard import status_page_endpoints
 from backworks_core.diagnostics import BlueprintError, Diagnostic
-from backworks_core.gateway import Gateway, compile_blueprint
+from backworks_core.compiler import compile_blueprint
+from backworks_core.gateway import Gateway
 from backworks_core.plugins import PluginRegistry
 from tests.integration.harness import ROOT
 

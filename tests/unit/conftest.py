@@ -20,7 +20,8 @@ from mitmproxy.test import tflow, tutils
 
 from addons import builtin_plugins
 from backworks_core.diagnostics import BlueprintError, Diagnostic
-from backworks_core.gateway import Gateway, build_gateway
+from backworks_core.compiler import build_gateway
+from backworks_core.gateway import Gateway
 from backworks_core.loader import LoadedBlueprint, load_blueprint
 from backworks_core.plugins import PluginRegistry
 

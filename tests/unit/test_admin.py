@@ -22,7 +22,8 @@ from addons.admin import AdminListener, admin_address
 from addons.core import Backworks
 from addons.dashboard import Dashboard, status_page_endpoints
 from backworks_core.admin import AdminAddress, blueprint_admin_address, parse_admin_option
-from backworks_core.gateway import Gateway, build_gateway
+from backworks_core.compiler import build_gateway
+from backworks_core.gateway import Gateway
 from backworks_core.loader import load_blueprint
 from backworks_core.plugins import PluginRegistry
 

@@ -46,7 +46,7 @@ from addons.auth import (
     strip_tokens,
 )
 from backworks_core.context import Identity
-from backworks_core.gateway import BuildError
+from backworks_core.plugins import BuildError
 
 from .conftest import body_json, diagnostic_lines, make_flow
 

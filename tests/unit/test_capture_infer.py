@@ -25,7 +25,8 @@ from backworks_core.capture.infer import (
     select_examples,
 )
 from backworks_core.capture.model import Exchange
-from backworks_core.router import Match, Route, Router, check_routes, parse_template
+from backworks_core.route_conflicts import check_routes
+from backworks_core.router import Match, Route, Router, parse_template
 
 U1 = "123e4567-e89b-12d3-a456-426614174000"
 U2 = "9b2f6c1e-4d3a-4c8b-9e7f-0a1b2c3d4e5f"

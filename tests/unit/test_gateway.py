@@ -396,12 +396,13 @@ def test_the_capture_blueprint_passes_paths_as_sent():
 
 async def test_a_streamed_body_on_an_ambiguous_path_is_refused_too(guarded):
     from backworks_core.relay import StreamRelay
+    from backworks_core.streaming import refuse_head
 
     gateway = guarded("", ADMIN_ONLY)
     flow = make_flow("POST", "/admin%2Fsecret", headers={"Content-Length": "100000000"})
     relay = StreamRelay()
     try:  # routed to the relay, whose job answers the 400 and drops the body
-        assert await gateway.refuse_head(flow, reverse_mode=True, direct=False, relay=relay)
+        assert await refuse_head(gateway, flow, reverse_mode=True, direct=False, relay=relay)
         assert flow.request.stream is True and "path refused" in flow.comment
         assert record_for(flow).error.startswith("request path refused: ")
     finally:

@@ -12,8 +12,9 @@ import pytest
 
 from backworks_core.context import Forward
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import compile_blueprint
-from backworks_core.handlers.mock import MockConfig, json_contains
+from backworks_core.compiler import compile_blueprint
+from backworks_core.handlers.mock import MockConfig
+from backworks_core.handlers.mock.matching import json_contains
 
 from .conftest import body_json, diagnostic_lines, make_flow
 
@@ -494,7 +495,7 @@ def test_body_must_be_json_data():
 
 def test_value_matches_compares_placeholders_by_fingerprint():
     from backworks_core.capture.redact import placeholder
-    from backworks_core.handlers.mock import value_matches
+    from backworks_core.handlers.mock.matching import value_matches
 
     assert value_matches("s1", "s1") and not value_matches("s1", "s2")
     assert value_matches(placeholder("s1"), "s1") and not value_matches(placeholder("s1"), "s2")

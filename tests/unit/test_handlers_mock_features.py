@@ -12,7 +12,7 @@ import yaml
 from backworks_core.capture.build import write_output
 from backworks_core.capture.model import Exchange
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import compile_blueprint
+from backworks_core.compiler import compile_blueprint
 from backworks_core.handlers import mock_features
 from backworks_core.handlers.mock_features import example_names, parse_prefer, substitute
 from backworks_core.handlers.mock import MockConfig

@@ -10,9 +10,10 @@ import uuid
 import pytest
 import yaml
 
-from backworks_core.handlers import mock_state
+from backworks_core.handlers import mock_defaults
 from backworks_core.handlers.mock import MockHandler
-from backworks_core.handlers.mock_state import IdMaker, count_fields, find_item, item_array, merge_patch
+from backworks_core.handlers.mock_state import documents
+from backworks_core.handlers.mock_state.documents import IdMaker, count_fields, find_item, item_array, merge_patch
 
 from .conftest import body_json
 
@@ -107,7 +108,7 @@ def test_new_ids_have_the_recorded_shape():
 
 
 def test_config_shorthand_and_bounds():
-    assert mock_state.MockStateConfig.model_validate({"mode": "collections"}).max_items == mock_state.MAX_ITEMS
+    assert mock_defaults.MockStateConfig.model_validate({"mode": "collections"}).max_items == mock_defaults.MAX_ITEMS
     from backworks_core.handlers.mock_defaults import MockDefaults
 
     assert MockDefaults.model_validate({"state": "collections"}).state.mode == "collections"
@@ -324,7 +325,7 @@ async def test_a_top_level_array_and_uuid_ids(build, send):
     # the recorded POST body had no item in it: its body as recorded, its status
     assert created.status_code == 200 and body_json(created) == {"ok": True}
     listed = body_json((await send(gateway, "GET", "/things")).response)
-    assert len(listed) == 3 and listed[2]["name"] == "n" and mock_state._UUID.fullmatch(listed[2]["uuid"])
+    assert len(listed) == 3 and listed[2]["name"] == "n" and documents._UUID.fullmatch(listed[2]["uuid"])
     deleted = (await send(gateway, "DELETE", f"/things/{ids[1]}")).response
     assert deleted.status_code == 200 and body_json(deleted) == {"deleted": ids[1]}  # the recorded id swapped
     assert [t["uuid"] for t in body_json((await send(gateway, "GET", "/things")).response)] == [ids[0], listed[2]["uuid"]]

@@ -8,6 +8,7 @@ import pytest
 
 from backworks_core.limits import header_size
 from backworks_core.model import parse_size
+from backworks_core.streaming import may_refuse_head
 from tests.unit.conftest import body_json, diagnostic_lines, make_flow
 
 
@@ -73,7 +74,7 @@ async def test_declared_length_alone_is_refused(project, compile_gateway, send) 
     gateway = compile_gateway(project.blueprint(SCHEMA_BLUEPRINT))
     flow = make_flow("POST", "/small", body=b"")
     flow.request.headers["content-length"] = "5000"
-    assert gateway.may_refuse_head(flow.request)
+    assert may_refuse_head(gateway, flow.request)
     await gateway.handle(flow, reverse_mode=True, direct=False)
     assert flow.response.status_code == 413
 

@@ -22,7 +22,7 @@ from addons.core import Backworks
 from addons.metrics import DEFAULT_BUCKETS, GatewayMetrics, MetricsConfig, MetricsEndpointConfig, MetricsPlugin, TargetCollector
 from addons.proxy import Pool, PoolConfig, ProxyPlugin
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import compile_blueprint
+from backworks_core.compiler import compile_blueprint
 from backworks_core.plugins import PluginRegistry
 from backworks_core.telemetry import Attempt, RequestRecord, method_label
 

@@ -9,17 +9,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from addons.proxy import (
-    EndpointProxyConfig,
-    PoolConfig,
-    ProxyHandler,
-    ProxyPluginConfig,
-    Target,
-    TargetConfig,
-    add_prefix,
-    strip_prefix,
-)
+from addons.proxy.handler import ProxyHandler
+from addons.proxy.pool import Target
+from addons.proxy.settings import EndpointProxyConfig, PoolConfig, ProxyPluginConfig, TargetConfig
 from backworks_core.diagnostics import BlueprintError
+from backworks_core.transforms import add_prefix, strip_prefix
 
 from .conftest import diagnostic_lines
 

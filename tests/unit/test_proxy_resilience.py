@@ -25,7 +25,9 @@ from mitmproxy.test import taddons
 from addons import builtin_plugins
 from addons.breaker import HALF_OPEN_RETRY_AFTER
 from addons.core import Backworks
-from addons.proxy import Pool, PoolConfig, ProxyPlugin
+from addons.proxy.plugin import ProxyPlugin
+from addons.proxy.pool import Pool
+from addons.proxy.settings import PoolConfig
 from backworks_core.plugins import PluginRegistry
 from backworks_core.upstream import UpstreamClient
 

@@ -25,7 +25,8 @@ from addons.rate_limit import (
     WorkerShare,
     client_ip,
 )
-from backworks_core.gateway import Gateway, build_gateway
+from backworks_core.compiler import build_gateway
+from backworks_core.gateway import Gateway
 from backworks_core.loader import load_blueprint
 from backworks_core.plugins import PluginRegistry
 from backworks_core.telemetry import record_for

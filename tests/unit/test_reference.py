@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from addons.dashboard import status_page_endpoints
 from backworks_cli.cli import main
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import compile_blueprint
+from backworks_core.compiler import compile_blueprint
 from backworks_cli.reference import Example, builtin_registry, examples, missing, render, walk
 from tests.certs import private_pem, self_signed
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from addons.proxy import RetryConfig, retry_policy
+from addons.proxy.settings import RetryConfig, retry_policy
 from addons.retry import RetryBudget, RetryPolicy
 
 POLICY = RetryPolicy(
@@ -146,7 +146,7 @@ async def test_failing_over_from_a_refused_connection_is_not_held_to_the_budget(
 
 
 def test_retry_settings_without_effect_are_named() -> None:
-    from addons.proxy import RetryConfig, retry_notes
+    from addons.proxy.settings import RetryConfig, retry_notes
 
     assert retry_notes(RetryConfig(per_try_timeout=2), 30) == []  # timeout is retried by default
     [(key, note)] = retry_notes(RetryConfig(per_try_timeout=2, retry_on=["connect_failure"]), 30)

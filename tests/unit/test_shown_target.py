@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from mitmproxy import http
+from mitmproxy.addons.dumper import Dumper
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.shown_target import SHOWN, ReplayedRequest, ShownTarget, answered_by, parse_origin
+from addons.shown_target import SHOWN, NamingDumper, ReplayedRequest, ShownTarget, answered_by, parse_origin
 
 
 def reverse_flow(host_header: str = "gateway.example:8080") -> http.HTTPFlow:
@@ -16,8 +19,8 @@ def reverse_flow(host_header: str = "gateway.example:8080") -> http.HTTPFlow:
     return flow
 
 
-def answered(flow: http.HTTPFlow, origin: str) -> None:
-    answered_by(flow, origin)
+def answered(flow: http.HTTPFlow, origin: str, name: str = "") -> None:
+    answered_by(flow, origin, name)
     flow.response = tutils.tresp()
     with taddons.context(ShownTarget()) as tctx:
         tctx.master.addons.get("showntarget").response(flow)
@@ -115,3 +118,66 @@ def test_a_live_flow_is_never_restored() -> None:
     flow.metadata[SHOWN] = {"target": ["http", "127.0.0.1", 9], "request": ["http", "10.0.0.1", 80]}  # from a script
     ReplayedRequest().requestheaders(flow)
     assert flow.request.url == "http://127.0.0.1:9/api/users?page=2"
+
+
+def console_lines(flow: http.HTTPFlow, dumper_class: type[Dumper] = Dumper) -> list[str]:
+    """What mitmdump prints for the flow (flow_detail 1), after ShownTarget's `running` hook."""
+    out = io.StringIO()
+    dumper = dumper_class(out)
+    shown = ShownTarget()
+    with taddons.context(dumper, shown) as tctx:
+        tctx.configure(dumper, flow_detail=1)
+        shown.running()
+        dumper.response(flow)
+    return out.getvalue().splitlines()
+
+
+def test_the_console_line_names_the_pool_target() -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001", "users/backend-2")
+    lines = console_lines(flow)
+    assert lines[0].endswith(": GET http://127.0.0.1:3001/api/users?page=2 → users/backend-2"), lines
+    assert len(lines) == 2 and lines[1].strip().startswith("<< 200")  # no extra line per request
+    assert flow.metadata[SHOWN]["name"] == "users/backend-2"
+
+
+def test_the_name_is_shown_when_the_url_already_named_the_target() -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:9", "api")  # `--mode reverse:` the target itself
+    assert flow.metadata[SHOWN] == {"name": "api"}
+    assert console_lines(flow)[0].endswith("GET http://127.0.0.1:9/api/users?page=2 → api")
+    replay(flow)  # metadata with a name only: nothing to restore, and no name left for the replay
+    assert flow.request.url == "http://127.0.0.1:9/api/users?page=2" and SHOWN not in flow.metadata
+
+
+def test_the_console_line_is_mitmproxys_for_flows_no_target_answered() -> None:
+    flow = reverse_flow()
+    flow.response = tutils.tresp()
+    assert console_lines(flow)[0].endswith(": GET http://127.0.0.1:9/api/users?page=2")
+
+
+def test_a_name_with_control_characters_is_escaped_on_the_console() -> None:
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001", "evil\x1b[2J\nname")
+    line = console_lines(flow)[0]
+    assert "\x1b" not in line and "\n" not in line and line.endswith("→ evil.[2J.name")  # as mitmproxy escapes a URL
+
+
+def test_a_dumper_not_mitmproxys_own_is_left_alone() -> None:
+    class ScriptsDumper(Dumper):
+        pass
+
+    flow = reverse_flow()
+    answered(flow, "http://127.0.0.1:3001", "api")
+    assert console_lines(flow, ScriptsDumper)[0].endswith("GET http://127.0.0.1:3001/api/users?page=2")
+
+
+def test_the_swapped_dumper_is_mitmproxys_with_the_same_state() -> None:
+    out = io.StringIO()
+    dumper = Dumper(out)
+    shown = ShownTarget()
+    with taddons.context(dumper, shown) as tctx:
+        tctx.configure(dumper, flow_detail=1)
+        shown.running()
+        assert type(dumper) is NamingDumper and isinstance(dumper, Dumper) and dumper.outfp is out
+        assert tctx.master.addons.get("dumper") is dumper

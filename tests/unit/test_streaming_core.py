@@ -14,9 +14,8 @@ from mitmproxy.test import taddons, tutils
 from addons import builtin_plugins
 from addons.core import Backworks, body_too_large, buffer_limit
 from backworks_core.context import StreamedResponse, json_response
-from backworks_core.gateway import Relayed, point_at_relay, relay_answer, restore_relayed
 from backworks_core.plugins import PluginRegistry
-from backworks_core.relay import RelayAnswer, StreamRelay
+from backworks_core.relay import RelayAnswer, Relayed, StreamRelay, point_at_relay, relay_answer, restore_relayed
 
 from .conftest import body_json, make_flow
 

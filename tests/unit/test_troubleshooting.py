@@ -38,7 +38,8 @@ from addons.proxy import ProxyPlugin
 from addons.rate_limit import RedisBuckets, StoreUnavailable
 from backworks_cli import cli
 from backworks_core.diagnostics import BlueprintError
-from backworks_core.gateway import Gateway, compile_blueprint
+from backworks_core.compiler import compile_blueprint
+from backworks_core.gateway import Gateway
 from backworks_core.plugins import PluginRegistry
 
 from .conftest import make_flow

@@ -35,7 +35,7 @@ from addons.auth import (
     verify_password,
 )
 from backworks_core.context import Identity, RequestContext
-from backworks_core.gateway import BuildError
+from backworks_core.plugins import BuildError
 
 from .conftest import body_json, make_flow
 

@@ -24,7 +24,8 @@ from backworks_core.capture.infer import select_examples
 from backworks_core.capture.json_schema import infer_schema, json_body
 from backworks_core.capture.model import Exchange
 from backworks_core.capture.placeholders import PLACEHOLDER, placeholder
-from backworks_core.handlers.mock import JsonLayout, json_body_bytes
+from backworks_core.handlers.mock.answers import json_body_bytes
+from backworks_core.handlers.mock.config import JsonLayout
 from backworks_core.handlers.mock_features import is_media_type
 
 
