@@ -207,15 +207,16 @@ class Dashboard:
         state.set_slot(OBSERVED, True)
         status = flow.response.status_code if flow.response is not None else None
         now = self.wall()
+        ticks = self.clock()  # the windows' clock, read once for the three of them
         seconds = max(0.0, now - flow.request.timestamp_start)
         failed = status is None or status >= 500
-        self.totals.record(seconds, failed)
+        self.totals.record(seconds, failed, ticks)
         answer_class = class_index(status)
         self.classes.counts[answer_class] += 1
         self.history.record(seconds, status, failed, now)
         label = record.endpoint_label
         if label is not None:
-            self._window(self.endpoints, label).record(seconds, failed)
+            self._window(self.endpoints, label).record(seconds, failed, ticks)
             classes = self.endpoint_classes.get(label)
             if classes is None:
                 classes = self.endpoint_classes[label] = StatusCounts()
@@ -223,7 +224,7 @@ class Dashboard:
         for attempt in record.attempts:
             failed_try = attempt.status is None or attempt.status >= 500
             key = (attempt.pool, attempt.target)
-            self._window(self.targets, key).record(attempt.seconds, failed_try)
+            self._window(self.targets, key).record(attempt.seconds, failed_try, ticks)
             notes = self.target_notes.get(key)
             if notes is None:
                 notes = self.target_notes[key] = _TargetNotes()

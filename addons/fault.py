@@ -163,6 +163,8 @@ class FaultMiddleware:
         return Plan(delay, abort), False
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
+        if self.delay is None and self.abort is None and not (self.allow_header and fast_headers.has(ctx.flow.request.headers, self.header)):
+            return None  # faults only on request, and none asked for: nothing to plan
         planned = self.plan(ctx)
         if isinstance(planned, http.Response):
             return planned

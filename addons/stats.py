@@ -77,8 +77,9 @@ class RollingWindow:
         self.total = 0
         self._buckets: list[_Bucket | None] = [None] * window
 
-    def record(self, seconds: float, error: bool) -> None:
-        now = int(self.clock())
+    def record(self, seconds: float, error: bool, clock_now: float | None = None) -> None:
+        """One request; `clock_now`: `clock()` read by the caller already (several windows per request)."""
+        now = int(self.clock() if clock_now is None else clock_now)
         slot = now % self.window
         bucket = self._buckets[slot]
         if bucket is None or bucket.second != now:

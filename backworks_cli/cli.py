@@ -255,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1:  # N processes on one port (SO_REUSEPORT), supervised: docs/scaling.md
         from backworks_cli.supervisor import run_workers
 
-        return run_workers(command, args.workers, blueprint, args.extra)
+        return run_workers(command, args.workers, blueprint, args.extra, blueprint_path=args.file)
     os.execv(command[0], command)
     return 0  # not reached
 

@@ -206,11 +206,21 @@ class Supervisor:
         grace: float = 10.0,
         clock: Callable[[], float] = time.time,
         output: Callable[[bytes], None] | None = None,
+        admin_follows: Callable[[], AdminChoice] | None = None,
+        follow_every: float = 1.0,
     ) -> None:
         self.command = list(command)
         self.count = count
         self.admin = admin
-        self.workers_admin = admin is not None
+        # Each worker gets an admin listener of its own whenever one could be wanted (an edit may
+        # turn the aggregate one on), unless `--set backworks_admin=off` fixed it for the run.
+        self.workers_admin = admin is not None or admin_follows is not None
+        # Called every `follow_every` s: where the blueprint now puts the admin listener
+        # (KEEP: unchanged or unreadable), so that an edit of `server.admin` moves it, as it
+        # moves a single process's.
+        self.admin_follows = admin_follows
+        self.follow_every = follow_every
+        self._admin_task: asyncio.Task[None] | None = None
         self.run_dir = run_dir
         self.python = python
         self.policy = policy or RestartPolicy()
@@ -337,22 +347,20 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if signum is not None:
                 loop.add_signal_handler(signum, self.request_stop)
-        admin_task = None
         watchers = []
         try:
             for index in range(self.count):
                 await self.start_worker(index)
             watchers = [asyncio.create_task(self._watch(self.workers[i])) for i in range(self.count)]
-            admin_task = self._start_admin()
+            self._admin_task = self._start_admin()
+            if self.admin_follows is not None:
+                watchers.append(asyncio.create_task(self._follow_admin(self.admin_follows)))
             await self.stopping.wait()
             clean = await self._stop_all()
         finally:
             for task in watchers:
                 task.cancel()
-            if admin_task is not None:
-                admin_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await admin_task
+            await self._stop_admin()
             for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
                 if signum is not None:
                     loop.remove_signal_handler(signum)
@@ -361,6 +369,32 @@ class Supervisor:
         stopped = sum(self.restarts.values())
         logger.info("all %d worker(s) stopped%s", self.count, f" ({stopped} replacement(s) during the run)" if stopped else "")
         return 0 if clean else 1
+
+    async def _stop_admin(self) -> None:
+        task, self._admin_task = self._admin_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _follow_admin(self, choose: Callable[[], AdminChoice]) -> None:
+        """Moves the aggregate admin listener when an edit of the blueprint moves `server.admin`
+        (or turns it off or on); an edit the workers refuse changes nothing here either."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.follow_every)
+            try:
+                chosen = choose()
+            except Exception:  # following the file must never stop the workers
+                logger.exception("admin listener: reading the blueprint's server.admin failed; it stays where it is")
+                continue
+            if chosen is KEEP or chosen == self.admin:
+                continue
+            before = "off" if self.admin is None else f"{self.admin[0]}:{self.admin[1]}"
+            after = "off" if chosen is None else f"{chosen[0]}:{chosen[1]}"
+            logger.info("admin listener: server.admin changed in the blueprint, %s → %s", before, after)
+            await self._stop_admin()
+            self.admin = chosen
+            self._admin_task = self._start_admin()
 
     def _start_admin(self) -> asyncio.Task[None] | None:
         if self.admin is None:
@@ -424,6 +458,49 @@ def aggregate_admin_address(blueprint: object, extra: Sequence[str]) -> tuple[st
     return (chosen.host, chosen.port)  # type: ignore[attr-defined]
 
 
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()  # the admin listener stays where it is
+AdminChoice = tuple[str, int] | None | _Keep
+
+
+def follow_blueprint_admin(path: str, extra: Sequence[str]) -> Callable[[], AdminChoice] | None:
+    """What `Supervisor.admin_follows` calls: the blueprint's admin address each time the file
+    changes (KEEP otherwise, or when the edit is invalid: the workers keep the old version too).
+    None when `--set backworks_admin=` fixes the address for the run, as it does for one process."""
+    if admin_setting(extra) is not None:
+        return None
+    from addons import installed_registry
+    from backworks_core.loader import BlueprintError, load_blueprint
+
+    registry = installed_registry()
+    seen: list[tuple[int, int] | None] = [_file_stamp(path)]
+
+    def choose() -> AdminChoice:
+        stamp = _file_stamp(path)
+        if stamp == seen[0]:
+            return KEEP
+        seen[0] = stamp
+        try:
+            blueprint = load_blueprint(path, registry)
+        except (BlueprintError, OSError):
+            return KEEP
+        return aggregate_admin_address(blueprint, extra)
+
+    return choose
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size)
+
+
 def _configure_logging() -> None:
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -434,7 +511,7 @@ def _configure_logging() -> None:
             logging.getLogger(name).propagate = False
 
 
-def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Sequence[str]) -> int:
+def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Sequence[str], blueprint_path: str | None = None) -> int:
     """`backworks run FILE --workers N`: serve with `count` workers until Ctrl-C; the exit status."""
     from backworks_core.files import private_folder
 
@@ -457,7 +534,8 @@ def run_workers(command: Sequence[str], count: int, blueprint: object, extra: Se
     run_dir = private_folder("backworks-run-")  # 0700: the workers' shared files (capture manifests)
     logger.info("%d workers share the port (SO_REUSEPORT); admin listener %s", count, f"{admin[0]}:{admin[1]}" if admin else "off")
     try:
-        supervisor = Supervisor(command, count, admin=admin, run_dir=run_dir)
+        follows = follow_blueprint_admin(blueprint_path, extra) if blueprint_path is not None else None
+        supervisor = Supervisor(command, count, admin=admin, run_dir=run_dir, admin_follows=follows)
         status = asyncio.run(supervisor.run())
         from addons import installed_registry
 

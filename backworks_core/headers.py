@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from mitmproxy import http
 
-__all__ = ["from_fields", "get", "has", "put", "put_all", "remove", "replace", "values"]
+__all__ = ["from_fields", "get", "has", "put", "put_all", "put_fields", "remove", "replace", "values"]
 
 
 def from_fields(fields: Iterable[tuple[bytes, bytes]]) -> http.Headers:
@@ -77,7 +77,15 @@ def put(headers: http.Headers, name: str, value: str) -> None:
 def put_all(headers: http.Headers, items: Iterable[tuple[str, str]]) -> None:
     """Set several headers in one pass: each replaces the first field of its name in place and
     drops the others; a name not present is appended, in the order given."""
-    wanted = {_name(name): (_bytes(name), _bytes(value)) for name, value in items}
+    _put(headers, {_name(name): (_bytes(name), _bytes(value)) for name, value in items})
+
+
+def put_fields(headers: http.Headers, fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """`put_all` for fields already encoded (a plugin's own header names, values it made)."""
+    _put(headers, {name.lower(): (name, value) for name, value in fields})
+
+
+def _put(headers: http.Headers, wanted: dict[bytes, tuple[bytes, bytes]]) -> None:
     if not wanted:
         return
     names = set(wanted)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: the CPU Backworks' own hooks spend per proxied request, in one process.
 
-Run with ``.venv/bin/python bench/hook_cost.py [--requests 2000] [--repeats 5] [--profile b|e]``.
+Run with ``.venv/bin/python bench/hook_cost.py [--requests 2000] [--repeats 5] [--stub] [--profile b|e]``.
 
 Where bench/throughput.py measures whole mitmdump processes (and so mitmproxy's HTTP layers,
 the event loop and the machine's noise too), this drives the hooks alone, the way mitmproxy
@@ -12,9 +12,14 @@ plain proxy) or e (every feature on), and, for the floor, bench/floor_addon.py's
 mitmproxy builds one (`GET /users` in reverse mode; e's carries the bearer token), sent one
 at a time to a real upstream (`backworks demo-backend` in its own process, so that its CPU is
 not counted). Flows are made before the clock starts; the CPU time (time.process_time) of
-`--requests` requests is taken `--repeats` times and the best repeat reported, in
-microseconds per request. "Backworks' own" is a configuration's cost minus the floor's: what
+`--requests` requests is taken `--repeats` times, after a warm-up run each, and the best repeat reported, in
+microseconds per request; the repeats are interleaved (f, b, e, f, b, e, …) so that the
+machine's drift reaches every configuration alike. "Backworks' own" is a configuration's cost minus the floor's: what
 Backworks adds over an owned exchange that does nothing else.
+
+--stub answers every upstream try at once with a canned reply (the demo backend's, as aiohttp
+hands it over), so that only Backworks' own code is timed: far less noise than the real exchange;
+the floor is then not measured.
 
 --profile b|e runs one more repeat under cProfile and prints the functions with the most
 cumulative time, Backworks' and the libraries' it calls, to show where that cost goes.
@@ -24,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,63 +86,60 @@ def floor_hooks(floor: Floor) -> Hooks:
     return floor.request
 
 
-async def measure(hooks: Hooks, flows_for: Callable[[], list[http.HTTPFlow]], repeats: int, profile: bool = False) -> tuple[float, pstats.Stats | None]:
-    """Best microseconds of CPU per request over `repeats` runs (after one warm-up run)."""
-    best = float("inf")
-    for run in range(repeats + 1):
-        flows = flows_for()
-        started = time.process_time()
-        for flow in flows:
-            await hooks(flow)
-        spent = time.process_time() - started
-        for flow in flows:
-            if flow.response is None or flow.response.status_code != 200:
-                raise SystemExit(f"expected 200 for every request, got {flow.response and flow.response.status_code}: {flow.response and flow.response.content[:300]!r}")
-        if run:  # the first run warms the connection pool and caches
-            best = min(best, spent / len(flows) * 1e6)
-    stats = None
-    if profile:
-        flows = flows_for()
+async def timed_run(hooks: Hooks, flows: list[http.HTTPFlow]) -> float:
+    """Microseconds of CPU per request for `flows`, each answered 200, sent one at a time."""
+    started = time.process_time()
+    for flow in flows:
+        await hooks(flow)
+    spent = time.process_time() - started
+    for flow in flows:
+        if flow.response is None or flow.response.status_code != 200:
+            raise SystemExit(f"expected 200 for every request, got {flow.response and flow.response.status_code}: {flow.response and flow.response.content[:300]!r}")
+    return spent / len(flows) * 1e6
+
+
+def profiled(hooks: Hooks, flows: list[http.HTTPFlow]) -> Coroutine[Any, Any, pstats.Stats]:
+    async def run() -> pstats.Stats:
         profiler = cProfile.Profile()
         profiler.enable()
         for flow in flows:
             await hooks(flow)
         profiler.disable()
-        stats = pstats.Stats(profiler)
-    return best, stats
+        return pstats.Stats(profiler)
+
+    return run()
 
 
-async def run_all(args: argparse.Namespace, upstream_port: int, work: Path) -> None:
-    token = bench_token()
-    results: dict[str, float] = {}
-    profiles: dict[str, pstats.Stats] = {}
-
-    floor = Floor()
-    results["f"], _ = await measure(floor_hooks(floor), lambda: make_flows(args.requests, upstream_port, None), args.repeats)
-    await floor.done()
-
-    for key, blueprint, flow_token in (("b", bench_blueprint([upstream_port]), None), ("e", full_blueprint(upstream_port), token)):
-        path = work / f"{key}.yaml"
-        path.write_text(yaml.safe_dump(blueprint, sort_keys=False))
-        registry = PluginRegistry(builtin_plugins())
-        plugins = [plugin() for plugin in registry.plugins.values()]
-        core = Backworks(registry, plugins)
-        dashboard = Dashboard(core)
-        core.extensions.append(dashboard)
-        with taddons.context(core, dashboard, *plugins) as tctx:
-            tctx.options.mode = [f"reverse:http://{HOST}:{upstream_port}"]
-            tctx.configure(core, blueprint=str(path))
-            for addon in (core, *plugins):
-                running = getattr(addon, "running", None)
-                if running is not None:
-                    outcome = running()
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
-            results[key], stats = await measure(
-                backworks_hooks(core), lambda t=flow_token: make_flows(args.requests, upstream_port, t), args.repeats, profile=args.profile == key
-            )
-            if stats is not None:
-                profiles[key] = stats
+@contextlib.asynccontextmanager
+async def configured(key: str, upstream_port: int, work: Path) -> AsyncIterator[Hooks]:
+    """The hooks of configuration `key` (f, b or e), set up as mitmdump would, torn down after."""
+    if key == "f":
+        floor = Floor()
+        try:
+            yield floor_hooks(floor)
+        finally:
+            await floor.done()
+        return
+    blueprint = bench_blueprint([upstream_port]) if key == "b" else full_blueprint(upstream_port)
+    path = work / f"{key}.yaml"
+    path.write_text(yaml.safe_dump(blueprint, sort_keys=False))
+    registry = PluginRegistry(builtin_plugins())
+    plugins = [plugin() for plugin in registry.plugins.values()]
+    core = Backworks(registry, plugins)
+    dashboard = Dashboard(core)
+    core.extensions.append(dashboard)
+    with taddons.context(core, dashboard, *plugins) as tctx:
+        tctx.options.mode = [f"reverse:http://{HOST}:{upstream_port}"]
+        tctx.configure(core, blueprint=str(path))
+        for addon in (core, *plugins):
+            running = getattr(addon, "running", None)
+            if running is not None:
+                outcome = running()
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+        try:
+            yield backworks_hooks(core)
+        finally:
             for addon in (*plugins, core):
                 done = getattr(addon, "done", None)
                 if done is not None:
@@ -144,15 +147,65 @@ async def run_all(args: argparse.Namespace, upstream_port: int, work: Path) -> N
                     if asyncio.iscoroutine(outcome):
                         await outcome
 
-    print(f"\nCPU per request, best of {args.repeats} runs of {args.requests} sequential requests (µs):\n")
+
+STUB_BODY = b'[{"id":1,"name":"Alice"},{"id":2,"name":"Bob"}]'
+STUB_HEADERS = [(b"Content-Type", b"application/json; charset=utf-8"), (b"Content-Length", str(len(STUB_BODY)).encode()),
+                (b"X-Backend", b"bench-upstream"), (b"Date", b"Mon, 07 Dec 2026 12:00:00 GMT"), (b"Server", b"Python/3.11 aiohttp/3.9")]
+
+
+def stub_upstream() -> None:
+    """--stub: every upstream try gets a canned answer at once, without a socket or aiohttp, so
+    that the figures are Backworks' own code alone (far less noise than a real exchange). The
+    demo backend's answer to GET /users, as aiohttp hands it over."""
+    from backworks_core import upstream
+
+    async def send(self: Any, method: str, url: str, headers: Any, body: Any, **_: Any) -> Any:
+        return upstream.UpstreamReply(status=200, reason="OK", headers=list(STUB_HEADERS), body=STUB_BODY, elapsed=0.0001)
+
+    upstream.UpstreamClient.send = send  # type: ignore[method-assign]
+
+
+async def run_all(args: argparse.Namespace, upstream_port: int, work: Path) -> None:
+    """Interleaved: each repeat runs f, b and e in turn (set up afresh, one warm-up run, one
+    measured run), so that the machine's drift (this CPU's speed varies by tens of percent over
+    minutes) reaches all three alike; the best repeat of each is reported."""
+    token = bench_token()
+    tokens = {"f": None, "b": None, "e": token}
+    results: dict[str, float] = {"f": float("inf"), "b": float("inf"), "e": float("inf")}
+    keys = ("b", "e") if args.stub else ("f", "b", "e")
+    if args.stub:
+        stub_upstream()
+    for _ in range(args.repeats):
+        for key in keys:
+            async with configured(key, upstream_port, work) as hooks:
+                await timed_run(hooks, make_flows(args.requests, upstream_port, tokens[key]))  # warms the pool and caches
+                results[key] = min(results[key], await timed_run(hooks, make_flows(args.requests, upstream_port, tokens[key])))
+    profile = None
+    if args.profile:
+        async with configured(args.profile, upstream_port, work) as hooks:
+            await timed_run(hooks, make_flows(args.requests, upstream_port, tokens[args.profile]))
+            profile = await profiled(hooks, make_flows(args.requests, upstream_port, tokens[args.profile]))
+
+    if args.stub:
+        print(f"\nCPU per request, upstream stubbed (Backworks' own code alone), best of {args.repeats} interleaved runs of {args.requests} requests (µs):\n")
+        print("| configuration | µs/request |")
+        print("|---|---:|")
+        print(f"| b: Backworks proxy, pool of 1 | {results['b']:.0f} |")
+        print(f"| e: Backworks, every feature on | {results['e']:.0f} |")
+    else:
+        print(f"\nCPU per request, best of {args.repeats} interleaved runs of {args.requests} sequential requests (µs):\n")
+        print_table(results)
+    if profile is not None:
+        print(f"\ncProfile of configuration {args.profile} ({args.requests} requests; cumulative time, top {args.top}):\n")
+        profile.sort_stats("cumulative").print_stats(args.top)
+
+
+def print_table(results: dict[str, float]) -> None:
     print("| configuration | µs/request | Backworks' own (minus the floor) |")
     print("|---|---:|---:|")
     print(f"| f: the floor, aiohttp exchange only | {results['f']:.0f} | – |")
     print(f"| b: Backworks proxy, pool of 1 | {results['b']:.0f} | {results['b'] - results['f']:.0f} |")
     print(f"| e: Backworks, every feature on | {results['e']:.0f} | {results['e'] - results['f']:.0f} |")
-    for key, stats in profiles.items():
-        print(f"\ncProfile of configuration {key} ({args.requests} requests; cumulative time, top {args.top}):\n")
-        stats.sort_stats("cumulative").print_stats(args.top)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per run (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per configuration, best reported (default 5)")
     parser.add_argument("--profile", choices=("b", "e"), help="also profile this configuration with cProfile")
+    parser.add_argument("--stub", action="store_true", help="answer every upstream try with a canned reply (no socket): Backworks' own code alone; no floor")
     parser.add_argument("--top", type=int, default=45, help="functions listed by --profile (default 45)")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.repeats < 1:

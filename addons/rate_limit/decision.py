@@ -28,12 +28,13 @@ class Decision(NamedTuple):
         return cls(allowed, burst, math.floor(tokens + EPSILON), max(0, math.ceil(full_in - EPSILON)), retry_after)
 
     def headers(self) -> dict[str, str]:
-        return dict(self.header_fields())
+        return {name.decode(): value.decode() for name, value in self.header_fields()}
 
-    def header_fields(self) -> tuple[tuple[str, str], ...]:
-        """The RateLimit headers (and Retry-After on a refusal) as pairs, in order."""
-        fields = (("RateLimit-Limit", str(self.limit)), ("RateLimit-Remaining", str(self.remaining)), ("RateLimit-Reset", str(self.reset)))
-        return fields if self.allowed else (*fields, ("Retry-After", str(self.retry_after)))
+    def header_fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The RateLimit headers (and Retry-After on a refusal) as raw fields, in order: what
+        every allowed answer carries, so made as bytes at once."""
+        fields = ((b"RateLimit-Limit", b"%d" % self.limit), (b"RateLimit-Remaining", b"%d" % self.remaining), (b"RateLimit-Reset", b"%d" % self.reset))
+        return fields if self.allowed else (*fields, (b"Retry-After", b"%d" % self.retry_after))
 
     @property
     def severity(self) -> tuple[bool, int, int]:

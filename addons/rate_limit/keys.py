@@ -38,6 +38,10 @@ def _claim_text(value: Any) -> str | None:
 
 def request_key(ctx: RequestContext, key: str) -> str:
     """The bucket's client key: `ip:…`, `header:…` or `claim:…` (falling back to `ip:…`)."""
+    if key == "ip":  # the default, on every request: the client the trust boundary decided
+        state = ctx.flow_state
+        client = state.client if state is not None else None
+        return "ip:" + (client.address if client is not None else client_ip(ctx.flow))
     kind, _, name = key.partition(":")
     if kind == "header":
         values = [v.strip() for v in ctx.flow.request.headers.get_all(name)]

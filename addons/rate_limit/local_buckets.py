@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 
@@ -39,28 +40,32 @@ class LocalBuckets:
 
     def take(self, key: str, rate: float, burst: int) -> Decision:
         now = self.clock()
-        self._expire(now, burst / rate)
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        if buckets:
+            self._expire(now, burst / rate)
+        bucket = buckets.get(key)
         if bucket is None:
             tokens = float(burst)
         else:
             tokens = min(float(burst), bucket.tokens + max(0.0, now - bucket.updated) * rate)
-            self._buckets.move_to_end(key)
+            buckets.move_to_end(key)
         allowed = tokens + EPSILON >= 1.0
         if allowed:
             tokens = max(0.0, tokens - 1.0)
         full_in = (burst - tokens) / rate
         if bucket is None:
-            self._buckets[key] = _Bucket(tokens, now, now + full_in)
-            if len(self._buckets) > self.max_keys:
+            buckets[key] = _Bucket(tokens, now, now + full_in)
+            if len(buckets) > self.max_keys:
                 self._evict(now)
         else:
             bucket.tokens, bucket.updated, bucket.full_at = tokens, now, now + full_in
+        if allowed:  # Decision.of for a bucket that had a token, without its clamps: one per request
+            return Decision(True, burst, math.floor(tokens + EPSILON), math.ceil(full_in - EPSILON) if full_in > EPSILON else 0, 0)
         return Decision.of(allowed, tokens, full_in, rate, burst)
 
     def _expire(self, now: float, fill_time: float) -> None:
         buckets = self._buckets
-        while buckets:
+        while buckets:  # the least recently used first: drop those full again
             first = next(iter(buckets.values()))
             if first.full_at > now:
                 break

@@ -94,7 +94,7 @@ class RateLimitMiddleware:
     async def on_response(self, ctx: RequestContext, response: http.Response) -> None:
         decisions: dict[str, Decision] | None = ctx.state.get(STATE_KEY)
         if decisions:
-            fast_headers.put_all(response.headers, _strictest(decisions).header_fields())
+            fast_headers.put_fields(response.headers, _strictest(decisions).header_fields())
 
     async def close(self) -> None:
         await self.store.close()

@@ -49,12 +49,14 @@ class Run:
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    admin_option: bool = True  # False: the admin listener goes where the blueprint's server.admin says
 
     def start(self) -> Run:
         log = self.log_path.open("wb")
+        admin = ["--set", f"backworks_admin=127.0.0.1:{self.admin_port}"] if self.admin_option else []
         self.process = subprocess.Popen(
             [str(BIN / "backworks"), "run", str(self.blueprint), "--port", str(self.port), "--workers", str(self.workers),
-             "--", "--set", f"backworks_admin=127.0.0.1:{self.admin_port}", *self.extra],
+             "--", *admin, *self.extra],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.blueprint.parent,
         )
         wait_for_port(self.port, timeout=30, process=self.process)
@@ -167,6 +169,49 @@ def test_an_edit_reaches_every_worker_and_an_invalid_one_is_refused_by_all(run_w
     run.wait_for(lambda log: log.count("refused, the previous version keeps serving") >= 2, "both workers refused the edit")
     versions = {pid: body["version"] for pid, body in run.pid_answers(2).items()}
     assert len(versions) == 2 and set(versions.values()) == {"two"}, versions
+
+
+def admin_answers(port: int) -> bool:
+    try:
+        return request("GET", "/__backworks/api/status", port=port, timeout=5).status == 200
+    except OSError:
+        return False
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(0.2)
+
+
+def test_an_edit_of_server_admin_moves_the_aggregate_listener(tmp_path: Path) -> None:
+    first, second, third = free_port(), free_port(), free_port()
+    blueprint = tmp_path / "blueprint.yaml"
+    blueprint.write_text(blueprint_text("one", f"server:\n  admin:\n    port: {first}\n"))
+    run = Run(blueprint, 2, tmp_path / "run.log", admin_option=False)
+    try:
+        run.start()
+        wait_until(lambda: admin_answers(first), "the aggregate admin listener on server.admin")
+        assert len(request("GET", "/__backworks/api/status", port=first, timeout=10).json["workers"]) == 2
+
+        write_atomically(blueprint, blueprint_text("two", f"server:\n  admin:\n    port: {second}\n"))
+        wait_until(lambda: admin_answers(second), "the admin listener at the edited address")
+        assert not admin_answers(first)  # moved, not doubled
+        assert f"server.admin changed in the blueprint, 127.0.0.1:{first} → 127.0.0.1:{second}" in run.log()
+
+        # An edit the workers refuse moves nothing: the old version keeps serving, and its admin address.
+        write_atomically(blueprint, blueprint_text("three", f"  - path: /broken\n    handler: nonsense-handler\nserver:\n  admin:\n    port: {third}\n"))
+        run.wait_for(lambda log: log.count("refused, the previous version keeps serving") >= 2, "both workers refused the edit")
+        time.sleep(2)  # two of the supervisor's checks of the file
+        assert admin_answers(second) and not admin_answers(third)
+
+        write_atomically(blueprint, blueprint_text("four", "server:\n  admin:\n    enabled: false\n"))
+        wait_until(lambda: not admin_answers(second), "the admin listener turned off")
+        assert "127.0.0.1:" + str(second) + " → off" in run.log()
+    finally:
+        run.stop()
 
 
 def test_ctrl_c_stops_every_worker(run_workers) -> None:
