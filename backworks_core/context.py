@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
-import secrets
 from http import HTTPStatus
 from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,23 @@ _TRACEPARENT = re.compile(r"^00-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-
 _HEX_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 
+# Request, trace and span ids: unique and unguessable enough to correlate logs and traces, never
+# credentials. Drawn from a generator seeded once from the OS (a process of its own per worker,
+# started by exec, never forked after this), not from os.urandom per id: two system calls per
+# request otherwise.
+_IDS = random.Random(os.urandom(32))
+
+
+def new_trace_id() -> str:
+    """32 lower-case hex digits, never all zeros (W3C trace-context forbids that id)."""
+    return "%032x" % (_IDS.getrandbits(128) or 1)
+
+
+def new_span_id() -> str:
+    """16 lower-case hex digits, never all zeros."""
+    return "%016x" % (_IDS.getrandbits(64) or 1)
+
+
 def parse_traceparent(value: str) -> str | None:
     """The trace id of a valid version-00 `traceparent`, else None (an invalid one is restarted)."""
     match = _TRACEPARENT.match(value.strip())
@@ -53,7 +71,7 @@ def request_id_for(flow: http.HTTPFlow, state: FlowState | None = None) -> str:
     if offered and _VALID_REQUEST_ID.match(offered):
         request_id = offered
     else:
-        request_id = parse_traceparent(fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or "") or secrets.token_hex(16)
+        request_id = parse_traceparent(fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or "") or new_trace_id()
     state.request_id = flow.metadata["backworks.request_id"] = request_id
     return request_id
 
@@ -77,8 +95,8 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str, state: FlowState | Non
         traceparent = incoming.strip()
     else:
         own = _HEX_TRACE_ID.fullmatch(request_id) and request_id.strip("0")
-        trace_id = request_id.lower() if own else secrets.token_hex(16)
-        traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-00"
+        trace_id = request_id.lower() if own else new_trace_id()
+        traceparent = f"00-{trace_id}-{new_span_id()}-00"
     state.traceparent = flow.metadata["backworks.traceparent"] = traceparent
     return traceparent
 

@@ -22,7 +22,6 @@ from mitmproxy import http
 
 from addons.auth.keys import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, key_fits
 from addons.auth.settings import AuthConfig
-from backworks_core import headers as fast_headers
 from backworks_core.context import Identity
 
 MAX_TOKEN_LENGTH = 8192  # characters of a compact JWS; beyond it the token is malformed
@@ -80,12 +79,15 @@ def extract_token(request: http.Request, sources: Sequence[str]) -> ExtractedTok
     """
     for source in sources:
         if source == "header":
-            values = fast_headers.values(request.headers, "authorization")
-            if len(values) > 1:
-                raise TokenRejected("ambiguous", "more than one Authorization header")
-            if not values:
+            found = None
+            for name, raw in request.headers.fields:  # one pass over the raw fields, every request
+                if len(name) == 13 and name.lower() == b"authorization":
+                    if found is not None:
+                        raise TokenRejected("ambiguous", "more than one Authorization header")
+                    found = raw
+            if found is None:
                 continue
-            scheme, _, rest = values[0].strip().partition(" ")
+            scheme, _, rest = found.decode("utf-8", "surrogateescape").strip().partition(" ")
             if scheme.lower() != "bearer":
                 continue  # another scheme (Basic, Digest): not ours
             token = rest.strip(" \t")

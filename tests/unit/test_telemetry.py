@@ -317,3 +317,13 @@ def test_stamp_response_leaves_flows_backworks_never_saw_alone() -> None:
     request_id_for(no_response)
     stamp_response(no_response)  # no response yet: nothing to stamp, no error
     assert no_response.response is None
+
+
+def test_new_ids_are_hex_of_their_length_and_differ() -> None:
+    from backworks_core.context import new_span_id, new_trace_id
+
+    traces = {new_trace_id() for _ in range(2000)}
+    spans = {new_span_id() for _ in range(2000)}
+    assert len(traces) == 2000 and len(spans) == 2000  # no repeats
+    assert all(len(t) == 32 and int(t, 16) and t == t.lower() for t in traces)
+    assert all(len(s) == 16 and int(s, 16) and s == s.lower() for s in spans)
