@@ -387,7 +387,7 @@ class Supervisor:
             except Exception:  # following the file must never stop the workers
                 logger.exception("admin listener: reading the blueprint's server.admin failed; it stays where it is")
                 continue
-            if chosen is KEEP or chosen == self.admin:
+            if isinstance(chosen, _Keep) or chosen == self.admin:
                 continue
             before = "off" if self.admin is None else f"{self.admin[0]}:{self.admin[1]}"
             after = "off" if chosen is None else f"{chosen[0]}:{chosen[1]}"

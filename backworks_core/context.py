@@ -67,12 +67,15 @@ def request_id_for(flow: http.HTTPFlow, state: FlowState | None = None) -> str:
     if existing:
         state.request_id = existing
         return existing
-    offered = fast_headers.get(flow.request.headers, REQUEST_ID_HEADER, "")
+    offered, incoming = fast_headers.get_two(flow.request.headers, REQUEST_ID_HEADER, TRACEPARENT_HEADER)
+    trace_id = parse_traceparent(incoming) if incoming else None
     if offered and _VALID_REQUEST_ID.match(offered):
         request_id = offered
     else:
-        request_id = parse_traceparent(fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or "") or new_trace_id()
+        request_id = trace_id or new_trace_id()
     state.request_id = flow.metadata["backworks.request_id"] = request_id
+    # Read in the same pass: traceparent_for does not read it again ("": none, or not valid).
+    state.incoming_traceparent = incoming.strip() if trace_id is not None and incoming is not None else ""
     return request_id
 
 
@@ -90,7 +93,9 @@ def traceparent_for(flow: http.HTTPFlow, request_id: str, state: FlowState | Non
     if decided:
         state.traceparent = decided
         return decided
-    incoming = fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or ""
+    incoming = state.incoming_traceparent  # read by request_id_for with the request id, if it decided one
+    if incoming is None:
+        incoming = fast_headers.get(flow.request.headers, TRACEPARENT_HEADER) or ""
     if incoming and parse_traceparent(incoming):
         traceparent = incoming.strip()
     else:

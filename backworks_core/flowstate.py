@@ -34,6 +34,7 @@ class FlowState:
         "finished",
         "request_id",
         "traceparent",
+        "incoming_traceparent",
         "record",
         "client",
         "relayed",
@@ -47,6 +48,7 @@ class FlowState:
         self.finished = False  # the observers have seen it
         self.request_id: str | None = None  # decided once (context.request_id_for)
         self.traceparent: str | None = None  # decided once (context.traceparent_for)
+        self.incoming_traceparent: str | None = None  # the client's valid one, "" for none (read with the request id)
         self.record: RequestRecord | None = None  # what the metrics and the status page read
         self.client: Client | None = None  # the client as the trust boundary decided it
         self.relayed: Any = None  # relay.Relayed: the client's request while the relay answers

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from mitmproxy import http
 
-__all__ = ["from_fields", "get", "has", "put", "put_all", "put_fields", "remove", "replace", "values"]
+__all__ = ["from_fields", "get", "get_two", "has", "put", "put_all", "put_fields", "remove", "replace", "values"]
 
 
 def from_fields(fields: Iterable[tuple[bytes, bytes]]) -> http.Headers:
@@ -62,6 +62,23 @@ def get(headers: http.Headers, name: str, default: str | None = None) -> str | N
     if not found:
         return default
     return b", ".join(found).decode("utf-8", "surrogateescape")
+
+
+def get_two(headers: http.Headers, first: str, second: str) -> tuple[str | None, str | None]:
+    """`get` of two names in one pass over the fields (two headers read together on every request)."""
+    key_first, key_second = _name(first), _name(second)
+    found_first: list[bytes] = []
+    found_second: list[bytes] = []
+    for field, value in headers.fields:
+        key = field.lower()
+        if key == key_first:
+            found_first.append(value)
+        elif key == key_second:
+            found_second.append(value)
+    return (
+        b", ".join(found_first).decode("utf-8", "surrogateescape") if found_first else None,
+        b", ".join(found_second).decode("utf-8", "surrogateescape") if found_second else None,
+    )
 
 
 def has(headers: http.Headers, name: str) -> bool:

@@ -79,9 +79,9 @@ def extract_token(request: http.Request, sources: Sequence[str]) -> ExtractedTok
     """
     for source in sources:
         if source == "header":
-            found = None
-            for name, raw in request.headers.fields:  # one pass over the raw fields, every request
-                if len(name) == 13 and name.lower() == b"authorization":
+            found: bytes | None = None
+            for field, raw in request.headers.fields:  # one pass over the raw fields, every request
+                if len(field) == 13 and field.lower() == b"authorization":
                     if found is not None:
                         raise TokenRejected("ambiguous", "more than one Authorization header")
                     found = raw
