@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_yaml = work / "bench.yaml"
         bench_yaml.write_text(yaml.safe_dump(blueprint(upstream_port)))
         for round_ in range(1, args.rounds + 1):
-            for workers in (1, args.workers):
+            # ABBA: 1 then N, next round N then 1, so that a drift of the CPU's speed within a
+            # round (this machine's varies by tens of percent over minutes) favours neither.
+            for workers in ((1, args.workers) if round_ % 2 else (args.workers, 1)):
                 name = f"workers-{workers}"
                 start(procs, name, bench_yaml, port, workers)
                 try:
@@ -174,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"{'endpoint':10} {'1 worker':>10} {f'{args.workers} workers':>10} {'ratio':>7}   (median req/s over {args.rounds} round(s))")
+    print(f"{'endpoint':10} {'1 worker':>10} {f'{args.workers} workers':>10} {'ratio':>7} {'per-round ratios (median)':>28}   (median req/s over {args.rounds} round(s))")
     for label in ENDPOINTS:
         one = statistics.median(results[(1, label)])
         many = statistics.median(results[(args.workers, label)])
         ratio = many / one if one else 0.0
-        print(f"{label:10} {one:10.0f} {many:10.0f} {ratio:6.2f}×{'' if ratio >= TARGET else '  (below the target)'}")
+        # Each round's own ratio: its two measurements were minutes apart at most.
+        per_round = [m / o for o, m in zip(results[(1, label)], results[(args.workers, label)]) if o]
+        rounds_text = ", ".join(f"{r:.2f}" for r in per_round) + f" ({statistics.median(per_round):.2f})" if per_round else "-"
+        print(f"{label:10} {one:10.0f} {many:10.0f} {ratio:6.2f}× {rounds_text:>28}{'' if ratio >= TARGET else '  (below the target)'}")
     print(f"target: ≥{TARGET}× with 2 workers on a 2-core machine; upstream: {args.upstream}; wrk errors: {errors}")
     return 0
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from workers import haproxy_path  # noqa: E402  (bench/workers.py: the same HAProxy, located once)
 
 from tests.integration.harness import BIN, ROOT, Proxy, Upstream, free_port, request, stop_process_group, wait_for_port
 from tests.integration.prometheus import require
@@ -38,14 +41,6 @@ pytestmark = pytest.mark.integration
 RECIPE = ROOT / "docs" / "recipes" / "two-gateways"
 BALANCER = "127.0.0.1"  # where HAProxy connects to the gateways from: the blueprint's trusted proxy
 CATCH_ALL = "/{rest:path}"  # the recipe's proxied, rate-limited endpoint
-
-
-def haproxy_path() -> str | None:
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    fallback = Path("/usr/sbin/haproxy")  # not on PATH for users without sbin directories
-    return str(fallback) if fallback.is_file() and os.access(fallback, os.X_OK) else None
 
 
 class HAProxy:

@@ -8,19 +8,9 @@ import pytest
 
 from backworks_core.route_conflicts import Conflict, check_routes
 from backworks_core.router import Match, Route, Router
+from tests.unit.test_router import resolve, route  # the same terse builders
 
 
-def route(template: str, *methods: str, host: str | None = None, payload: object = None) -> Route:
-    """Terse Route builder; payload defaults to the template so tests can assert on it."""
-    return Route(template, frozenset(methods or ("GET",)), host, template if payload is None else payload)
-
-
-def resolve(routes: Sequence[Route], method: str, path: str, host: str = "") -> object:
-    """Match and reduce the result to something easy to compare in a table."""
-    result = Router(routes).match(method, path, host)
-    if isinstance(result, Match):
-        return (result.route.payload, result.params)
-    return result
 
 
 def conflicts(routes: Sequence[Route]) -> list[tuple[str, int, int]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import pytest
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.addons.dumper import Dumper
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -124,12 +126,19 @@ def console_lines(flow: http.HTTPFlow, dumper_class: type[Dumper] = Dumper) -> l
     """What mitmdump prints for the flow (flow_detail 1), after ShownTarget's `running` hook."""
     out = io.StringIO()
     dumper = dumper_class(out)
+    with running_beside(dumper):
+        dumper.response(flow)
+    return out.getvalue().splitlines()
+
+
+@contextlib.contextmanager
+def running_beside(dumper: Dumper) -> Iterator[None]:
+    """A master with `dumper` and ShownTarget, as mitmdump runs them (flow_detail 1)."""
     shown = ShownTarget()
     with taddons.context(dumper, shown) as tctx:
         tctx.configure(dumper, flow_detail=1)
         shown.running()
-        dumper.response(flow)
-    return out.getvalue().splitlines()
+        yield
 
 
 def test_the_console_line_names_the_pool_target() -> None:
@@ -175,9 +184,6 @@ def test_a_dumper_not_mitmproxys_own_is_left_alone() -> None:
 def test_the_swapped_dumper_is_mitmproxys_with_the_same_state() -> None:
     out = io.StringIO()
     dumper = Dumper(out)
-    shown = ShownTarget()
-    with taddons.context(dumper, shown) as tctx:
-        tctx.configure(dumper, flow_detail=1)
-        shown.running()
+    with running_beside(dumper):
         assert type(dumper) is NamingDumper and isinstance(dumper, Dumper) and dumper.outfp is out
-        assert tctx.master.addons.get("dumper") is dumper
+        assert ctx.master.addons.get("dumper") is dumper
