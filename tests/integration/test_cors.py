@@ -108,7 +108,8 @@ def browser() -> Iterator[Browser]:
         yield running
 
 
-FLOW_LINE = re.compile(r"^\S+: (?P<method>[A-Z]+) http://127\.0\.0\.1:\d+(?P<path>\S*)\n\s+<< (?P<status>\d{3}) ", re.MULTILINE)
+# The request line ends with the pool target's name when one answered (`→ default`, issue 21).
+FLOW_LINE = re.compile(r"^\S+: (?P<method>[A-Z]+) http://127\.0\.0\.1:\d+(?P<path>\S*)(?: → \S+)?\n\s+<< (?P<status>\d{3}) ", re.MULTILINE)
 
 
 def flows(log: str) -> list[tuple[str, str, int]]:
