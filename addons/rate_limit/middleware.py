@@ -50,13 +50,13 @@ class RateLimitMiddleware:
             store = RedisBuckets(config.redis_url, config.redis_timeout) if config.redis_url else LocalBuckets(config.max_keys, clock)
         self.store: Store = store
         self._global = config.scope == "global"
-        self._redis_prefix = f"{REDIS_KEY_PREFIX}:{blueprint}:{name}:" if isinstance(store, RedisBuckets) else None
+        self._shared = isinstance(store, RedisBuckets)
 
     def bucket_key(self, ctx: RequestContext) -> str:
         scope = "global" if self._global else ctx.endpoint.label
         client = request_key(ctx, self.config.key)
-        if self._redis_prefix is not None:
-            return f"{self._redis_prefix}{scope}:{client}"
+        if self._shared:  # `blueprint` may be set after construction (the plugin names it at load)
+            return f"{REDIS_KEY_PREFIX}:{self.blueprint}:{self.name}:{scope}:{client}"
         return f"{scope}\n{client}"  # one store per middleware: the names are implied
 
     async def on_request(self, ctx: RequestContext) -> http.Response | None:
