@@ -10,6 +10,7 @@ from __future__ import annotations
 from addons import builtin_plugins
 from addons.admin import AdminListener
 from addons.core import Backworks
+from addons.dispatch import CachedDispatch
 from addons.dashboard import Dashboard
 from addons.exposure import TargetGuard
 from addons.header_timeout import HeaderTimeout
@@ -44,4 +45,7 @@ reuse_port = ReusePort()
 replayed_request = ReplayedRequest()
 shown_target = ShownTarget()
 
-addons = [reuse_port, header_timeout, replayed_request, core, dashboard, admin, offline_tunnels, target_guard, *plugins, upstream_connect, shown_target]
+# mitmproxy's events dispatched from a table of the addons that handle each (backworks_cached_dispatch).
+cached_dispatch = CachedDispatch()
+
+addons = [cached_dispatch, reuse_port, header_timeout, replayed_request, core, dashboard, admin, offline_tunnels, target_guard, *plugins, upstream_connect, shown_target]

@@ -11,10 +11,13 @@ bench/throughput.py's configuration e (every feature on) against a real upstream
 (`backworks demo-backend`, its own process), the CPU per request of
 
 1. the core's hooks called directly (what hook_cost.py measures);
-2. the same requests dispatched by a DumpMaster as `mitmdump -q -s backworks.py` builds it
+2. the same requests dispatched by a DumpMaster as `mitmdump -q -s backworks.py` builds it, with
+   `backworks_cached_dispatch=false` (mitmproxy's own walk of every addon)
    (default addons, quiet dumper and event log, backworks.py's addons as one script's children;
    no proxy server: the flows are made as mitmproxy makes them, not read from a socket);
 3. as 2 with Python's garbage collector off, to show its share;
+4. as 2 with Backworks' event table (addons/dispatch.py, option backworks_cached_dispatch, on by
+   default in mitmdump): only the addons that handle an event are called;
 
 and counts the addons each event reaches. What is left between 2 and bench/throughput.py's
 whole-process figure is mitmproxy's own HTTP layers, sockets and the event loop.
@@ -47,6 +50,8 @@ from mitmproxy.tools.dump import DumpMaster  # noqa: E402
 from hook_cost import make_flows  # noqa: E402
 from throughput import HOST, bench_token, full_blueprint, with_demo_upstream  # noqa: E402
 
+WALK = "dispatched by mitmproxy's AddonManager, walking every addon per event"
+TABLE = "dispatched from Backworks' event table (backworks_cached_dispatch, the default)"
 LIFECYCLE = (http_hooks.HttpRequestHeadersHook, http_hooks.HttpRequestHook, http_hooks.HttpResponseHeadersHook, http_hooks.HttpResponseHook)
 
 
@@ -112,12 +117,17 @@ async def run(args: argparse.Namespace, upstream_port: int, work: Path) -> None:
 
     results: dict[str, float] = {}
     results["direct"] = await per_request(direct, flows_for, args.repeats)
-    results["dispatched"] = await per_request(dispatched, flows_for, args.repeats)
+    opts.update(backworks_cached_dispatch=False)
+    results[WALK] = await per_request(dispatched, flows_for, args.repeats)
     gc.disable()
     try:
-        results["dispatched, gc off"] = await per_request(dispatched, flows_for, args.repeats)
+        results[f"{WALK}, gc off"] = await per_request(dispatched, flows_for, args.repeats)
     finally:
         gc.enable()
+    opts.update(backworks_cached_dispatch=True)
+    if master.addons.__dict__.get("trigger_event") is None:
+        raise SystemExit("backworks_cached_dispatch=true did not install the event table")
+    results[TABLE] = await per_request(dispatched, flows_for, args.repeats)
 
     # How many addons each event reaches, and which of them are Backworks'.
     flow = flows_for()[0]
@@ -140,8 +150,9 @@ async def run(args: argparse.Namespace, upstream_port: int, work: Path) -> None:
     print("|---|---:|")
     for name, value in results.items():
         print(f"| {name} | {value:.0f} |")
-    print(f"\ndispatch and the other addons: {results['dispatched'] - results['direct']:.0f} µs; the collector's share: "
-          f"{results['dispatched'] - results['dispatched, gc off']:.0f} µs\n")
+    print(f"\nmitmproxy's walk and the other addons: {results[WALK] - results['direct']:.0f} µs; the collector's share: "
+          f"{results[WALK] - results[f'{WALK}, gc off']:.0f} µs; the event table and the other addons: "
+          f"{results[TABLE] - results['direct']:.0f} µs\n")
     print(f"Addons in the chain: {len(everything)} ({len(ours)} of them Backworks').\n")
     print("| event | addons with the hook | Backworks' | mitmproxy's |")
     print("|---|---:|---:|---|")

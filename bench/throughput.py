@@ -4,8 +4,8 @@ Run with ``.venv/bin/python bench/throughput.py [--duration 10] [--connections 8
 (``bench/run`` runs it after ``bench/setup.sh`` has installed ``wrk``).
 
 Three upstreams (``backworks demo-backend``, aiohttp) listen on free 127.0.0.1 ports, UP1..UP3.
-Up to six configurations are then measured with ``wrk``, one at a time, never side by side
-(they share the machine's cores); f only when --configs names it:
+Up to eight configurations are then measured with ``wrk``, one at a time, never side by side
+(they share the machine's cores); f, g and h only when --configs names them:
 
   a. bare   ``mitmdump --mode reverse:http://127.0.0.1:UP1 -p PORT -q``          GET /users
   b. proxy  the same plus ``-s backworks.py --set blueprint=BENCH.yaml
@@ -25,12 +25,18 @@ Up to six configurations are then measured with ``wrk``, one at a time, never si
   f. floor  bare mitmdump plus ``-s bench/floor_addon.py --set connection_strategy=lazy``:
             an addon that only sends the request upstream with Backworks' aiohttp client
             settings and sets the answer (what owning the exchange costs in itself) GET /users
+  g. table  bare mitmdump plus ``-s bench/table_addon.py``: Backworks' event table
+            (addons/dispatch.py) and nothing else. Backworks dispatches mitmproxy's events
+            from that table, bare mitmdump walks every addon per event; b/g and e/g put
+            both on the same footing (Backworks' own cost)                    GET /users
+  h. walk   e with ``--set backworks_cached_dispatch=false`` (mitmproxy's own dispatch)
+                                                 with Authorization: Bearer TOKEN
 
 Rounds are interleaved (a, b, c, d, e, a, b, c, d, e, ...) so that drift of the machine affects
 all alike; each round starts its mitmdump processes afresh, checks the answers (d must reach all
 three upstreams; e must answer 401 without the token and serve backworks_requests_total at
 /metrics), warms up, then measures. The table reports the median over rounds of req/s and of
-wrk's latency p50/p99, and the ratios b/a, c/a, d/a and e/a. --configs picks a subset (a is
+wrk's latency p50/p99, and the ratios b/a, c/a, d/a and e/a (with g: b/g and e/g). --configs picks a subset (a is
 always measured; UP2 and UP3 are started only for d). Every load generator targets 127.0.0.1
 only; every loop is bounded in count and time; every child process is killed on exit, error or
 Ctrl-C.
@@ -80,6 +86,12 @@ START_TIMEOUT = 30.0  # seconds a process gets to start listening
 NOISY_CORES = 0.15  # CPU busy outside the benchmark's own processes above which figures are suspect
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 FLOOR_ADDON = Path(__file__).resolve().parent / "floor_addon.py"  # configuration f's addon (not Backworks)
+TABLE_ADDON = Path(__file__).resolve().parent / "table_addon.py"  # configuration g's addon (Backworks' event table only)
+NOT_BACKWORKS = {  # configurations that show a footing, with no target of their own
+    "f": "the floor: an owned exchange and nothing else",
+    "g": "bare mitmdump with Backworks' event table (addons/dispatch.py)",
+    "h": "e with backworks_cached_dispatch=false: mitmproxy walks every addon per event, as in a",
+}
 POOL_SIZE = 3  # targets (separate upstream processes) in configuration d's pool
 # Configuration e: the auth plugin's HS256 secret (a constant: the bench needs no secrecy, only a
 # key of the size RFC 7518 asks for) and a token signed with it, sub set, expiring in 2100.
@@ -298,8 +310,10 @@ CONFIGS = (
     Config("d", f"backworks proxy, {POOL_SIZE}-target pool", "backworks-pool", "/users", _check_proxy),
     Config("e", "backworks, every feature on", "backworks-full", "/users", _check_proxy, authorized=True),
     Config("f", "floor: aiohttp exchange only", "floor", "/users", _check_bare),
+    Config("g", "bare mitmdump + event table", "bare-table", "/users", _check_bare),
+    Config("h", "e with mitmproxy's dispatch", "backworks-full-walk", "/users", _check_proxy, authorized=True),
 )
-PROCESSES = ("bare", "backworks", "backworks-pool", "backworks-full", "floor")  # mitmdump processes, started in this order each round
+PROCESSES = ("bare", "backworks", "backworks-pool", "backworks-full", "floor", "bare-table", "backworks-full-walk")  # mitmdump processes, started in this order each round
 
 
 def bench_token() -> str:
@@ -639,8 +653,8 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
     if "backworks-pool" in processes:
         blueprints["backworks-pool"].write_text(yaml.safe_dump(bench_blueprint(upstream_ports), sort_keys=False))
     token = bench_token() if any(c.authorized for c in configs) else ""
-    if "backworks-full" in processes:
-        blueprints["backworks-full"] = work / "bench-blueprint-full.yaml"
+    if "backworks-full" in processes or "backworks-full-walk" in processes:
+        blueprints["backworks-full"] = blueprints["backworks-full-walk"] = work / "bench-blueprint-full.yaml"
         blueprints["backworks-full"].write_text(yaml.safe_dump(full_blueprint(upstream_ports[0]), sort_keys=False))
     mode = f"reverse:http://{HOST}:{upstream_ports[0]}"
     # Checkouts with the admin listener (addons/admin.py) serve /metrics there, on a free port of
@@ -654,8 +668,12 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
             argv += ["-s", str(args.backworks / "backworks.py"), "--set", f"blueprint={blueprints[process]}", "--set", "connection_strategy=lazy"]
             if admin_listener:
                 argv += ["--set", f"backworks_admin={HOST}:{admin_ports.get(process, 'ADMIN_PORT')}"]
+            if process == "backworks-full-walk":
+                argv += ["--set", "backworks_cached_dispatch=false"]
         elif process == "floor":
             argv += ["-s", str(FLOOR_ADDON), "--set", "connection_strategy=lazy"]
+        elif process == "bare-table":
+            argv += ["-s", str(TABLE_ADDON)]
         return argv
 
     commands: dict[str, list[str]] = {upstream_name(i): argv for i, argv in enumerate(upstream_argvs)}
@@ -695,7 +713,7 @@ def measure(args: argparse.Namespace, procs: Processes, work: Path, results: Res
             problem = config.check(*answers[0])
         if not problem and config.authorized:  # auth is really on: no token, no answer
             problem = _check_unauthorized(*get(config, process, url))
-        if not problem and config.key == "e":  # metrics are really on, and counted the requests above
+        if not problem and config.key in ("e", "h"):  # metrics are really on, and counted the requests above
             if admin_listener:
                 wait_listening(procs, process, admin_ports[process])
             base = f"http://{HOST}:{admin_ports[process]}" if admin_listener else url.rsplit(config.path, 1)[0]
@@ -822,18 +840,25 @@ def report(args: argparse.Namespace, env: dict[str, str], results: Results, comm
         + "."
     )
     print()
-    what = {"b": "proxy", "c": "static", "d": "pool3", "e": "full", "f": "floor"}
+    what = {"b": "proxy", "c": "static", "d": "pool3", "e": "full", "f": "floor", "g": "table", "h": "walk"}
     verdicts: dict[str, bool] = {}
     for key in others:
         ratio = med[key]["rps"] / bare if bare else float("nan")
         per_round = ", ".join(f"{r:.2f}" for r in round_ratios[key])
         line = f"ratio {key}/a ({what[key]:<6}) = {ratio:.2f}   per round: {per_round} (median {statistics.median(round_ratios[key]):.2f})"
-        if key == "f":  # not Backworks: the target is not its to meet
-            print(line + "   (the floor: an owned exchange and nothing else)")
+        if key in NOT_BACKWORKS:  # the target is not theirs to meet
+            print(line + f"   ({NOT_BACKWORKS[key]})")
             continue
         meets = ratio >= TARGET_RATIO
         verdicts[key] = meets
         print(line + f"   target >= {TARGET_RATIO:.2f}: {'MET' if meets else 'NOT MET'}")
+    if "g" in med:  # Backworks against bare mitmdump, both dispatching from the event table
+        for key in (k for k in ("b", "e") if k in med):
+            same_footing = [x.rps / g.rps for g, x in zip(results.samples["g"], results.samples[key], strict=True)]
+            print(
+                f"ratio {key}/g ({what[key]:<6}, both with the event table: Backworks' own cost) = {med[key]['rps'] / med['g']['rps']:.2f}   "
+                f"per round: {', '.join(f'{r:.2f}' for r in same_footing)}"
+            )
     pool_vs_single: list[float] = []
     if "b" in med and "d" in med:
         pool_vs_single = [d.rps / b.rps for b, d in zip(results.samples["b"], results.samples["d"], strict=True)]

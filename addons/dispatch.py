@@ -1,0 +1,209 @@
+"""mitmproxy's event dispatch from a table: one lookup per event instead of a walk of every addon.
+
+mitmproxy's `AddonManager.trigger_event` sends each event to every top-level addon: for each it
+enters a `safecall` context, starts an `invoke_addon` coroutine and walks the addon's children
+with a `getattr` per addon, whether or not any of them handles the event. A request is about nine
+events (four lifecycle hooks, each followed by `update`, and the connection's), and mitmdump has
+about 40 addons before a script adds its own, so that walk is about half of bare mitmdump's CPU
+per proxied request on this project's machine (docs/performance.md, "Where the time goes").
+
+`CachedDispatch` (option `backworks_cached_dispatch`, on by default) replaces the walk with a
+table, built per event name on first use: for each top-level addon, in chain order, the bound
+handlers of it and its children in mitmproxy's own traversal order. Dispatch then calls exactly
+those. Everything else is mitmproxy's: the same `safecall` per top-level addon (an exception is
+logged and ends that addon's handlers for the event, as before; `AddonHalt` ends the event;
+`OptionsError` propagates), awaitables awaited, module attributes named like a hook skipped, and
+a non-callable hook attribute reported by mitmproxy's own `invoke_addon`.
+
+The table is thrown away whenever the addon tree can have changed: `register` and `remove` (which
+scripts, the script loader and addons that manage addons call), and any change of the chain list
+(`add`, `remove`, `clear`). mitmproxy's `running` and `done` go through its own dispatch. An addon
+that changes its `addons` attribute or gains a hook method without calling `register` is not seen
+until the next change; mitmproxy's addon API asks for `register` there.
+
+The table is installed on the one AddonManager instance (its class is untouched) for the mitmproxy
+versions this project supports (11 and 12, whose AddonManager is the same), and removed when the
+option is turned off or the addon unloads (a script reload installs the new instance's).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import addonmanager, ctx, exceptions, hooks
+from mitmproxy.addonmanager import Loader, safecall, traverse
+from mitmproxy.version import VERSION
+
+logger = logging.getLogger(__name__)
+
+OPTION = "backworks_cached_dispatch"
+SUPPORTED_MAJORS = frozenset({11, 12})
+UNCACHED_EVENTS = frozenset({"running", "done"})  # the master's own, once each: mitmproxy's dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class Handlers:
+    """What one top-level addon (with its children) does for one event."""
+
+    addon: Any
+    calls: tuple[Callable[..., Any], ...]
+    as_mitmproxy: bool = False  # a non-callable hook attribute: mitmproxy's invoke_addon reports it
+
+
+def handlers_for(chain: Sequence[Any], name: str) -> tuple[Handlers, ...]:
+    """The table row for event `name`: top-level addons with a handler, with theirs in call order.
+
+    The rule is mitmproxy's `_iter_hooks`: a truthy callable attribute is a handler, a module is
+    skipped, anything else is an error (left to mitmproxy's `invoke_addon`, which raises it).
+    """
+    rows = []
+    for top in chain:
+        calls: list[Callable[..., Any]] = []
+        broken = False
+        for addon in traverse([top]):
+            func = getattr(addon, name, None)
+            if not func or isinstance(func, types.ModuleType):
+                continue
+            if callable(func):
+                calls.append(func)
+            else:
+                broken = True
+        if broken:
+            rows.append(Handlers(top, (), as_mitmproxy=True))
+        elif calls:
+            rows.append(Handlers(top, tuple(calls)))
+    return tuple(rows)
+
+
+def version_supported(version: str = VERSION) -> bool:
+    """Whether this mitmproxy's AddonManager is one the table was checked against."""
+    try:
+        return int(version.split(".", 1)[0]) in SUPPORTED_MAJORS
+    except ValueError:
+        return False
+
+
+class EventTable:
+    """Installed on one AddonManager as its `trigger_event`, `register` and `remove`."""
+
+    def __init__(self, manager: addonmanager.AddonManager) -> None:
+        self.manager = manager
+        self.rows: dict[str, tuple[Handlers, ...]] = {}
+        self.chain: list[Any] | None = None
+        self.chain_length = -1
+
+    def install(self) -> None:
+        self.manager.trigger_event = self.trigger_event  # type: ignore[method-assign]
+        self.manager.register = self.register  # type: ignore[method-assign]
+        self.manager.remove = self.remove  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        """Back to mitmproxy's own methods, unless another table has replaced this one since."""
+        if self.installed():
+            for name in ("trigger_event", "register", "remove"):
+                self.manager.__dict__.pop(name, None)
+
+    def installed(self) -> bool:
+        current = self.manager.__dict__.get("trigger_event")
+        return getattr(current, "__self__", None) is self
+
+    def forget(self) -> None:
+        self.rows.clear()
+
+    def register(self, addon: Any) -> Any:
+        self.forget()
+        try:
+            return addonmanager.AddonManager.register(self.manager, addon)
+        finally:
+            self.forget()
+
+    def remove(self, addon: Any) -> None:
+        self.forget()
+        try:
+            addonmanager.AddonManager.remove(self.manager, addon)
+        finally:
+            self.forget()
+
+    def row(self, name: str) -> tuple[Handlers, ...]:
+        chain = self.manager.chain
+        if chain is not self.chain or len(chain) != self.chain_length:
+            self.rows.clear()
+            self.chain, self.chain_length = chain, len(chain)
+        row = self.rows.get(name)
+        if row is None:
+            row = self.rows[name] = handlers_for(chain, name)
+        return row
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        """mitmproxy's trigger_event, calling only the addons that handle the event."""
+        name = event.name
+        if name in UNCACHED_EVENTS:
+            await addonmanager.AddonManager.trigger_event(self.manager, event)
+            self.forget()
+            return
+        row = self.row(name)
+        if not row:
+            return
+        args = event.args()
+        for handlers in row:
+            try:
+                with safecall():
+                    if handlers.as_mitmproxy:
+                        await self.manager.invoke_addon(handlers.addon, event)
+                        continue
+                    for call in handlers.calls:
+                        result = call(*args)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+            except exceptions.AddonHalt:
+                return
+
+
+class CachedDispatch:
+    """Option `backworks_cached_dispatch`: mitmproxy's events dispatched from an EventTable."""
+
+    def __init__(self) -> None:
+        self.table: EventTable | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            OPTION,
+            bool,
+            True,
+            "Dispatch mitmproxy's events from a table of the addons that handle each (rebuilt "
+            "whenever an addon is registered or removed) instead of walking every addon for every "
+            "event: the same order, errors and halts, about half of mitmdump's CPU per request. "
+            "Off: mitmproxy's own dispatch.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if self.table is not None:
+            self.table.forget()  # an options change may reorder scripts (the script loader's configure)
+        if OPTION not in updated:
+            return
+        if ctx.options.backworks_cached_dispatch:
+            self.enable(ctx.master.addons)
+        else:
+            self.disable()
+
+    def enable(self, manager: addonmanager.AddonManager) -> None:
+        if self.table is not None and self.table.installed():
+            return
+        if not version_supported():
+            logger.info(f"{OPTION}: mitmproxy {VERSION} is not one this table was checked against (11, 12); mitmproxy's own dispatch stays")
+            return
+        self.table = EventTable(manager)
+        self.table.install()
+
+    def disable(self) -> None:
+        if self.table is not None:
+            self.table.uninstall()
+            self.table = None
+
+    def done(self) -> None:
+        self.disable()
