@@ -8,18 +8,19 @@ about 40 addons before a script adds its own, so that walk is about half of bare
 per proxied request on this project's machine (docs/performance.md, "Where the time goes").
 
 `CachedDispatch` (option `backworks_cached_dispatch`, on by default) replaces the walk with a
-table, built per event name on first use: for each top-level addon, in chain order, the bound
-handlers of it and its children in mitmproxy's own traversal order. Dispatch then calls exactly
-those. Everything else is mitmproxy's: the same `safecall` per top-level addon (an exception is
-logged and ends that addon's handlers for the event, as before; `AddonHalt` ends the event;
-`OptionsError` propagates), awaitables awaited, module attributes named like a hook skipped, and
-a non-callable hook attribute reported by mitmproxy's own `invoke_addon`.
+table, built per event name on first use: for each top-level addon, in chain order, those of it
+and its children (in mitmproxy's own traversal order) that have a hook for the event. Dispatch
+then visits exactly those, and looks each hook up when it calls it, as mitmproxy does (a hook
+rebound or a class swapped later is honoured). Everything else is mitmproxy's: the same
+`safecall` per top-level addon (an exception is logged and ends that addon's hooks for the
+event, as before; `AddonHalt` ends the event; `OptionsError` propagates), awaitables awaited,
+module attributes named like a hook skipped, a non-callable one reported with mitmproxy's error.
 
 The table is thrown away whenever the addon tree can have changed: `register` and `remove` (which
 scripts, the script loader and addons that manage addons call), and any change of the chain list
 (`add`, `remove`, `clear`). mitmproxy's `running` and `done` go through its own dispatch. An addon
-that changes its `addons` attribute or gains a hook method without calling `register` is not seen
-until the next change; mitmproxy's addon API asks for `register` there.
+that changes its `addons` attribute or gains a hook it did not have without calling `register`
+is not seen until the next change; mitmproxy's addon API asks for `register` there.
 
 The table is installed on the one AddonManager instance (its class is untouched) for the mitmproxy
 versions this project supports (11 and 12, whose AddonManager is the same), and removed when the
@@ -31,7 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,35 +49,26 @@ UNCACHED_EVENTS = frozenset({"running", "done"})  # the master's own, once each:
 
 @dataclass(frozen=True, slots=True)
 class Handlers:
-    """What one top-level addon (with its children) does for one event."""
+    """The addons of one top-level addon (itself or its children) that have a hook for one event."""
 
     addon: Any
-    calls: tuple[Callable[..., Any], ...]
-    as_mitmproxy: bool = False  # a non-callable hook attribute: mitmproxy's invoke_addon reports it
+    members: tuple[Any, ...]
+
+
+def has_hook(addon: Any, name: str) -> bool:
+    """mitmproxy's `_iter_hooks` rule: a truthy attribute that is not a module (a non-callable one
+    is kept, so that dispatch reports it as mitmproxy does)."""
+    func = getattr(addon, name, None)
+    return bool(func) and not isinstance(func, types.ModuleType)
 
 
 def handlers_for(chain: Sequence[Any], name: str) -> tuple[Handlers, ...]:
-    """The table row for event `name`: top-level addons with a handler, with theirs in call order.
-
-    The rule is mitmproxy's `_iter_hooks`: a truthy callable attribute is a handler, a module is
-    skipped, anything else is an error (left to mitmproxy's `invoke_addon`, which raises it).
-    """
+    """The table row for event `name`: top-level addons with a hook, with their members in call order."""
     rows = []
     for top in chain:
-        calls: list[Callable[..., Any]] = []
-        broken = False
-        for addon in traverse([top]):
-            func = getattr(addon, name, None)
-            if not func or isinstance(func, types.ModuleType):
-                continue
-            if callable(func):
-                calls.append(func)
-            else:
-                broken = True
-        if broken:
-            rows.append(Handlers(top, (), as_mitmproxy=True))
-        elif calls:
-            rows.append(Handlers(top, tuple(calls)))
+        members = tuple(addon for addon in traverse([top]) if has_hook(addon, name))
+        if members:
+            rows.append(Handlers(top, members))
     return tuple(rows)
 
 
@@ -153,11 +145,14 @@ class EventTable:
         for handlers in row:
             try:
                 with safecall():
-                    if handlers.as_mitmproxy:
-                        await self.manager.invoke_addon(handlers.addon, event)
-                        continue
-                    for call in handlers.calls:
-                        result = call(*args)
+                    for member in handlers.members:
+                        # looked up per call, as mitmproxy does: a rebound hook or a changed class counts
+                        func = getattr(member, name, None)
+                        if not func or isinstance(func, types.ModuleType):
+                            continue
+                        if not callable(func):
+                            raise exceptions.AddonManagerError(f"Addon handler {name} ({member}) not callable")
+                        result = func(*args)
                         if result is not None and inspect.isawaitable(result):
                             await result
             except exceptions.AddonHalt:

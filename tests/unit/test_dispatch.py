@@ -138,7 +138,7 @@ async def test_options_error_propagates_and_halt_ends_the_event() -> None:
             await manager.trigger_event(request_event())
 
 
-def test_modules_are_skipped_and_a_non_callable_is_left_to_mitmproxy() -> None:
+def test_modules_are_skipped_and_a_non_callable_is_kept_to_be_reported() -> None:
     class ImportsAModule:
         request = types.ModuleType("request")
 
@@ -149,8 +149,32 @@ def test_modules_are_skipped_and_a_non_callable_is_left_to_mitmproxy() -> None:
     calls = Recorder("plain", log)
     rows = handlers_for([ImportsAModule(), NotCallable(), calls], "request")
     assert [type(r.addon).__name__ for r in rows] == ["NotCallable", "Recorder"]
-    assert rows[0].as_mitmproxy and rows[0].calls == ()
-    assert rows[1].calls == (calls.request,)
+    assert rows[1].members == (calls,)
+
+
+async def test_a_hook_rebound_or_a_class_swapped_after_the_table_is_built_is_honoured() -> None:
+    """As mitmdump's Dumper becomes a NamingDumper in `running` (addons/shown_target.py)."""
+    log: list[str] = []
+
+    class Plain:
+        def request(self, flow: Any) -> None:
+            log.append("plain")
+
+    class Swapped(Plain):
+        def request(self, flow: Any) -> None:
+            log.append("swapped")
+
+    with taddons.context() as tctx:
+        manager = tctx.master.addons
+        addon = Plain()
+        manager.add(addon)
+        EventTable(manager).install()
+        await dispatched(manager, request_event())
+        addon.__class__ = Swapped
+        await dispatched(manager, request_event())
+        addon.request = lambda flow: log.append("rebound")  # type: ignore[method-assign]
+        await dispatched(manager, request_event())
+    assert log == ["plain", "swapped", "rebound"]
 
 
 async def test_a_non_callable_hook_is_reported_as_mitmproxy_reports_it() -> None:
@@ -269,6 +293,6 @@ async def test_mitmdumps_whole_chain_table_matches_mitmproxys_walk_for_every_hoo
     manager = master.addons
     for name in sorted(hooks.all_hooks):
         walked = [func for top in manager.chain for _, func in manager._iter_hooks(top, hooks.all_hooks[name].__new__(hooks.all_hooks[name]))]
-        tabled = [func for row in handlers_for(manager.chain, name) for func in row.calls]
+        tabled = [getattr(member, name) for row in handlers_for(manager.chain, name) for member in row.members]
         assert tabled == walked, name
     assert any(row.addon is holder for row in handlers_for(manager.chain, "request"))
