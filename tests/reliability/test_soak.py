@@ -114,6 +114,9 @@ def targets() -> Iterator[dict[str, ChaosTarget]]:
         server.stop()
 
 
+# The soak runs SECONDS by design, past pytest-timeout's 300 s per test (pyproject): its own bound
+# is the run plus the request timeout and the start and stop of mitmdump.
+@pytest.mark.timeout(SECONDS + 180)
 def test_memory_and_descriptors_stay_flat_under_mixed_load(tmp_path: Path, targets: dict[str, ChaosTarget], start_proxy: Callable[..., Proxy], report: Callable[[str], None]) -> None:
     env = {f"{name.upper()}_URL": server.url for name, server in targets.items()} | {"SOAK_JWT_SECRET": SECRET}
     proxy = start_proxy(BLUEPRINT, "--set", "flow_detail=0", env=env)
