@@ -107,15 +107,15 @@ class EventTable:
     def forget(self) -> None:
         self.rows.clear()
 
+    # No event is dispatched inside these (their hooks are mitmproxy's sync calls): forgetting
+    # once, after, is enough, also when they fail half-way.
     def register(self, addon: Any) -> Any:
-        self.forget()
         try:
             return addonmanager.AddonManager.register(self.manager, addon)
         finally:
             self.forget()
 
     def remove(self, addon: Any) -> None:
-        self.forget()
         try:
             addonmanager.AddonManager.remove(self.manager, addon)
         finally:
